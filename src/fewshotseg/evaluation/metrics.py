@@ -1,0 +1,85 @@
+"""Every number fewshotseg reports starts here: per-image IoU and per-episode intersection/union counts.
+
+Two reductions are in use in this field and they differ:
+
+* The paper's (and its reference code's): per query image, binary IoU of the 0.5-thresholded foreground
+  probability; an empty prediction on an empty mask scores 1 (the reference's (0 + 1e-7) / (0 + 1e-7)). A task
+  split scores the mean over its query images; a method scores the mean over task splits with a 95 % interval of
+  1.96 * sigma / sqrt(n) (population sigma, as the reference's `ci95`). See `intervals.py`.
+* HSNet's: intersections and unions are summed over all episodes of a class first; the class's IoU is the ratio of
+  sums, mIoU is the mean over classes ("class-pooled"), and FB-IoU is the mean over {background, foreground} of
+  the ratio of sums over every episode.
+
+Both are computed from the same raw counts, which `evaluate` writes one row per episode.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+import torch
+
+
+def binary_iou(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-image IoU (B,) of boolean/{0,1} masks (B, H, W); 1.0 where both are empty."""
+    pred, target = pred.bool(), target.bool()
+    intersection = (pred & target).flatten(1).sum(1).double()
+    union = (pred | target).flatten(1).sum(1).double()
+    return torch.where(union > 0, intersection / union.clamp(min=1), torch.ones_like(union))
+
+
+def episode_counts(pred: torch.Tensor, target: torch.Tensor) -> list[dict[str, int]]:
+    """Foreground and background intersection/union pixel counts of each image in a batch (B, H, W)."""
+    pred, target = pred.bool(), target.bool()
+    fg_i = (pred & target).flatten(1).sum(1)
+    fg_u = (pred | target).flatten(1).sum(1)
+    bg_i = (~pred & ~target).flatten(1).sum(1)
+    bg_u = (~pred | ~target).flatten(1).sum(1)
+    return [
+        {"fg_i": int(a), "fg_u": int(b), "bg_i": int(c), "bg_u": int(d)}
+        for a, b, c, d in zip(fg_i.tolist(), fg_u.tolist(), bg_i.tolist(), bg_u.tolist(), strict=True)
+    ]
+
+
+def image_iou(counts: Mapping[str, int]) -> float:
+    """The paper's per-image IoU from one episode row's counts."""
+    return counts["fg_i"] / counts["fg_u"] if counts["fg_u"] > 0 else 1.0
+
+
+def class_pooled_iou(rows: Iterable[Mapping]) -> dict[str, float]:
+    """Per class: sum of foreground intersections / sum of unions over its episodes (HSNet)."""
+    inter: dict[str, int] = defaultdict(int)
+    union: dict[str, int] = defaultdict(int)
+    for row in rows:
+        inter[row["class"]] += row["fg_i"]
+        union[row["class"]] += row["fg_u"]
+    return {c: inter[c] / max(union[c], 1) for c in inter}
+
+
+def hsnet_miou(rows: Iterable[Mapping]) -> float:
+    """HSNet's mIoU: the mean over classes of the class-pooled foreground IoU."""
+    per_class = class_pooled_iou(rows)
+    return float(np.mean(list(per_class.values())))
+
+
+def fb_iou(rows: Iterable[Mapping]) -> float:
+    """HSNet's FB-IoU: the mean over {background, foreground} of (sum of intersections / sum of unions)."""
+    rows = list(rows)
+    fg = sum(r["fg_i"] for r in rows) / max(sum(r["fg_u"] for r in rows), 1)
+    bg = sum(r["bg_i"] for r in rows) / max(sum(r["bg_u"] for r in rows), 1)
+    return (fg + bg) / 2
+
+
+def per_episode_miou(rows: Iterable[Mapping]) -> float:
+    """The plain mean of per-image IoU over episodes (no pooling)."""
+    return float(np.mean([image_iou(r) for r in rows]))
+
+
+def split_scores(rows: Iterable[Mapping]) -> dict[tuple[str, int], float]:
+    """The paper's per task-split score: mean per-image IoU over the split's query images."""
+    grouped: dict[tuple[str, int], list[float]] = defaultdict(list)
+    for row in rows:
+        grouped[(row["class"], row["split"])].append(image_iou(row))
+    return {key: float(np.mean(values)) for key, values in grouped.items()}

@@ -1,0 +1,241 @@
+"""The update routine U(theta, D, omega): fine-tune an initialization on one task's few labelled images.
+
+omega = (learning rate, steps, batch size, dropout, augmentation rate) plus the optimizer (SGD, the paper's, or
+Adam), the L2 coefficient, an optional step-decay schedule and the BatchNorm policy. U never changes theta: it
+copies theta into a working model in place (`Learner.start`) and adapts that; the adapted weights stay in
+`learner.model` until the next task.
+
+Early stopping (paper App. B, E) trains one step at a time on part of the labelled data and scores the IoU on a
+held-out part after every step; it reports the best step, which the caller turns into a step count (UHO takes the
+median over tasks; FP-k retrains on all k images for the steps found). The held-out images are never the images
+that are finally scored.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from fewshotseg.data.augment import augment_batch
+from fewshotseg.data.tasks import TaskTensors, inner_batches, torch_generator
+from fewshotseg.evaluation.metrics import binary_iou
+from fewshotseg.meta_learning import batchnorm
+from fewshotseg.meta_learning.weights import copy_state_
+from fewshotseg.models.losses import l2_parameters, segmentation_loss
+
+
+class DivergedError(FloatingPointError):
+    """The adaptation loss became NaN or infinite (e.g. a learning rate far too large)."""
+
+
+@dataclass
+class UpdateParams:
+    """omega: the hyperparameters of U. Defaults are the paper's Table 3 (used for meta-training and evaluation)."""
+
+    lr: float = 0.005
+    steps: int = 5
+    batch_size: int = 8
+    dropout: float = 0.2
+    aug_rate: float = 0.5
+    optimizer: str = "sgd"  # "sgd" (paper) or "adam"
+    l2: float = 5e-4  # lambda in lambda * ||theta||^2 (paper convention; the reference's code used 2.5e-4)
+    lr_schedule: str = "fixed"  # "fixed" or "step": lr * decay_rate ** (step // decay_every) (App. E)
+    decay_rate: float = 0.5
+    decay_every: int = 5
+    bn_policy: str = "paper"  # see meta_learning/batchnorm.py
+
+    def __post_init__(self) -> None:
+        batchnorm.check_policy(self.bn_policy)
+        if self.optimizer not in ("sgd", "adam"):
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose sgd or adam")
+        if self.lr_schedule not in ("fixed", "step"):
+            raise ValueError(f"unknown lr schedule {self.lr_schedule!r}; choose fixed or step")
+
+    def lr_at(self, step: int) -> float:
+        if self.lr_schedule == "step":
+            return max(self.lr * self.decay_rate ** (step // self.decay_every), 1e-7)
+        return self.lr
+
+    def replace(self, **changes) -> UpdateParams:
+        return UpdateParams(**{**asdict(self), **changes})
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> UpdateParams:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown update parameter(s) {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+    @classmethod
+    def load(cls, path: str | Path) -> UpdateParams:
+        """Read an update-parameters file (JSON or YAML); `tune` writes one under the key "update_params"."""
+        text = Path(path).read_text()
+        values = json.loads(text) if str(path).endswith(".json") else _yaml_load(text)
+        if "update_params" in values:
+            values = values["update_params"]
+        try:
+            return cls.from_dict(values)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{path}: {err}") from err
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps({"update_params": self.as_dict()}, indent=2) + "\n")
+
+
+def _yaml_load(text: str) -> dict:
+    import yaml
+
+    return yaml.safe_load(text) or {}
+
+
+@dataclass
+class EarlyStopping:
+    patience: int = 50  # the reference's UHO and FP-k value; App. E also uses 100
+    max_steps: int = 20  # paper App. B: 20 (EfficientLab-3) or 80 (EfficientLab-6-3)
+    min_steps: int = 1
+
+
+@dataclass
+class EarlyStoppingResult:
+    best_step: int
+    best_score: float
+    scores: list[float] = field(default_factory=list)  # held-out IoU after steps 1..n
+    monitored: list[float] = field(default_factory=list)  # optional second set (e.g. query IoU), same steps
+
+
+class Learner:
+    """A working copy of the network that U adapts; reused across tasks."""
+
+    def __init__(self, model: nn.Module, device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        self.model = model.to(self.device)
+        decay = l2_parameters(self.model)
+        decay_ids = {id(p) for p in decay}
+        self._groups = [decay, [p for p in self.model.parameters() if id(p) not in decay_ids]]
+        self._optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.params = UpdateParams()
+        self.last_loss = math.nan
+
+    def start(self, init: nn.Module, params: UpdateParams) -> None:
+        """Load theta (weights and BN statistics) in place and reset the optimizer for a new task."""
+        copy_state_(self.model, init)
+        self.params = params
+        self.model.set_dropout(params.dropout)
+        opt = self._optimizers.get(params.optimizer)
+        if opt is None:
+            # L2 on every non-BN weight as weight decay 2*lambda: the gradient of lambda*||w||^2 is 2*lambda*w,
+            # so this equals adding the L2 term to the loss (tests check it), without computing it.
+            groups = [{"params": self._groups[0]}, {"params": self._groups[1], "weight_decay": 0.0}]
+            cls = torch.optim.SGD if params.optimizer == "sgd" else torch.optim.Adam
+            opt = cls(groups, lr=params.lr)
+            self._optimizers[params.optimizer] = opt
+        opt.state.clear()  # Adam's moments never carry over from one task to the next
+        opt.param_groups[0]["weight_decay"] = 2 * params.l2
+        self.optimizer = opt
+
+    def step(self, images: torch.Tensor, masks: torch.Tensor, lr: float) -> float:
+        """One optimizer step on a mini-batch; raises DivergedError on a non-finite loss."""
+        batchnorm.adaptation_mode(self.model, self.params.bn_policy)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        images = images.to(self.device, non_blocking=True)
+        masks = masks.to(self.device, non_blocking=True)
+        loss = segmentation_loss(self.model(images), masks)
+        if not torch.isfinite(loss):
+            raise DivergedError(f"adaptation loss is {loss.item()} at lr {lr:g}")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.last_loss = loss.item()
+        return self.last_loss
+
+    def adapt(
+        self,
+        init: nn.Module,
+        task: TaskTensors,
+        params: UpdateParams,
+        rng: np.random.Generator,
+        *,
+        steps: int | None = None,
+        on_step: Callable[[int], None] | None = None,
+    ) -> None:
+        """U: `steps` (default params.steps) SGD/Adam steps on augmented mini-batches cycling through `task`."""
+        self.start(init, params)
+        g = torch_generator(rng)
+        torch.manual_seed(int(rng.integers(2**62)))  # dropout and drop-path masks, reproducible per task
+        n_steps = params.steps if steps is None else steps
+        for t, batch in enumerate(inner_batches(rng, np.arange(len(task)), params.batch_size, n_steps)):
+            x, y = augment_batch(*task_batch(task, batch), params.aug_rate, g)
+            self.step(x, y, params.lr_at(t))
+            if on_step is not None:
+                on_step(t + 1)
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+        """Foreground probabilities (B, H, W) with the BN policy's prediction mode.
+
+        Under the transductive policy all images go through together (their statistics normalise each other).
+        """
+        batchnorm.prediction_mode(self.model, self.params.bn_policy)
+        if self.params.bn_policy == "transductive":
+            batch_size = len(images)
+        out = [
+            self.model(images[i : i + batch_size].to(self.device)).softmax(dim=1)[:, 1].float().cpu()
+            for i in range(0, len(images), batch_size)
+        ]
+        return torch.cat(out)
+
+    def score(self, task: TaskTensors) -> torch.Tensor:
+        """Per-image IoU (n,) of the current weights on labelled images."""
+        return binary_iou(self.predict(task.images) > 0.5, task.masks)
+
+    def early_stopping(
+        self,
+        init: nn.Module,
+        train: TaskTensors,
+        holdout: TaskTensors,
+        params: UpdateParams,
+        stopping: EarlyStopping,
+        rng: np.random.Generator,
+        *,
+        monitor: TaskTensors | None = None,
+    ) -> EarlyStoppingResult:
+        """Adapt one step at a time on `train`; after each step score `holdout`; stop after `patience` steps
+        without a strictly better score or at `max_steps`. `monitor` images are scored too, never used to stop."""
+        result = EarlyStoppingResult(best_step=stopping.min_steps, best_score=-math.inf)
+
+        def on_step(step: int) -> None:
+            score = float(self.score(holdout).mean())
+            result.scores.append(score)
+            if monitor is not None:
+                result.monitored.append(float(self.score(monitor).mean()))
+            if step >= stopping.min_steps and score > result.best_score:
+                result.best_step, result.best_score = step, score
+            if step - result.best_step >= stopping.patience:
+                raise _Stop
+
+        try:
+            self.adapt(init, train, params, rng, steps=stopping.max_steps, on_step=on_step)
+        except _Stop:
+            pass
+        return result
+
+
+class _Stop(Exception):
+    pass
+
+
+def task_batch(task: TaskTensors, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    index = torch.as_tensor(index, dtype=torch.long)
+    return task.images[index], task.masks[index]
