@@ -64,7 +64,9 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, skip: tuple[str
         flag = "--" + f.name.replace("_", "-")
         default = "" if f.default is MISSING else f.default
         help_text = f"{f.metadata.get('help', '')} [default: {default}]"
-        if f.type in ("bool", bool):
+        if f.type in ("list[int]",):
+            parser.add_argument(flag, type=int, nargs="+", default=None, help=help_text)
+        elif f.type in ("bool", bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
             kind = {"int": int, "float": float}.get(f.type if isinstance(f.type, str) else f.type.__name__, str)
@@ -124,7 +126,169 @@ def run_meta_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_joint_train(sub: argparse._SubParsersAction) -> None:
+    from fewshotseg.config import JointTrainConfig
+
+    p = sub.add_parser("joint-train", help="train the joint-trained baseline (all training classes + background)",
+                       description="Train EfficientLab on every training class plus background as one multi-class "
+                       "problem (paper §5.4); use the result as --init anywhere (its head is replaced by a fresh "
+                       "two-class head).")
+    p.add_argument("--config", help="YAML file of settings")
+    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its checkpoint")
+    add_config_flags(p, JointTrainConfig)
+
+
+def run_joint_train(args: argparse.Namespace) -> int:
+    from fewshotseg.config import JointTrainConfig
+    from fewshotseg.training.joint_train import joint_train
+
+    joint_train(config_from_args(JointTrainConfig, args), resume=args.resume)
+    return 0
+
+
+def add_update_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags that override single update-routine hyperparameters on top of --update-params."""
+    from dataclasses import fields
+
+    from fewshotseg.meta_learning.update_routine import UpdateParams
+
+    group = parser.add_argument_group("update routine U (override --update-params)")
+    for f in fields(UpdateParams):
+        kind = {"int": int, "float": float}.get(f.type, str)
+        group.add_argument("--u-" + f.name.replace("_", "-"), dest="u_" + f.name, type=kind, default=None,
+                           metavar=f.name.upper(), help=f"U's {f.name} [default: {f.default}]")
+
+
+def update_params_from_args(args: argparse.Namespace, file: str | None):
+    from dataclasses import fields
+
+    from fewshotseg.meta_learning.update_routine import UpdateParams
+
+    params = UpdateParams.load(file) if file else UpdateParams()
+    changes = {f.name: getattr(args, "u_" + f.name) for f in fields(UpdateParams)
+               if getattr(args, "u_" + f.name, None) is not None}
+    return params.replace(**changes)
+
+
+def add_evaluate(sub: argparse._SubParsersAction) -> None:
+    from fewshotseg.evaluation.evaluate import EvaluateConfig
+
+    p = sub.add_parser("evaluate", help="adapt an initialization to test tasks with U and report mean IoU ± CI95",
+                       description="Adapt an initialization with the update routine U on every test task and score "
+                       "the query images (paper protocol: 2 splits of k support + 5 query per task; hsnet: one "
+                       "episode per query image). Writes episodes.jsonl, results.json and predictions.npz.")
+    p.add_argument("--config", help="YAML file of settings")
+    add_config_flags(p, EvaluateConfig, skip=("shots",))
+    p.add_argument("--shots", type=int, nargs="+", default=None, help="support images per task [default: 1 5]")
+    add_update_flags(p)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from fewshotseg.evaluation.evaluate import EvaluateConfig, evaluate
+
+    cfg = config_from_args(EvaluateConfig, args)
+    results = evaluate(cfg, params=update_params_from_args(args, cfg.update_params or None))
+    for shots, summary in results["shots"].items():
+        paper, pooled = summary["paper_miou"], summary["hsnet_miou"]
+        print(f"{shots}-shot: mean IoU {100 * paper['mean']:.2f} ± {100 * paper['ci95']:.2f} % "
+              f"({paper['n']} task splits); class-pooled mIoU {100 * pooled['mean']:.2f} %, "
+              f"FB-IoU {100 * summary['fb_iou']['mean']:.2f} %")
+    return 0
+
+
+def add_tune(sub: argparse._SubParsersAction) -> None:
+    from fewshotseg.tuning.uho import TuneConfig
+
+    p = sub.add_parser("tune", help="update-hyperparameter optimisation (UHO): Bayesian optimisation of U on "
+                       "validation tasks", description="Tune U's hyperparameters for one initialization with "
+                       "Optuna's GPSampler (half the trials random first); steps come from early stopping (the "
+                       "median best step over tasks). Several processes may share one study via --storage.")
+    p.add_argument("--config", help="YAML file of settings")
+    add_config_flags(p, TuneConfig)
+
+
+def run_tune(args: argparse.Namespace) -> int:
+    from fewshotseg.tuning.uho import TuneConfig, tune
+
+    result = tune(config_from_args(TuneConfig, args))
+    params = result["update_params"]
+    print(f"best: mean IoU {100 * result['objective']:.2f} % on validation tasks with lr {params['lr']:.3g}, "
+          f"{params['steps']} steps (trial {result['trial']}); written to "
+          f"{config_from_args(TuneConfig, args).run_dir}/update_params.json")
+    return 0
+
+
+def add_fp_k(sub: argparse._SubParsersAction) -> None:
+    from fewshotseg.evaluation.fp_k import FPKConfig
+
+    p = sub.add_parser("fp-k", help="the FP-k experiment: mean IoU against the number of training images k",
+                       description="For each initialization, task and repeat: nested k-prefixes sharing one "
+                       "20-image test set; U with UHO's parameters for k < 10, early stopping then retraining "
+                       "for k >= 10 (paper App. E).")
+    p.add_argument("--config", help="YAML file of settings")
+    add_config_flags(p, FPKConfig, skip=("inits", "update_params", "ks"))
+    p.add_argument("--init", dest="inits", action="append", default=None, metavar="LABEL=SPEC",
+                   help="an initialization to compare (repeatable): LABEL=checkpoint|random|imagenet")
+    p.add_argument("--update-params", dest="update_params", action="append", default=None, metavar="LABEL=FILE",
+                   help="UHO parameters of one initialization, used for k < 10 (repeatable)")
+    p.add_argument("--ks", type=int, nargs="+", default=None, help="training-set sizes [default: 1 5 10 50 100 200 400]")
+
+
+def run_fp_k(args: argparse.Namespace) -> int:
+    from fewshotseg.evaluation.fp_k import FPKConfig, fp_k
+
+    summary = fp_k(config_from_args(FPKConfig, args))
+    for label, by_k in summary.items():
+        cells = ", ".join(f"k={k}: {100 * v['mean']:.1f}±{100 * v['ci95']:.1f}" for k, v in by_k.items())
+        print(f"{label}: {cells}")
+    return 0
+
+
+def add_analyze_weights(sub: argparse._SubParsersAction) -> None:
+    from fewshotseg.analysis.weight_distance import AnalyzeConfig
+
+    p = sub.add_parser("analyze-weights", help="how far U moves each initialization, per block (paper App. G)")
+    p.add_argument("--config", help="YAML file of settings")
+    add_config_flags(p, AnalyzeConfig, skip=("inits",))
+    p.add_argument("--init", dest="inits", action="append", default=None, metavar="LABEL=SPEC",
+                   help="an initialization (repeatable; two or more to compare)")
+
+
+def run_analyze_weights(args: argparse.Namespace) -> int:
+    from fewshotseg.analysis.weight_distance import AnalyzeConfig, analyze_weights
+
+    summary = analyze_weights(config_from_args(AnalyzeConfig, args))
+    for label, blocks in summary.items():
+        net = blocks.get("network", {}).get("d1", {})
+        print(f"{label}: whole-network d1 = {net.get('mean', float('nan')):.4f} ± {net.get('ci95', float('nan')):.4f}")
+    return 0
+
+
+def add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="a markdown report with tables and PNG figures, from run folders alone")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders (or folders holding runs)")
+    p.add_argument("--out", default="report", help="output folder for report.md and figures/")
+    p.add_argument("--title", default="fewshotseg report")
+    p.add_argument("--notes", help="a markdown file inserted as 'Settings and departures from the paper'")
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from fewshotseg.reports.report import write_report
+
+    notes = Path(args.notes).read_text() if args.notes else None
+    print(write_report(args.run_dirs, args.out, title=args.title, notes=notes))
+    return 0
+
+
 VERBS = {
+    "report": (add_report, run_report),
+    "tune": (add_tune, run_tune),
+    "fp-k": (add_fp_k, run_fp_k),
+    "analyze-weights": (add_analyze_weights, run_analyze_weights),
+    "joint-train": (add_joint_train, run_joint_train),
+    "evaluate": (add_evaluate, run_evaluate),
     "make-synthetic": (add_make_synthetic, run_make_synthetic),
     "meta-train": (add_meta_train, run_meta_train),
     "model-info": (add_model_info, run_model_info),

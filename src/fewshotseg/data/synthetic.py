@@ -81,8 +81,8 @@ class SyntheticSpec:
     pairs: int = 10
     size: int = 64
     seed: int = 0
-    distractors: tuple[int, int] = (2, 3)  # per image, inclusive
-    hard_negative_rate: float = 0.7  # a distractor differs from the target in exactly one attribute
+    distractors: tuple[int, int] = (1, 3)  # per image, inclusive
+    hard_negative_rate: float = 0.3  # a distractor differs from the target in exactly one attribute
 
 
 @dataclass(frozen=True)
@@ -141,7 +141,7 @@ class Renderer:
     def draw(self, img: np.ndarray, cls: ObjectClass, rng: np.random.Generator) -> np.ndarray:
         """Paint one object in place; returns its (S, S) boolean footprint."""
         s = self.size
-        radius = rng.uniform(0.13, 0.2) * s
+        radius = rng.uniform(0.15, 0.23) * s
         cx, cy = rng.uniform(radius * 0.8, s - radius * 0.8, size=2)
         theta = rng.uniform(-0.35, 0.35) * math.pi
         dx, dy = self.xs - cx, self.ys - cy

@@ -1,0 +1,134 @@
+"""The joint-trained baseline (paper §5.4): every training class plus background as one segmentation problem.
+
+    for each step: a shuffled batch of (image, mask) pairs from every training class; labels 0 = background,
+                   1..C = the pair's class; loss = CE - ln(dice over all C+1 channels) + L2 (the EfficientLab loss)
+                   lr decays linearly from `lr` to `lr_final` over all steps (paper: 200 epochs, batch 8, 0.005)
+
+The result is used as an initialization with a fresh two-class head (training/initialization.py). Under torchrun
+each rank computes an equal slice of every batch and DistributedDataParallel averages the gradients, so the
+update equals the one-process update on the whole batch (BN statistics are per slice).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from fewshotseg.config import JointTrainConfig, as_dict
+from fewshotseg.data.augment import augment_batch
+from fewshotseg.data.tasks import TaskTensors, episode_rng, torch_generator
+from fewshotseg.models.losses import l2_parameters, segmentation_loss
+from fewshotseg.training import distributed
+from fewshotseg.training.checkpoint import load_checkpoint, model_state, save_checkpoint, save_initialization
+from fewshotseg.training.initialization import load_initialization
+from fewshotseg.training.run_dir import RunDir
+
+
+def joint_train(cfg: JointTrainConfig, *, resume: bool = False) -> Path:
+    ctx = distributed.setup(cfg.device, cfg.threads)
+    run = RunDir(cfg.run_dir, writer=ctx.is_main)
+    ckpt_path = run.file("checkpoint.pt")
+    state = None
+    if ckpt_path.exists():
+        if not resume:
+            raise FileExistsError(f"{ckpt_path} exists: pass --resume to continue it, or choose a new --run-dir")
+        state = load_checkpoint(ckpt_path)
+        cfg = replace(cfg, **{k: state["config"][k] for k in ("epochs", "max_minutes")})
+
+    from fewshotseg.data.cache import load_dataset
+    from fewshotseg.data.splits import resolve_splits
+
+    dataset = load_dataset(cfg.data, cfg.size)
+    classes = resolve_splits(dataset.root, cfg.splits, classes=dataset.names)["train"]
+    train = dataset.subset(classes)
+    index = np.concatenate([train.indices(name) for name in train.names])
+    labels = np.concatenate([np.full(train.count(name), c + 1) for c, name in enumerate(train.names)])
+
+    torch.manual_seed(cfg.seed)
+    model, described = load_initialization(cfg.init, cfg.model_config(dropout=cfg.dropout),
+                                           num_classes=len(train.names) + 1)
+    model.to(ctx.device)
+    decay = l2_parameters(model)
+    decay_ids = {id(p) for p in decay}
+    groups = [{"params": decay, "weight_decay": 2 * cfg.l2},  # = lambda * ||w||^2 in the loss
+              {"params": [p for p in model.parameters() if id(p) not in decay_ids], "weight_decay": 0.0}]
+    optimizer = (torch.optim.SGD if cfg.optimizer == "sgd" else torch.optim.Adam)(groups, lr=cfg.lr)
+    net = model
+    if ctx.world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model)
+
+    steps_per_epoch = max(1, len(index) // cfg.batch_size)
+    total = max(1, int(cfg.epochs * steps_per_epoch))
+    start = 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start, total = state["step"], state["total_steps"]
+        run.truncate_metrics(start)
+        run.log(f"resumed from {ckpt_path} at step {start}")
+    else:
+        run.write_config(as_dict(cfg))
+        run.log(f"joint training from {described}: {len(train.names)} classes + background, {len(index)} pairs, "
+                f"{total} steps of batch {cfg.batch_size} ({cfg.epochs:g} epochs), {ctx.world} process(es)")
+
+    per_rank = cfg.batch_size // ctx.world
+    if per_rank * ctx.world != cfg.batch_size:
+        raise ValueError(f"--batch-size {cfg.batch_size} must be divisible by the {ctx.world} processes")
+    started = time.monotonic()
+    progress = tqdm(total=total, initial=start, desc="joint-train", disable=not ctx.is_main, dynamic_ncols=True)
+    step = start
+    while step < total:
+        epoch, within = divmod(step, steps_per_epoch)
+        order = episode_rng(cfg.seed, 6, epoch).permutation(len(index))
+        batch = order[within * cfg.batch_size : (within + 1) * cfg.batch_size]
+        mine = batch[ctx.rank * per_rank : (ctx.rank + 1) * per_rank]
+        rng = episode_rng(cfg.seed, 7, step, ctx.rank)
+        torch.manual_seed(int(rng.integers(2**62)))
+        tensors = TaskTensors.from_arrays(train.images[index[mine]], train.masks[index[mine]])
+        x, y = tensors.images, tensors.masks * torch.from_numpy(labels[mine])[:, None, None]  # class ids
+        x, y = augment_batch(x, y, cfg.aug_rate, torch_generator(rng))
+        lr = cfg.lr + (cfg.lr_final - cfg.lr) * step / total
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        net.train()
+        loss = segmentation_loss(net(x.to(ctx.device)), y.to(ctx.device))
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"joint training diverged at step {step} (loss {loss.item()}); lower --lr")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        progress.update(1)
+        progress.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2g}")
+        if step % 10 == 0 or step == total:
+            run.metric({"iteration": step, "loss": loss.item(), "lr": lr, "epoch": step / steps_per_epoch})
+        if cfg.max_minutes and step == start + 20 and state is None:
+            per_step = ctx.broadcast(time.monotonic() - started) / 20
+            budget = max(step + 1, int(cfg.max_minutes * 60 / per_step))
+            if budget < total:
+                run.log(f"time budget {cfg.max_minutes:g} min at {per_step:.3f} s/step: {budget} steps "
+                        f"({budget / steps_per_epoch:.2f} epochs) instead of {total}")
+                total = budget
+                progress.total = total
+        if step % cfg.checkpoint_interval == 0 or step == total:
+            if ctx.is_main:
+                save_checkpoint(ckpt_path, {
+                    "format": "fewshotseg-checkpoint", "step": step, "iteration": step, "total_steps": total,
+                    "model": model_state(model), "model_config": as_dict(model.config),
+                    "optimizer": optimizer.state_dict(), "rng": {"torch": torch.get_rng_state()},
+                    "config": as_dict(cfg), "classes": train.names,
+                })
+    progress.close()
+    out = run.file("model.safetensors")
+    if ctx.is_main:
+        save_initialization(out, model, {"joint_trained_classes": len(train.names), "steps": total,
+                                         "epochs": total / steps_per_epoch, "data": cfg.data, "size": cfg.size})
+        run.log(f"done: {total} steps ({total / steps_per_epoch:.2f} epochs) in {time.monotonic() - started:.0f} s; "
+                f"initialization written to {out}")
+    distributed.Context.barrier(ctx)
+    return out

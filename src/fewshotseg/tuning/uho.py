@@ -1,0 +1,280 @@
+"""Update-hyperparameter optimisation (UHO, paper §3.3, §5.3, App. B): tune omega after meta-training.
+
+For a fixed initialization, Bayesian optimisation with a Gaussian process (Optuna's GPSampler; the first half of
+the trials random, log-uniform for the learning rate) maximises mean IoU over validation tasks. The number of
+steps is not searched: per task, early stopping finds the best step, and the trial's steps are the median over
+tasks (App. B). Then every task is scored at that median step count.
+
+Early stopping is judged on labelled images that are never scored: the task's images outside its support and
+query sets when there are any (1-shot on 10-image classes leaves 4), otherwise a held-out 20 % (at least one image)
+of the support set (5-shot on 10-image classes), in which case the task is retrained on its whole support set for
+the median steps. The reference instead stopped on the very query images it scored (REFERENCE §5), an optimistic
+bias. Every searched value (lr, and optionally dropout, augmentation rate, batch size) is carried into the
+written update-parameters file; the reference kept only lr and steps.
+
+The study lives in Optuna storage: a SQLite file by default, or any URL (PostgreSQL for many machines; a
+`journal:PATH` file), so several `tune` processes share one study, and an interrupted study resumes where it
+stopped. A trial whose adaptation diverges (NaN loss) is recorded as failed and the study goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import optuna
+
+from fewshotseg.config import ModelFields, option
+from fewshotseg.data.tasks import TaskTensors, episode_rng
+from fewshotseg.evaluation.protocols import Episode, paper_episodes, run_episode
+from fewshotseg.meta_learning.update_routine import DivergedError, EarlyStopping, UpdateParams
+from fewshotseg.training.run_dir import RunDir
+from fewshotseg.workers import Pool, WorkerState
+
+# name -> (low, high, log scale, integer). Paper App. B: lr in [5e-4, 5e-2]; EfficientLab-6-3 also searched
+# dropout [0.2, 0.5], augmentation rate [0.5, 1] and batch size [1, 10].
+SEARCH_SPACE = {
+    "lr": (5e-4, 5e-2, True, False),
+    "dropout": (0.2, 0.5, False, False),
+    "aug_rate": (0.5, 1.0, False, False),
+    "batch_size": (1, 10, False, True),
+}
+
+
+@dataclass
+class TuneConfig(ModelFields):
+    init: str = option("", "initialization to tune U for: a checkpoint or run folder, random or imagenet", required=True)
+    data: str = option("", "dataset whose validation classes are tuned on", required=True)
+    run_dir: str = option("", "output folder: study (SQLite by default), trials.json, update_params.json", required=True)
+    trials: int = option(30, "trials in the study, shared by all processes (paper: 30, the first half random)")
+    storage: str = option("", "Optuna storage URL (sqlite:///f.db, postgresql://..., journal:PATH); default "
+                              "sqlite:///RUN_DIR/study.db")
+    study: str = option("uho", "study name inside the storage")
+    search: str = option("lr", "comma-separated: lr, dropout, aug_rate, batch_size (paper EL-3: lr; EL-6-3: all)")
+    shots: int = option(5, "support images per validation task")
+    max_steps: int = option(20, "early-stopping maximum steps (paper: 20 for EL-3, 80 for EL-6-3)")
+    patience: int = option(50, "early-stopping patience in steps (the reference: 50)")
+    holdout: float = option(0.2, "fraction of the support held out for early stopping when no other image is left")
+    val_tasks: int = option(0, "validation tasks per trial, a seeded subset (0: all; paper: 200)")
+    update_params: str = option("", "base update parameters (unsearched values); default: the paper's Table 3")
+    splits: str = option("auto", "class split scheme (see meta-train)")
+    split: str = option("val", "which classes to tune on")
+    size: int = option(224, "square image size in pixels")
+    seed: int = option(0, "seed of the episodes and the sampler")
+    workers: int = option(1, "processes running the validation tasks of a trial in parallel (CPU)")
+    device: str = option("auto", "cpu, cuda or auto")
+
+
+def storage_for(url: str, run_dir: Path):
+    """An Optuna storage object for a URL; RDB storages get heartbeats so a killed trial is failed, not stuck."""
+    if not url:
+        url = f"sqlite:///{(run_dir / 'study.db').resolve()}"
+    if url.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend
+
+        return optuna.storages.JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
+    engine = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else None
+    return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=10, grace_period=40)
+
+
+def early_stopping_sets(episode: Episode, holdout: float) -> tuple[list[int], list[int], bool]:
+    """(train, held-out, retrain) local indices for one task's early stopping; never the query images."""
+    if episode.rest:
+        return list(episode.support), list(episode.rest), False
+    if len(episode.support) < 2:
+        raise ValueError(f"{episode.cls}: {len(episode.support)}-shot early stopping needs labelled images "
+                         "beyond the support and query sets")
+    n_out = max(1, round(holdout * len(episode.support)))
+    return list(episode.support[:-n_out]), list(episode.support[-n_out:]), True
+
+
+def median_steps(best_steps: list[int]) -> int:
+    """The paper's rule: the median of the per-task best steps (rounded down to a whole step)."""
+    return int(np.median(best_steps))
+
+
+def early_stopping_job(state: WorkerState, init_path: str, data: str, size: int, episode: Episode,
+                       params: UpdateParams, stopping: EarlyStopping, holdout: float, seed: int) -> dict:
+    """Early stopping on one validation task; also records the query IoU along the way when the trajectory is
+    the one the task is finally scored on (no images carved out of the support)."""
+    dataset = state.dataset(data, size)
+    task = TaskTensors.from_dataset(dataset, episode.cls)
+    train, held, retrain = early_stopping_sets(episode, holdout)
+    rng = episode_rng(seed, 3, episode.class_index, episode.split, len(episode.support))
+    result = state.learner(init_path).early_stopping(
+        state.init(init_path), task.take(train), task.take(held), params, stopping, rng,
+        monitor=None if retrain else task.take(list(episode.query)),
+    )
+    return {"class": episode.cls, "best_step": result.best_step, "best_score": result.best_score,
+            "scores": result.scores, "query_scores": result.monitored, "retrain": retrain}
+
+
+def score_job(state: WorkerState, init_path: str, data: str, size: int, episode: Episode, params: UpdateParams,
+              steps: int, seed: int) -> float:
+    rows = run_episode(state.learner(init_path), state.init(init_path), state.dataset(data, size), episode, params,
+                       seed=seed, steps=steps)
+    return float(np.mean([r["iou"] for r in rows]))
+
+
+def suggest(trial: optuna.Trial, base: UpdateParams, search: list[str]) -> UpdateParams:
+    values = {}
+    for name in search:
+        low, high, log, integer = SEARCH_SPACE[name]
+        if integer:
+            values[name] = trial.suggest_int(name, low, high, log=log)
+        else:
+            values[name] = trial.suggest_float(name, low, high, log=log)
+    return base.replace(**values)
+
+
+def make_objective(pool: Pool, init_path: str, cfg: TuneConfig, episodes: list[Episode], base: UpdateParams,
+                   search: list[str]):
+    stopping = EarlyStopping(patience=cfg.patience, max_steps=cfg.max_steps)
+
+    def objective(trial: optuna.Trial) -> float:
+        trial.set_user_attr("host", socket.gethostname())
+        trial.set_user_attr("pid", os.getpid())
+        params = suggest(trial, base, search)
+        jobs = [(init_path, cfg.data, cfg.size, ep, params, stopping, cfg.holdout, cfg.seed) for ep in episodes]
+        found = list(pool.map(early_stopping_job, jobs))
+        steps = median_steps([f["best_step"] for f in found])
+        scores, rescore = [], []
+        for i, f in enumerate(found):
+            if not f["retrain"] and len(f["query_scores"]) >= steps:
+                scores.append(f["query_scores"][steps - 1])  # the same trajectory a rerun would follow
+            else:
+                scores.append(None)
+                rescore.append(i)
+        jobs = [(init_path, cfg.data, cfg.size, episodes[i], params, steps, cfg.seed) for i in rescore]
+        for i, score in zip(rescore, pool.map(score_job, jobs)):
+            scores[i] = score
+        value = float(np.mean(scores))
+        trial.set_user_attr("median_steps", steps)
+        trial.set_user_attr("best_steps", [f["best_step"] for f in found])
+        trial.set_user_attr("task_scores", scores)
+        return value
+
+    return objective
+
+
+def tune(cfg: TuneConfig, *, progress: bool = True) -> dict:
+    from fewshotseg.data.cache import load_dataset
+    from fewshotseg.data.splits import resolve_splits
+    from fewshotseg.evaluation.evaluate import select_tasks
+    from fewshotseg.training.checkpoint import save_initialization
+    from fewshotseg.training.distributed import choose_device
+    from fewshotseg.training.initialization import load_initialization
+
+    search = [s.strip() for s in cfg.search.split(",") if s.strip()]
+    unknown = sorted(set(search) - set(SEARCH_SPACE))
+    if unknown or not search:
+        raise ValueError(f"unknown --search entries {unknown}; choose from {', '.join(SEARCH_SPACE)}")
+    run = RunDir(cfg.run_dir)
+    dataset = load_dataset(cfg.data, cfg.size)
+    names = resolve_splits(dataset.root, cfg.splits, classes=dataset.names)[cfg.split]
+    names = [n for n in select_tasks(dataset, names, cfg.val_tasks, cfg.seed) if dataset.count(n) >= cfg.shots + 5]
+    episodes = paper_episodes(dataset.subset(names), names, cfg.shots, splits=1, seed=cfg.seed)
+    base = UpdateParams.load(cfg.update_params) if cfg.update_params else UpdateParams()
+
+    import torch
+
+    torch.manual_seed(cfg.seed)
+    model, described = load_initialization(cfg.init, cfg.model_config(dropout=base.dropout))
+    init_path = run.file("init.safetensors")
+    if not init_path.exists():
+        save_initialization(init_path, model, {"described": described})
+
+    storage = storage_for(cfg.storage, run.path)
+    sampler = optuna.samplers.GPSampler(n_startup_trials=max(1, cfg.trials // 2), seed=_sampler_seed(cfg))
+    study = optuna.create_study(study_name=cfg.study, storage=storage, direction="maximize", sampler=sampler,
+                                load_if_exists=True)
+    _check_same_study(study, cfg, described)
+    _fail_dead_local_trials(study)
+    run.log(f"UHO for {described}: {len(episodes)} {cfg.split} tasks, {cfg.shots}-shot, searching {search}, "
+            f"{cfg.trials} trials in study {cfg.study!r}; {_count(study)} trial(s) already there")
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    from tqdm import tqdm
+
+    bar = tqdm(total=cfg.trials, initial=_count(study), desc=f"tune {cfg.shots}-shot", unit="trial",
+               disable=not progress, dynamic_ncols=True)
+    with Pool(cfg.workers, str(choose_device(cfg.device))) as pool:
+        objective = make_objective(pool, str(init_path), cfg, episodes, base, search)
+        while _count(study) < cfg.trials:
+            study.optimize(objective, n_trials=1, catch=(DivergedError,))
+            bar.n = _count(study)
+            bar.refresh()
+            done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+            if done:
+                best = max(done, key=lambda t: t.value)
+                bar.set_postfix(best=f"{100 * best.value:.1f}", lr=f"{best.params.get('lr', base.lr):.2g}",
+                                steps=best.user_attrs.get("median_steps"))
+    bar.close()
+    return write_results(study, run, cfg, base, described)
+
+
+def write_results(study: optuna.Study, run: RunDir, cfg: TuneConfig, base: UpdateParams, described: str) -> dict:
+    trials = [{
+        "number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
+        "median_steps": t.user_attrs.get("median_steps"), "best_steps": t.user_attrs.get("best_steps"),
+        "random": t.number < max(1, cfg.trials // 2),
+    } for t in study.trials]
+    run.file("trials.json").write_text(json.dumps({"study": cfg.study, "shots": cfg.shots, "init": cfg.init,
+                                                   "described": described, "search": cfg.search,
+                                                   "max_steps": cfg.max_steps, "trials": trials}, indent=1) + "\n")
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not complete:
+        raise RuntimeError(f"study {cfg.study!r}: no trial completed (all {len(study.trials)} failed)")
+    best = max(complete, key=lambda t: t.value)
+    params = base.replace(**best.params, steps=best.user_attrs["median_steps"])
+    result = {"update_params": params.as_dict(), "shots": cfg.shots, "objective": best.value, "trial": best.number,
+              "study": cfg.study, "init": cfg.init, "described": described, "search": cfg.search,
+              "failed_trials": sum(t.state == optuna.trial.TrialState.FAIL for t in study.trials)}
+    run.file("update_params.json").write_text(json.dumps(result, indent=2) + "\n")
+    run.log(f"best of {len(complete)} trials: mean IoU {100 * best.value:.2f} % with lr {params.lr:.3g}, "
+            f"{params.steps} steps (median early-stopping step) -> {run.file('update_params.json')}")
+    return result
+
+
+def _count(study: optuna.Study) -> int:
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL, optuna.trial.TrialState.RUNNING)
+    return len(study.get_trials(deepcopy=False, states=states))
+
+
+def _sampler_seed(cfg: TuneConfig) -> int:
+    # One process: reproducible. Several processes sharing a study must not propose the same random trials.
+    return cfg.seed if not cfg.storage else cfg.seed * 100_003 + os.getpid()
+
+
+def _check_same_study(study: optuna.Study, cfg: TuneConfig, described: str) -> None:
+    identity = {"init": described, "data": cfg.data, "shots": cfg.shots, "search": cfg.search, "size": cfg.size,
+                "max_steps": cfg.max_steps, "split": cfg.split}
+    saved = study.user_attrs.get("identity")
+    if saved is None:
+        study.set_user_attr("identity", identity)
+    elif saved != identity:
+        raise ValueError(f"study {cfg.study!r} was created for {saved}; this run is {identity}. "
+                         "Use another --study name")
+
+
+def _fail_dead_local_trials(study: optuna.Study) -> None:
+    """Trials left RUNNING by a process of this host that no longer exists (killed) become FAIL, so a resumed
+    study does not wait for them (RDB storages also fail them through heartbeats, from any host)."""
+    host = socket.gethostname()
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if t.user_attrs.get("host") == host and not _alive(t.user_attrs.get("pid", -1)):
+            study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return pid > 0 and pid != os.getpid()

@@ -1,0 +1,150 @@
+"""EfficientLab: encoder cut, decoder shapes, variants, parameter counts and pretrained-weight mapping."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fewshotseg.models.efficientlab import VARIANTS, EfficientLab, ModelConfig, build_model, count_parameters
+from fewshotseg.models.encoder import Encoder
+from fewshotseg.models.losses import l2_parameters, segmentation_loss
+
+
+@pytest.mark.parametrize("name", ["tf_efficientnet_b0", "tinynet_e", "mobilenetv3_small_100"])
+def test_encoder_channels_and_strides_match_real_feature_shapes(name):
+    encoder = Encoder(name)
+    skip, deep = encoder(torch.randn(2, 3, 96, 96))
+    assert (skip.shape[1], deep.shape[1]) == encoder.channels
+    assert 96 // skip.shape[-1] == encoder.strides[0] == 4
+    assert 96 // deep.shape[-1] == encoder.strides[1] == 16
+
+
+def test_b0_is_cut_after_eleven_blocks_with_112_channels():
+    encoder = Encoder("tf_efficientnet_b0")
+    assert encoder.num_blocks == 11
+    assert encoder.channels == (24, 112)
+    assert count_parameters(encoder) == 851_808  # the reference's hand count for stem + blocks 0-10
+
+
+@pytest.mark.parametrize("name", ["tf_efficientnet_b0", "tinynet_e", "mobilenetv3_small_100"])
+def test_no_unused_encoder_parameter_remains(name):
+    encoder = Encoder(name)
+    skip, deep = encoder(torch.randn(2, 3, 64, 64))
+    (skip.sum() + deep.sum()).backward()
+    unused = [n for n, p in encoder.named_parameters() if p.grad is None]
+    assert unused == []
+
+
+def test_parameter_counts_equal_the_reference_hand_counts():
+    el3 = EfficientLab(ModelConfig("efficientlab-3", "tf_efficientnet_b0"))
+    el63 = EfficientLab(ModelConfig("efficientlab-6-3", "tf_efficientnet_b0"))
+    assert count_parameters(el3) == 1_368_242
+    assert count_parameters(el63) == 2_071_714
+    assert count_parameters(el3.decoder) == 516_208
+    assert count_parameters(el63.decoder) == 516_208 + 703_472
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("size", [64, 224])
+def test_every_variant_runs_forward_with_finite_two_class_output(variant, size):
+    model = build_model(ModelConfig(variant=variant, encoder="tf_efficientnet_b0")).eval()
+    with torch.no_grad():
+        out = model(torch.rand(2, 3, size, size))
+    assert out.shape == (2, 2, size, size)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_loss_reaches_every_trainable_parameter(variant):
+    model = build_model(ModelConfig(variant=variant, encoder="tinynet_e")).train()
+    x = torch.rand(4, 3, 64, 64)
+    y = (torch.rand(4, 64, 64) > 0.7).long()
+    segmentation_loss(model(x), y).backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.any())]
+    assert missing == []
+
+
+def test_no_residual_variant_differs_only_by_the_residual():
+    torch.manual_seed(0)
+    with_res = build_model(ModelConfig("efficientlab-3", "tinynet_e")).eval()
+    without = build_model(ModelConfig("efficientlab-3-no-residual", "tinynet_e")).eval()
+    without.load_state_dict(with_res.state_dict())
+    x = torch.rand(1, 3, 64, 64)
+    assert not torch.allclose(with_res(x), without(x))
+    skip, deep = with_res.encoder((x - with_res.mean) / with_res.std)
+    rsd = with_res.decoder.rsd[0]
+    up = torch.nn.functional.interpolate(deep, size=skip.shape[-2:], mode="bilinear", align_corners=True)
+    torch.testing.assert_close(rsd(deep, skip) - without.decoder.rsd[0](deep, skip), up)
+
+
+def test_efficientlab_6_3_first_rsd_concatenates_deep_features_with_themselves():
+    model = EfficientLab(ModelConfig("efficientlab-6-3", "tf_efficientnet_b0"))
+    first = model.decoder.rsd[0]
+    assert first.branch1x1[0].in_channels == 224  # 112 upsampled (identity) + 112 skip (the same tensor)
+    assert model.decoder.rsd[1].branch1x1[0].in_channels == 136  # 112 + the 24-channel stride-4 skip
+
+
+def test_l2_excludes_batchnorm_parameters_only():
+    model = EfficientLab(ModelConfig("efficientlab-3", "tinynet_e"))
+    l2 = {id(p) for p in l2_parameters(model)}
+    bn = {id(p) for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d) for p in m.parameters()}
+    assert l2.isdisjoint(bn)
+    assert l2 | bn == {id(p) for p in model.parameters()}
+    assert id(model.head[1].bias) in l2  # biases are penalised, as in the reference
+
+
+def test_lite0_imagenet_weights_load_strictly_and_name_the_coffee_photo():
+    skimage = pytest.importorskip("skimage")
+    import timm
+    from PIL import Image
+    from timm.data import ImageNetInfo
+
+    from fewshotseg.models.pretrained import lite0_package_state_dict
+
+    classifier = timm.create_model("tf_efficientnet_lite0")
+    classifier.load_state_dict(lite0_package_state_dict(), strict=True)
+    classifier.eval()
+    photo = Image.fromarray(skimage.data.coffee()).resize((224, 224), Image.BICUBIC)
+    x = torch.from_numpy(np.asarray(photo)).permute(2, 0, 1)[None].float() / 255
+    x = (x - 0.5) / 0.5  # timm's normalisation for tf_efficientnet_lite0
+    with torch.no_grad():
+        top = classifier(x).softmax(1)[0].argmax().item()
+    assert ImageNetInfo().index_to_description(top) == "espresso"
+
+
+def test_imagenet_encoder_weights_reach_the_truncated_encoder():
+    from fewshotseg.models.pretrained import lite0_package_state_dict
+
+    model = build_model(ModelConfig("efficientlab-3", "tf_efficientnet_lite0"), encoder_weights="imagenet")
+    reference = lite0_package_state_dict()
+    for name, tensor in model.encoder.body.state_dict().items():
+        torch.testing.assert_close(tensor, reference[name])
+
+
+def test_encoder_weights_from_a_local_safetensors_file(tmp_path):
+    from safetensors.torch import save_file
+
+    source = build_model(ModelConfig("efficientlab-3", "tinynet_e"))
+    path = tmp_path / "enc.safetensors"
+    save_file({k: v.contiguous() for k, v in source.encoder.body.state_dict().items()}, str(path))
+    model = build_model(ModelConfig("efficientlab-3", "tinynet_e"), encoder_weights=str(path))
+    for (name, a), b in zip(model.encoder.body.state_dict().items(), source.encoder.body.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=name)
+
+
+def test_a_wrong_weights_file_fails_loudly(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "bad.safetensors"
+    save_file({"conv_stem.weight": torch.zeros(1)}, str(path))
+    with pytest.raises(ValueError, match="missing"):
+        build_model(ModelConfig("efficientlab-3", "tinynet_e"), encoder_weights=str(path))
+
+
+def test_model_info_prints_the_counts(capsys):
+    from fewshotseg.cli import main
+
+    assert main(["model-info", "--variant", "efficientlab-6-3", "--encoder", "tf_efficientnet_b0"]) == 0
+    out = capsys.readouterr().out
+    assert "2,071,714" in out and "stride 16" in out and "112 ch" in out
