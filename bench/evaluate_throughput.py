@@ -26,19 +26,17 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from fewshotseg.data.cache import load_dataset  # noqa: E402
-from fewshotseg.data.synthetic import SyntheticSpec, make_synthetic  # noqa: E402
-from fewshotseg.evaluation.evaluate import episode_job  # noqa: E402
-from fewshotseg.evaluation.protocols import paper_episodes, run_episode  # noqa: E402
-from fewshotseg.meta_learning.update_routine import Learner, UpdateParams  # noqa: E402
-from fewshotseg.models.efficientlab import ModelConfig, build_model  # noqa: E402
-from fewshotseg.training.checkpoint import save_initialization  # noqa: E402
-from fewshotseg.workers import Pool, WorkerState  # noqa: E402
+from fewshotseg.data.cache import load_dataset
+from fewshotseg.data.synthetic import SyntheticSpec, make_synthetic
+from fewshotseg.evaluation.evaluate import episode_job
+from fewshotseg.evaluation.protocols import paper_episodes, run_episode
+from fewshotseg.meta_learning.update_routine import Learner, UpdateParams
+from fewshotseg.models.efficientlab import ModelConfig, build_model
+from fewshotseg.training.checkpoint import save_initialization
+from fewshotseg.workers import Pool, WorkerState
 
 SHOTS = 5  # the paper's k = 5; run_episode's queries are the protocol's 5
 NATIVE_SIZE = 224
@@ -135,7 +133,7 @@ def main() -> None:
         for label, size, encoder, count in rows:
             rate, miou = splits_per_second(size, encoder, root, count, args.threads, args.seed)
             print(f"  {label:<44} {rate:7.3f} task-splits/s  ({1000 / rate:6.0f} ms each, {count} splits, "
-                  f"{args.threads} thread(s); mIoU {miou:.3f} from a random init)")
+                  f"{args.threads} thread(s); query mIoU {miou:.3f}, random init)")
 
         count, times = pool_comparison(root, Path(tmp), args)
     print(f"\n64 px tinynet_e, {count} task-splits per pass through evaluate's episode_job; {args.repeats} "

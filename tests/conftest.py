@@ -8,6 +8,11 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # hub downloads would retry for ~46 s before failing
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # one thread per process: two threads stall when a core is busy
+
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_PHOTOS = REPO.parent / "shared" / "fixtures" / "real-photos"

@@ -129,6 +129,7 @@ def test_weight_decay_equals_the_l2_term_in_the_loss(model, task):
     x, y = task.images[:4], task.masks[:4]
     learner.step(x, y, 0.1)
     explicit = copy.deepcopy(model).train()
+    explicit.set_dropout(0.0)
     loss = segmentation_loss(explicit(x), y) + 0.01 * l2_penalty(l2_parameters(explicit))
     loss.backward()
     with torch.no_grad():

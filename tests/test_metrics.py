@@ -79,7 +79,7 @@ def test_pooled_and_per_episode_miou_differ_as_they_should():
     assert metrics.hsnet_miou(data) == pytest.approx(pooled)
     assert metrics.hsnet_miou(data) > metrics.per_episode_miou(data)
     fg = (90 + 0 + 25) / (100 + 10 + 50)
-    bg = ((100 - 90) + (100 - 0) + (100 - 25)) / ((100 - 10) + (100 - 10) + (100 - 50))
+    bg = ((100 - 100) + (100 - 10) + (100 - 50)) / ((100 - 90) + (100 - 0) + (100 - 25))  # bg_i / bg_u of the rows
     assert metrics.fb_iou(data) == pytest.approx((fg + bg) / 2)
 
 

@@ -106,7 +106,7 @@ def test_lite0_imagenet_weights_load_strictly_and_name_the_coffee_photo():
     classifier.load_state_dict(lite0_package_state_dict(), strict=True)
     classifier.eval()
     photo = Image.fromarray(skimage.data.coffee()).resize((224, 224), Image.BICUBIC)
-    x = torch.from_numpy(np.asarray(photo)).permute(2, 0, 1)[None].float() / 255
+    x = torch.from_numpy(np.array(photo)).permute(2, 0, 1)[None].float() / 255
     x = (x - 0.5) / 0.5  # timm's normalisation for tf_efficientnet_lite0
     with torch.no_grad():
         top = classifier(x).softmax(1)[0].argmax().item()

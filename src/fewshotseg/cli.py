@@ -282,7 +282,68 @@ def run_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_adapt(sub: argparse._SubParsersAction) -> None:
+    from fewshotseg.adapt import AdaptConfig
+
+    p = sub.add_parser("adapt", help="adapt an initialization to your labelled images and segment new ones",
+                       description="Fine-tune an initialization with U on a folder of labelled support images, "
+                       "then write a mask PNG and an overlay PNG for every query image (at its own size); "
+                       "optionally save the adapted weights (safetensors) and an ONNX export.")
+    p.add_argument("--config", help="YAML file of settings")
+    add_config_flags(p, AdaptConfig)
+    add_update_flags(p)
+
+
+def run_adapt(args: argparse.Namespace) -> int:
+    from fewshotseg.adapt import AdaptConfig, adapt
+
+    cfg = config_from_args(AdaptConfig, args)
+    summary = adapt(cfg) if not _has_update_overrides(args) else _adapt_with(cfg, args)
+    print(f"wrote {len(summary['queries'])} mask(s) and overlay(s) to {cfg.out}")
+    for failure in summary["failed"]:
+        print(f"skipped: {failure}", file=sys.stderr)
+    return 1 if summary["failed"] else 0
+
+
+def _has_update_overrides(args: argparse.Namespace) -> bool:
+    return any(k.startswith("u_") and v is not None for k, v in vars(args).items())
+
+
+def _adapt_with(cfg, args: argparse.Namespace) -> dict:
+    import tempfile
+    from pathlib import Path
+
+    from fewshotseg.adapt import adapt
+
+    params = update_params_from_args(args, cfg.update_params or None)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "update_params.json"
+        params.save(path)
+        cfg.update_params = str(path)
+        return adapt(cfg)
+
+
+def add_quickstart(sub: argparse._SubParsersAction) -> None:
+    from fewshotseg.quickstart import QuickstartConfig
+
+    p = sub.add_parser("quickstart", help="the whole system on the built-in benchmark in ~10 minutes on 2 CPU cores",
+                       description="Make the built-in benchmark, meta-train FOMAML*, train the joint baseline, run "
+                       "UHO, evaluate 1- and 5-shot on held-out test tasks and write a report with figures.")
+    add_config_flags(p, QuickstartConfig)
+    p.add_argument("--tiny", action="store_true", help="a seconds-long run on a toy benchmark (a smoke test)")
+
+
+def run_quickstart(args: argparse.Namespace) -> int:
+    from fewshotseg.quickstart import QuickstartConfig, quickstart, tiny
+
+    cfg = config_from_args(QuickstartConfig, args)
+    quickstart(tiny(cfg) if args.tiny else cfg)
+    return 0
+
+
 VERBS = {
+    "quickstart": (add_quickstart, run_quickstart),
+    "adapt": (add_adapt, run_adapt),
     "report": (add_report, run_report),
     "tune": (add_tune, run_tune),
     "fp-k": (add_fp_k, run_fp_k),

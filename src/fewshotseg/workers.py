@@ -41,13 +41,14 @@ class WorkerState:
         self._datasets: dict[tuple[str, int], SegmentationDataset] = {}
 
     def init(self, path: str) -> EfficientLab:
-        """An initialization file (safetensors), loaded once."""
-        if path not in self._inits:
+        """An initialization file (safetensors), loaded once (again if the file changed)."""
+        key = f"{path}@{os.stat(path).st_mtime_ns}"
+        if key not in self._inits:
             from fewshotseg.training.initialization import load_initialization
 
-            from_file, _ = load_initialization(path, _placeholder_config())
-            self._inits[path] = from_file.to(self.device)
-        return self._inits[path]
+            from_file, _ = load_initialization(path, None)
+            self._inits[key] = from_file.to(self.device)
+        return self._inits[key]
 
     def learner(self, path: str) -> Learner:
         """A working model with the architecture of `path` (shared by inits of one architecture)."""
@@ -64,12 +65,6 @@ class WorkerState:
             self._datasets[(spec, size)] = load_dataset(spec, size, progress=False)
         ds = self._datasets[(spec, size)]
         return ds.subset(list(names)) if names else ds
-
-
-def _placeholder_config():
-    from fewshotseg.models.efficientlab import ModelConfig
-
-    return ModelConfig()  # unused for files: the file's own config wins
 
 
 _STATE: WorkerState | None = None

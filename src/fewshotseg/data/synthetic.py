@@ -193,29 +193,29 @@ def distractor_classes(target: ObjectClass, classes: list[ObjectClass], count: i
     return out
 
 
-def render_pair(spec: SyntheticSpec, classes: list[ObjectClass], ci: int, n: int, renderer: Renderer, by_attrs: dict):
-    """One image (S, S, 3) uint8 and mask (S, S) uint8 0/255 of class `ci`, example `n`."""
+def render_pair(spec: SyntheticSpec, classes: list[ObjectClass], ci: int, n: int, renderer: Renderer, by_attrs: dict,
+                *, with_objects: bool = False):
+    """One image (S, S, 3) uint8 and mask (S, S) uint8 0/255 of class `ci`, example `n`; with `with_objects`, also
+    the object map (0 background, 1 the target, 2.. the distractors; the visible, topmost object per pixel)."""
     rng = np.random.default_rng([spec.seed, 2, ci, n])
     target = classes[ci]
     others = distractor_classes(target, classes, int(rng.integers(spec.distractors[0], spec.distractors[1] + 1)),
                                 spec.hard_negative_rate, rng, by_attrs)
     for _attempt in range(20):
         img = renderer.background(rng)
-        order = rng.permutation(len(others) + 1)  # position of the target among the drawn objects
-        label = np.zeros((spec.size, spec.size), bool)
+        objects = np.zeros((spec.size, spec.size), np.uint8)
         area = 0
-        for j in order:
-            if j == len(others):
-                footprint = renderer.draw(img, target, rng)
-                area = footprint.sum()
-                label |= footprint
-            else:
-                footprint = renderer.draw(img, others[j], rng)
-                label &= ~footprint  # occluded target pixels are not foreground
-        if area and label.sum() >= 0.6 * area:  # the target stays mostly visible
+        for j in rng.permutation(len(others) + 1):  # the target is drawn at a random depth
+            is_target = j == len(others)
+            footprint = renderer.draw(img, target if is_target else others[j], rng)
+            objects[footprint] = 1 if is_target else j + 2
+            area = footprint.sum() if is_target else area
+        if area and (objects == 1).sum() >= 0.6 * area:  # the target stays mostly visible
             break
     img = img + rng.normal(0, 0.015, img.shape).astype(np.float32)
-    return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8), label.astype(np.uint8) * 255
+    image = (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
+    mask = (objects == 1).astype(np.uint8) * 255
+    return (image, mask, objects) if with_objects else (image, mask)
 
 
 def _write_class(args) -> tuple[str, int]:

@@ -100,7 +100,8 @@ def versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
-def evaluate(cfg: EvaluateConfig, *, params: UpdateParams | None = None, progress: bool = True) -> dict:
+def evaluate(cfg: EvaluateConfig, *, params: UpdateParams | None = None, progress: bool = True,
+             pool: Pool | None = None, label: str | None = None) -> dict:
     from fewshotseg.data.cache import load_dataset
     from fewshotseg.data.splits import resolve_splits
     from fewshotseg.training.checkpoint import save_initialization
@@ -138,7 +139,9 @@ def evaluate(cfg: EvaluateConfig, *, params: UpdateParams | None = None, progres
     }
     kept: list[tuple] = []
     started = time.monotonic()
-    with Pool(cfg.workers, device) as pool:
+    own_pool = pool is None
+    pool = pool or Pool(cfg.workers, device)
+    try:
         for shots in cfg.shots:
             episodes = make_episodes(cfg.protocol, dataset.subset(names), names, shots, cfg.seed, cfg.num_splits)
             jobs = [(str(init_path), cfg.data, cfg.size, ep, params, cfg.seed, i < OVERLAY_EPISODES)
@@ -158,6 +161,11 @@ def evaluate(cfg: EvaluateConfig, *, params: UpdateParams | None = None, progres
             run.log(f"{shots}-shot: mean IoU {100 * results['shots'][str(shots)]['paper_miou']['mean']:.2f} "
                     f"± {100 * results['shots'][str(shots)]['paper_miou']['ci95']:.2f} % over "
                     f"{results['shots'][str(shots)]['paper_miou']['n']} task splits")
+    finally:
+        if own_pool:
+            pool.close()
+    if label:
+        results["label"] = label
     results["seconds"] = time.monotonic() - started
     run.file("results.json").write_text(json.dumps(results, indent=2) + "\n")
     if kept:

@@ -28,17 +28,21 @@ def find_initialization(spec: str | Path) -> Path:
     return path
 
 
-def load_initialization(spec: str, config: ModelConfig, *, num_classes: int = 2) -> tuple[EfficientLab, str]:
-    """(model, one-line description). `config` supplies the architecture for `random` and `imagenet`."""
+def load_initialization(spec: str, config: ModelConfig | None, *, num_classes: int = 2) -> tuple[EfficientLab, str]:
+    """(model, one-line description). `config` supplies the architecture for `random` and `imagenet`, and the
+    dropout and memory format for a file (None: the file's own)."""
     from fewshotseg.training.checkpoint import read_initialization
 
     if spec in ("random", "imagenet"):
+        if config is None:
+            raise ValueError(f"--init {spec} needs a model configuration (variant and encoder)")
         model = build_model(replace(config, num_classes=num_classes), encoder_weights=spec)
         what = "random initialization" if spec == "random" else f"ImageNet-trained {config.encoder} encoder"
         return model, f"{what} ({config.variant})"
     path = find_initialization(spec)
     saved, state, _ = read_initialization(path)
-    saved = replace(saved, dropout=config.dropout, channels_last=config.channels_last)
+    if config is not None:
+        saved = replace(saved, dropout=config.dropout, channels_last=config.channels_last)
     model = build_model(saved)
     model.load_state_dict(state, strict=True)
     what = f"{path} ({saved.variant}, {saved.encoder})"

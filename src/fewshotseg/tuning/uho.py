@@ -161,7 +161,7 @@ def make_objective(pool: Pool, init_path: str, cfg: TuneConfig, episodes: list[E
     return objective
 
 
-def tune(cfg: TuneConfig, *, progress: bool = True) -> dict:
+def tune(cfg: TuneConfig, *, progress: bool = True, pool: Pool | None = None) -> dict:
     from fewshotseg.data.cache import load_dataset
     from fewshotseg.data.splits import resolve_splits
     from fewshotseg.evaluation.evaluate import select_tasks
@@ -202,7 +202,9 @@ def tune(cfg: TuneConfig, *, progress: bool = True) -> dict:
 
     bar = tqdm(total=cfg.trials, initial=_count(study), desc=f"tune {cfg.shots}-shot", unit="trial",
                disable=not progress, dynamic_ncols=True)
-    with Pool(cfg.workers, str(choose_device(cfg.device))) as pool:
+    own_pool = pool is None
+    pool = pool or Pool(cfg.workers, str(choose_device(cfg.device)))
+    try:
         objective = make_objective(pool, str(init_path), cfg, episodes, base, search)
         while _count(study) < cfg.trials:
             study.optimize(objective, n_trials=1, catch=(DivergedError,))
@@ -213,6 +215,9 @@ def tune(cfg: TuneConfig, *, progress: bool = True) -> dict:
                 best = max(done, key=lambda t: t.value)
                 bar.set_postfix(best=f"{100 * best.value:.1f}", lr=f"{best.params.get('lr', base.lr):.2g}",
                                 steps=best.user_attrs.get("median_steps"))
+    finally:
+        if own_pool:
+            pool.close()
     bar.close()
     return write_results(study, run, cfg, base, described)
 

@@ -1,0 +1,132 @@
+"""Evaluation protocols, UHO (early-stopping median rule, failures, shared studies) on the tiny benchmark."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import optuna
+import pytest
+
+from fewshotseg.evaluation.evaluate import EvaluateConfig, evaluate, recompute
+from fewshotseg.evaluation.protocols import Episode
+from fewshotseg.meta_learning.update_routine import UpdateParams
+from fewshotseg.tuning import uho
+from fewshotseg.tuning.uho import TuneConfig, early_stopping_sets, median_steps, tune
+
+FAST = UpdateParams(lr=0.02, steps=2, batch_size=4)
+
+
+def test_paper_protocol_writes_raw_counts_that_reproduce_every_number(tiny_benchmark, tmp_path):
+    cfg = EvaluateConfig(init="random", data=str(tiny_benchmark), run_dir=str(tmp_path), shots=[1, 5], size=32,
+                         encoder="tinynet_e", max_tasks=2, workers=1)
+    results = evaluate(cfg, params=FAST, progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "episodes.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 * 2 * 5 * 2  # tasks x splits x queries x shot counts
+    assert {r["shots"] for r in rows} == {1, 5}
+    assert results["shots"]["5"]["paper_miou"]["n"] == 4  # 2 tasks x 2 splits
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["size"] == 32 and saved["protocol"] == "paper" and "torch" in saved["versions"]
+    assert recompute(tmp_path) == json.loads(json.dumps(saved["shots"]))
+    import numpy as np
+
+    kept = np.load(tmp_path / "predictions.npz")
+    assert kept["images"].shape[1:] == (3, 32, 32) and kept["probs"].shape == kept["masks"].shape
+
+
+def test_hsnet_protocol_has_one_episode_per_query_image(tiny_benchmark, tmp_path):
+    cfg = EvaluateConfig(init="random", data=str(tiny_benchmark), run_dir=str(tmp_path), shots=[1], size=32,
+                         encoder="tinynet_e", max_tasks=2, protocol="hsnet")
+    results = evaluate(cfg, params=FAST, progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "episodes.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 * 12  # every image of the 2 classes is the query once
+    assert len({r["query"] for r in rows}) == 24
+    assert 0 <= results["shots"]["1"]["hsnet_miou"]["mean"] <= 1
+
+
+def test_median_early_stopping_rule():
+    assert median_steps([3, 7, 5, 20]) == 6  # median 6.0
+    assert median_steps([4, 9, 2]) == 4
+    assert median_steps([1, 2]) == 1  # 1.5 rounds down to a whole step, as the reference's int(median)
+
+
+def test_early_stopping_never_uses_the_query_images():
+    one_shot = Episode("c", 0, 0, support=(3,), query=(0, 1, 2, 4, 5), rest=(6, 7, 8, 9))
+    train, held, retrain = early_stopping_sets(one_shot, 0.2)
+    assert train == [3] and held == [6, 7, 8, 9] and not retrain
+    five_shot = Episode("c", 0, 0, support=(5, 6, 7, 8, 9), query=(0, 1, 2, 3, 4), rest=())
+    train, held, retrain = early_stopping_sets(five_shot, 0.2)
+    assert train == [5, 6, 7, 8] and held == [9] and retrain
+    assert not set(train + held) & set(five_shot.query)
+
+
+def tune_config(tiny_benchmark, tmp_path, **changes) -> TuneConfig:
+    values = dict(init="random", data=str(tiny_benchmark), run_dir=str(tmp_path / "tune"), trials=4, shots=1,
+                  max_steps=4, val_tasks=3, size=32, encoder="tinynet_e")
+    return TuneConfig(**{**values, **changes})
+
+
+def test_uho_finishes_and_its_best_trial_beats_its_worst(tiny_benchmark, tmp_path):
+    result = tune(tune_config(tiny_benchmark, tmp_path), progress=False)
+    trials = json.loads((tmp_path / "tune" / "trials.json").read_text())["trials"]
+    values = [t["value"] for t in trials if t["state"] == "COMPLETE"]
+    assert len(trials) == 4 and len(values) == 4
+    assert result["objective"] == max(values) > min(values)
+    assert 5e-4 <= result["update_params"]["lr"] <= 5e-2
+    assert result["update_params"]["steps"] == next(t for t in trials if t["value"] == max(values))["median_steps"]
+    saved = UpdateParams.load(tmp_path / "tune" / "update_params.json")
+    assert saved.lr == result["update_params"]["lr"]
+
+
+def test_a_diverging_trial_is_recorded_as_failed_and_the_study_resumes(tiny_benchmark, tmp_path, monkeypatch):
+    cfg = tune_config(tiny_benchmark, tmp_path, trials=2)
+    monkeypatch.setitem(uho.SEARCH_SPACE, "lr", (1e10, 1e11, True, False))
+    with pytest.raises(RuntimeError, match="no trial completed"):
+        tune(cfg, progress=False)
+    monkeypatch.undo()
+    result = tune(tune_config(tiny_benchmark, tmp_path, trials=4), progress=False)  # the same study, resumed
+    study = optuna.load_study(study_name="uho", storage=f"sqlite:///{tmp_path / 'tune' / 'study.db'}")
+    states = [t.state for t in study.trials]
+    assert states.count(optuna.trial.TrialState.FAIL) == 2
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 2
+    assert result["failed_trials"] == 2
+
+
+def test_a_study_refuses_another_setting(tiny_benchmark, tmp_path):
+    tune(tune_config(tiny_benchmark, tmp_path, trials=1), progress=False)
+    with pytest.raises(ValueError, match="another --study"):
+        tune(tune_config(tiny_benchmark, tmp_path, trials=2, shots=5), progress=False)
+
+
+def two_workers(tiny_benchmark, tmp_path, storage: str, study: str) -> optuna.Study:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    flags = ["tune", "--init", "random", "--data", str(tiny_benchmark), "--trials", "6", "--shots", "1",
+             "--max-steps", "3", "--val-tasks", "2", "--size", "32", "--encoder", "tinynet_e",
+             "--storage", storage, "--study", study]
+    procs = [subprocess.Popen([sys.executable, "-m", "fewshotseg", *flags, "--run-dir", str(tmp_path / f"w{i}")],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-3000:]
+    return optuna.load_study(study_name=study, storage=storage)
+
+
+def check_shared(study: optuna.Study) -> None:
+    finished = [t for t in study.trials if t.state.is_finished()]
+    assert 6 <= len(finished) <= 7  # one study holds all trials (a race may add one)
+    assert len({t.user_attrs["pid"] for t in finished}) == 2  # both processes contributed
+
+
+def test_two_tune_processes_share_one_sqlite_study(tiny_benchmark, tmp_path):
+    check_shared(two_workers(tiny_benchmark, tmp_path, f"sqlite:///{tmp_path / 'shared.db'}", "shared"))
+
+
+@pytest.mark.postgres
+def test_two_tune_processes_share_one_postgresql_study(tiny_benchmark, tmp_path):
+    url = os.environ.get("FEWSHOTSEG_TEST_POSTGRES_URL")
+    if not url:
+        pytest.skip("FEWSHOTSEG_TEST_POSTGRES_URL is not set (.ci/run starts a PostgreSQL server and sets it)")
+    study = f"shared-{os.getpid()}"
+    check_shared(two_workers(tiny_benchmark, tmp_path, url, study))

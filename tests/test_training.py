@@ -1,0 +1,120 @@
+"""Meta-training and joint training end to end on the tiny benchmark: run folders, resume, distributed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from fewshotseg.config import JointTrainConfig, MetaTrainConfig
+from fewshotseg.training.checkpoint import load_checkpoint, read_initialization
+from fewshotseg.training.initialization import load_initialization
+from fewshotseg.training.run_dir import read_jsonl
+
+
+def meta_flags(data: Path, run_dir: Path, iterations: int, **extra) -> list[str]:
+    flags = {"data": data, "run-dir": run_dir, "size": 32, "encoder": "tinynet_e", "iterations": iterations,
+             "meta-optimizer": "adam", "meta-step": 1e-3, "inner-lr": 0.02, "inner-steps": 2, "meta-batch": 3,
+             "eval-interval": 0, "checkpoint-interval": 2, "threads": 1, **extra}
+    return [x for k, v in flags.items() for x in (f"--{k}", str(v))]
+
+
+def run_cli(args: list[str], **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "fewshotseg", *args], env=env, capture_output=True, text=True,
+                          **kwargs)
+
+
+def final_state(run_dir: Path) -> dict[str, torch.Tensor]:
+    return read_initialization(run_dir / "model.safetensors")[1]
+
+
+def assert_same_state(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_meta_train_writes_a_complete_run_folder(tiny_benchmark, tmp_path):
+    from fewshotseg.training.meta_train import meta_train
+
+    cfg = MetaTrainConfig(data=str(tiny_benchmark), run_dir=str(tmp_path / "run"), size=32, encoder="tinynet_e",
+                          iterations=4, meta_batch=2, inner_steps=2, eval_interval=2, eval_tasks=2,
+                          checkpoint_interval=2, threads=1, algorithm="reptile")
+    out = meta_train(cfg)
+    run = tmp_path / "run"
+    assert out == run / "model.safetensors"
+    for name in ("config.yaml", "log.txt", "metrics.jsonl", "checkpoint.pt", "model.safetensors"):
+        assert (run / name).is_file(), name
+    metrics = read_jsonl(run / "metrics.jsonl")
+    assert [m["iteration"] for m in metrics] == [1, 2, 3, 4]
+    assert "val_miou" in metrics[1] and 0 <= metrics[1]["val_miou"] <= 1
+    ckpt = load_checkpoint(run / "checkpoint.pt")
+    assert ckpt["iteration"] == 4 and ckpt["config"]["algorithm"] == "reptile"
+    assert {"model", "optimizer", "rng", "model_config"} <= ckpt.keys()
+    with pytest.raises(FileExistsError, match="--resume"):
+        meta_train(cfg)
+
+
+def test_resume_after_sigkill_equals_an_uninterrupted_run(tiny_benchmark, tmp_path):
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    done = run_cli(["meta-train", *meta_flags(tiny_benchmark, full, 10)])
+    assert done.returncode == 0, done.stderr
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "fewshotseg", "meta-train", *meta_flags(tiny_benchmark, killed, 10)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:  # kill as soon as a mid-run checkpoint exists
+        ckpt = killed / "checkpoint.pt"
+        if ckpt.exists() and load_checkpoint(ckpt)["iteration"] >= 4:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    stopped_at = load_checkpoint(killed / "checkpoint.pt")["iteration"]
+    assert 4 <= stopped_at < 10 and not (killed / "model.safetensors").exists()
+    resumed = run_cli(["meta-train", *meta_flags(tiny_benchmark, killed, 10), "--resume"])
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_state(final_state(full), final_state(killed))
+    assert [m["iteration"] for m in read_jsonl(killed / "metrics.jsonl")] == list(range(1, 11))
+
+
+def test_two_process_torchrun_equals_one_process(tiny_benchmark, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    single = run_cli(["meta-train", *meta_flags(tiny_benchmark, one, 3)])
+    assert single.returncode == 0, single.stderr
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    dist = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                           "-m", "fewshotseg", "meta-train", *meta_flags(tiny_benchmark, two, 3)],
+                          env=env, capture_output=True, text=True)
+    assert dist.returncode == 0, dist.stderr[-3000:]
+    assert "2 process(es)" in (two / "log.txt").read_text()
+    assert_same_state(final_state(one), final_state(two))
+
+
+def test_resume_refuses_changed_settings(tiny_benchmark, tmp_path):
+    run = tmp_path / "run"
+    assert run_cli(["meta-train", *meta_flags(tiny_benchmark, run, 2)]).returncode == 0
+    changed = run_cli(["meta-train", *meta_flags(tiny_benchmark, run, 2, **{"inner-lr": 0.5}), "--resume"])
+    assert changed.returncode == 2 and "inner_lr" in changed.stderr
+
+
+def test_joint_training_gives_an_initialization_with_a_fresh_two_class_head(tiny_benchmark, tmp_path):
+    from fewshotseg.training.joint_train import joint_train
+
+    cfg = JointTrainConfig(data=str(tiny_benchmark), run_dir=str(tmp_path / "joint"), size=32, encoder="tinynet_e",
+                           epochs=0.2, batch_size=4, threads=1)
+    out = joint_train(cfg)
+    config, state, extra = read_initialization(out)
+    n_train = len(__import__("json").loads((tiny_benchmark / "splits.json").read_text())["train"])
+    assert config.num_classes == n_train + 1 and state["head.1.weight"].shape[0] == n_train + 1
+    model, described = load_initialization(str(out), config)
+    assert model.config.num_classes == 2 and "fresh 2-class head" in described
+    torch.testing.assert_close(model.encoder.body.conv_stem.weight, state["encoder.body.conv_stem.weight"])
+    assert read_jsonl(tmp_path / "joint" / "metrics.jsonl")[-1]["loss"] > 0
