@@ -47,11 +47,11 @@ from fewshotseg.data.synthetic import SyntheticSpec, make_synthetic
 from fewshotseg.data.tasks import TaskTensors, episode_rng, fomaml_split, inner_batches, sample_classes
 from fewshotseg.meta_learning.meta_update import task_difference
 from fewshotseg.meta_learning.update_routine import Learner, UpdateParams
-from fewshotseg.meta_learning.weights import flatten, parameters, unflatten_into_
+from fewshotseg.meta_learning.weights import parameters
 from fewshotseg.meta_learning.weights import statistics as bn_statistics
 from fewshotseg.models.efficientlab import EfficientLab, ModelConfig, build_model
 from fewshotseg.models.losses import l2_parameters, segmentation_loss
-from fewshotseg.training.meta_train import statistics_rate
+from fewshotseg.training.meta_train import apply_meta_update, record_task, statistics_rate
 
 CONFIGS = {"a": ("tinynet_e", 64), "b": ("tf_efficientnet_b0", 128)}
 ALGORITHM = "fomaml-star"
@@ -112,7 +112,7 @@ class PackageLoop:
         self.stats_rate = statistics_rate(s.config.bn_momentum, s.params.steps, s.meta_batch)
 
     def __call__(self, it: int, tasks: int) -> None:
-        s, slots, n_theta = self.s, self.slots, self.n_theta
+        s, slots = self.s, self.slots
         start = time.perf_counter()
         self.learner.step_seconds = 0.0
         names = s.names(it)[:tasks]
@@ -121,23 +121,8 @@ class PackageLoop:
             task = TaskTensors.from_dataset(s.dataset, name)
             delta = task_difference(ALGORITHM, self.learner, self.model, task, s.params, episode_rng(s.seed, 1, it, k),
                                     train_shots=TRAIN_SHOTS, val_shots=VAL_SHOTS)
-            with torch.no_grad():
-                slots[k, :n_theta] = flatten(delta)
-                slots[k, n_theta:-1] = flatten(bn_statistics(self.learner.model))
-                slots[k, -1] = self.learner.last_loss
-        total = slots[0].clone()
-        for k in range(1, len(names)):
-            total += slots[k]
-        mean = total / len(names)
-        grads = [torch.empty_like(t) for t in self.theta]
-        unflatten_into_(-mean[:n_theta], grads)
-        for t, g in zip(self.theta, grads, strict=True):
-            t.grad = g
-        self.outer.step()
-        with torch.no_grad():
-            new_stats = torch.cat([t.reshape(-1) for t in self.stats])
-            new_stats += self.stats_rate * (mean[n_theta:-1] - new_stats)
-            unflatten_into_(new_stats, self.stats)
+            record_task(slots[k], delta, self.learner)
+        apply_meta_update(slots[: len(names)], self.theta, self.stats, self.outer, self.stats_rate)
         self.outside_steps.append(time.perf_counter() - start - self.learner.step_seconds)
 
 

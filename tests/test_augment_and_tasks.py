@@ -6,7 +6,13 @@ import numpy as np
 import torch
 
 from fewshotseg.data import augment
-from fewshotseg.data.tasks import episode_rng, fp_k_prefixes, reptile_examples, sample_classes, support_query_split
+from fewshotseg.data.tasks import (
+    episode_rng,
+    fp_k_prefixes,
+    reptile_examples,
+    sample_classes,
+    support_query_split,
+)
 
 
 def square_batch(n=8, size=64):

@@ -102,3 +102,14 @@ def test_episode_counts_include_background():
     pred = torch.tensor([[[1, 1], [0, 0]]]).bool()
     target = torch.tensor([[[1, 0], [0, 0]]]).bool()
     assert metrics.episode_counts(pred, target) == [{"fg_i": 1, "fg_u": 2, "bg_i": 2, "bg_u": 3}]
+
+
+def test_multiclass_soft_iou_equals_the_one_hot_ratio_of_sums():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 7, 5, 6)
+    target = torch.randint(0, 7, (3, 5, 6))
+    probs = logits.softmax(1)
+    onehot = torch.nn.functional.one_hot(target, 7).permute(0, 3, 1, 2).float()
+    expected = torch.nn.functional.cross_entropy(logits, target) - torch.log(
+        2 * soft_iou(probs, onehot).mean() / (soft_iou(probs, onehot).mean() + 1))
+    torch.testing.assert_close(segmentation_loss(logits, target), expected)

@@ -148,3 +148,16 @@ def test_model_info_prints_the_counts(capsys):
     assert main(["model-info", "--variant", "efficientlab-6-3", "--encoder", "tf_efficientnet_b0"]) == 0
     out = capsys.readouterr().out
     assert "2,071,714" in out and "stride 16" in out and "112 ch" in out
+
+
+def test_rsd_pool_branch_shortcut_equals_convolving_the_broadcast_map():
+    from fewshotseg.models.residual_skip_decoder import ResidualSkipDecoder
+
+    torch.manual_seed(0)
+    rsd = ResidualSkipDecoder(deep_channels=12, skip_channels=5, channels=12).eval()
+    deep, skip = torch.randn(2, 12, 3, 4), torch.randn(2, 5, 9, 11)
+    up = torch.nn.functional.interpolate(deep, size=(9, 11), mode="bilinear", align_corners=True)
+    cat = torch.cat([up, skip], 1)
+    pooled = cat.mean(dim=(2, 3), keepdim=True).expand_as(cat)
+    expected = rsd.fuse(torch.cat([rsd.branch1x1(cat), rsd.branch3x3(cat), pooled], 1)) + up
+    torch.testing.assert_close(rsd(deep, skip), expected, rtol=1e-5, atol=1e-5)

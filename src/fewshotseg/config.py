@@ -112,10 +112,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     # meta-iterations) ~400 iterations give an initialization no better than random. Adam on the pseudo-gradient
     # and a 4x inner learning rate with 2 inner steps plus the D^val step learn within minutes on the built-in
     # benchmark. (An inner lr of 0.05 diverged after 75-225 iterations here: one SGD step at that rate rescales the
-    # small convolutions that feed BatchNorm by ~10x.)
+    # small convolutions that feed BatchNorm by ~10x.) At that inner lr, running statistics (updated at 1 % per
+    # step) lag the adapted weights, so predictions normalise the query images with their own batch statistics
+    # (the transductive policy); measured here on held-out tasks, 5-shot: 18.6 % mean IoU with the paper's policy,
+    # 37.1 % transductive for the same initialization (random init: 1.9 % and 9.3 %).
     "cpu-quick": {
         "encoder": "tinynet_e", "size": 64, "meta_optimizer": "adam", "meta_step": 2e-3, "meta_step_final": 1e-5,
-        "inner_lr": 0.02, "inner_steps": 3, "eval_interval": 100, "eval_tasks": 20, "checkpoint_interval": 50,
+        "inner_lr": 0.02, "inner_steps": 3, "bn_policy": "transductive", "eval_interval": 100, "eval_tasks": 20,
+        "checkpoint_interval": 50,
     },
 }
 

@@ -30,16 +30,16 @@ from fewshotseg.config import PRESETS, JointTrainConfig, MetaTrainConfig, option
 class QuickstartConfig:
     out: str = option("fewshotseg-quickstart", "output folder (data, runs, report)")
     workers: int = option(2, "processes: meta-batches, joint-training batches and episodes are spread over them")
-    train_minutes: float = option(2.5, "wall-clock budget of meta-training, and the same for joint training")
+    train_minutes: float = option(1.75, "wall-clock budget of meta-training, and the same for joint training")
     classes: int = option(1000, "classes of the built-in benchmark")
     pairs: int = option(10, "image/mask pairs per class")
     size: int = option(64, "image size in pixels")
     encoder: str = option("tinynet_e", "timm encoder (tinynet_e: fast on a CPU)")
     variant: str = option("efficientlab-3", "EfficientLab variant")
-    test_tasks: int = option(80, "held-out test tasks evaluated (2 random splits each)")
-    uho_trials: int = option(6, "UHO trials per (initialization, shots); half random")
-    uho_tasks: int = option(24, "validation tasks per UHO trial")
-    uho_max_steps: int = option(15, "UHO early-stopping maximum steps")
+    test_tasks: int = option(36, "held-out test tasks evaluated (2 random splits each)")
+    uho_trials: int = option(5, "UHO trials per (initialization, shots); half random")
+    uho_tasks: int = option(10, "validation tasks per UHO trial")
+    uho_max_steps: int = option(10, "UHO early-stopping maximum steps")
     iterations: int = option(0, "meta-training iterations instead of a time budget (0: use the budget)")
     joint_epochs: float = option(0.0, "joint-training epochs instead of a time budget (0: use the budget)")
     seed: int = option(0, "seed of everything")
@@ -57,6 +57,7 @@ DEPARTURES = """\
 | joint training | 200 epochs, SGD lr 0.005 | the same wall-clock budget as meta-training, Adam 2e-3 -> 1e-5 | equal compute for both; Adam for the same reason as above |
 | UHO | 30 trials on 200 validation tasks, max 20 steps | {uho_trials} trials on {uho_tasks} tasks, max {uho_max_steps} steps | time |
 | evaluation | 240 test tasks x 2 splits | {test_tasks} test tasks x 2 splits | time |
+| BatchNorm at prediction | running statistics (eval mode) | the query batch's own statistics (transductive), every row | at the 4x inner lr running statistics lag the adapted weights; measured here on held-out tasks (5-shot, FOMAML*): 18.6 % with running statistics, 37.1 % transductive |
 | non-UHO rows | U = the meta-training U | U = the meta-training U (lr 0.02, 3 steps) | as the paper |
 """
 
@@ -100,8 +101,8 @@ def quickstart(cfg: QuickstartConfig) -> Path:
     runs.mkdir(parents=True, exist_ok=True)
     (out / "quickstart.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
     train_s = cfg.train_minutes * 60
-    stages = Stages([("data", 30), ("meta-train FOMAML*", train_s + 20), ("joint training", train_s + 20),
-                     ("UHO", 110), ("evaluate", 120), ("report", 10)])
+    stages = Stages([("data", 30), ("meta-train FOMAML*", train_s + 15), ("joint training", train_s + 15),
+                     ("UHO", 110), ("evaluate", 160), ("report", 10)])
 
     # 1. data
     stages.begin("data")

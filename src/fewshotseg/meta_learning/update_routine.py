@@ -126,11 +126,13 @@ class Learner:
         self._optimizers: dict[str, torch.optim.Optimizer] = {}
         self.params = UpdateParams()
         self.last_loss = math.nan
+        self._mode: str | None = None
 
     def start(self, init: nn.Module, params: UpdateParams) -> None:
         """Load theta (weights and BN statistics) in place and reset the optimizer for a new task."""
         copy_state_(self.model, init)
         self.params = params
+        self._mode = None
         self.model.set_dropout(params.dropout)
         opt = self._optimizers.get(params.optimizer)
         if opt is None:
@@ -146,7 +148,9 @@ class Learner:
 
     def step(self, images: torch.Tensor, masks: torch.Tensor, lr: float) -> float:
         """One optimizer step on a mini-batch; raises DivergedError on a non-finite loss."""
-        batchnorm.adaptation_mode(self.model, self.params.bn_policy)
+        if self._mode != "adapt":  # walking every module costs ~0.5 ms: switch only when predicting intervened
+            batchnorm.adaptation_mode(self.model, self.params.bn_policy)
+            self._mode = "adapt"
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         images = images.to(self.device, non_blocking=True)
@@ -188,6 +192,7 @@ class Learner:
         Under the transductive policy all images go through together (their statistics normalise each other).
         """
         batchnorm.prediction_mode(self.model, self.params.bn_policy)
+        self._mode = "predict"
         if self.params.bn_policy == "transductive":
             batch_size = len(images)
         out = [

@@ -45,10 +45,6 @@ def zeros_like(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     return [torch.zeros_like(t) for t in tensors]
 
 
-def flatten(tensors: list[torch.Tensor]) -> torch.Tensor:
-    return torch.cat([t.reshape(-1) for t in tensors])
-
-
 @torch.no_grad()
 def unflatten_into_(flat: torch.Tensor, tensors: list[torch.Tensor]) -> None:
     offset = 0

@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 EPS = 1e-7
@@ -33,13 +32,18 @@ def soft_iou(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def segmentation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """H - ln(2 IoU / (IoU + 1)) for logits (B, C, H, W) and integer targets (B, H, W) in [0, C)."""
-    ce = F.cross_entropy(logits, target)
-    probs = logits.softmax(dim=1)
+    logp = logits.log_softmax(dim=1)
+    logp_true = logp.gather(1, target[:, None])  # (B, 1, H, W) log-probability of each pixel's class
+    ce = -logp_true.mean()
     if logits.shape[1] == 2:
-        iou = soft_iou(probs[:, 1], target.to(probs.dtype))
+        fg = logp[:, 1].exp()
+        iou = soft_iou(fg, target.to(fg.dtype))
     else:
-        onehot = F.one_hot(target, logits.shape[1]).permute(0, 3, 1, 2).to(probs.dtype)
-        iou = soft_iou(probs, onehot)
+        # Over all C channels of a one-hot target, I = sum over pixels of p[true class] and, because every pixel's
+        # probabilities and one-hot labels each sum to 1, U = 2 * pixels - I: no (B, C, H, W) one-hot is needed.
+        intersection = logp_true.exp().flatten(1).sum(1)
+        union = 2 * target[0].numel() - intersection
+        iou = (intersection + EPS) / (union + EPS)
     iou = iou.mean()
     return ce - torch.log(2 * iou / (iou + 1))
 

@@ -49,12 +49,32 @@ class ResidualSkipDecoder(nn.Module):
         up = deep
         if deep.shape[-2:] != skip.shape[-2:]:
             up = F.interpolate(deep, size=skip.shape[-2:], mode="bilinear", align_corners=True)
-        cat = torch.cat([up, skip], dim=1)
-        pooled = cat.mean(dim=(2, 3), keepdim=True).expand_as(cat)  # global average pool, broadcast back
-        out = self.fuse(torch.cat([self.branch1x1(cat), self.branch3x3(cat), pooled], dim=1))
+        cat = torch.cat([up, skip], dim=1)  # (B, C_up + C_s, H, W)
+        branches = torch.cat([self.branch1x1(cat), self.branch3x3(cat)], dim=1)  # (B, 2C, H, W)
+        conv, swish, bn = self.fuse
+        n = branches.shape[1]
+        out = F.conv2d(branches, conv.weight[:, :n], conv.bias, padding=1)
+        # The pooling branch is the global mean of `cat` broadcast over H x W; the fuse conv's response to that
+        # constant map is computed exactly without building it (the same weights, ~40 % of the conv's FLOPs saved).
+        out = out + constant_map_conv3x3(cat.mean(dim=(2, 3)), conv.weight[:, n:], cat.shape[-2:])
+        out = bn(swish(out))
         if self.residual:
             out = out + (self.project(up) if self.project is not None else up)
         return out
+
+
+def constant_map_conv3x3(values: torch.Tensor, weight: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """conv2d(values broadcast to an H x W map, weight, padding=1) for values (B, C) and weight (O, C, 3, 3).
+
+    Each output pixel sums the taps that fall inside the image: sum_ij (W_ij . values) [y+i-1 in range] [x+j-1 in
+    range], with separable in-range masks.
+    """
+    h, w = size
+    taps = torch.einsum("ocij,bc->boij", weight, values)  # (B, O, 3, 3)
+    offsets = torch.arange(3, device=values.device)[:, None] - 1
+    rows = ((torch.arange(h, device=values.device) + offsets >= 0) & (torch.arange(h, device=values.device) + offsets < h))
+    cols = ((torch.arange(w, device=values.device) + offsets >= 0) & (torch.arange(w, device=values.device) + offsets < w))
+    return torch.einsum("boij,iy,jx->boyx", taps, rows.to(taps.dtype), cols.to(taps.dtype))
 
 
 class RSDStack(nn.Module):

@@ -80,6 +80,7 @@ def joint_train(cfg: JointTrainConfig, *, resume: bool = False) -> Path:
     if per_rank * ctx.world != cfg.batch_size:
         raise ValueError(f"--batch-size {cfg.batch_size} must be divisible by the {ctx.world} processes")
     started = time.monotonic()
+    marks: dict[int, float] = {}
     progress = tqdm(total=total, initial=start, desc="joint-train", disable=not ctx.is_main, dynamic_ncols=True)
     step = start
     while step < total:
@@ -107,9 +108,11 @@ def joint_train(cfg: JointTrainConfig, *, resume: bool = False) -> Path:
         progress.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2g}")
         if step % 10 == 0 or step == total:
             run.metric({"iteration": step, "loss": loss.item(), "lr": lr, "epoch": step / steps_per_epoch})
-        if cfg.max_minutes and step == start + 20 and state is None:
-            per_step = ctx.broadcast(time.monotonic() - started) / 20
-            budget = max(step + 1, int(cfg.max_minutes * 60 / per_step))
+        if cfg.max_minutes and state is None and step in (start + 5, start + 25):  # speed after warm-up
+            marks[step] = ctx.broadcast(time.monotonic() - started)
+        if cfg.max_minutes and state is None and step == start + 25:
+            per_step = (marks[step] - marks[start + 5]) / 20
+            budget = max(step + 1, step + int((cfg.max_minutes * 60 - marks[step]) / per_step))
             if budget < total:
                 run.log(f"time budget {cfg.max_minutes:g} min at {per_step:.3f} s/step: {budget} steps "
                         f"({budget / steps_per_epoch:.2f} epochs) instead of {total}")

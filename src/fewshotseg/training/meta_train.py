@@ -36,7 +36,7 @@ from fewshotseg.evaluation.intervals import Estimate
 from fewshotseg.evaluation.protocols import paper_episodes, run_episode
 from fewshotseg.meta_learning.meta_update import check_algorithm, task_difference
 from fewshotseg.meta_learning.update_routine import Learner, UpdateParams
-from fewshotseg.meta_learning.weights import flatten, parameters, statistics, unflatten_into_
+from fewshotseg.meta_learning.weights import parameters, statistics, unflatten_into_
 from fewshotseg.training import distributed
 from fewshotseg.training.checkpoint import load_checkpoint, model_state, save_checkpoint, save_initialization
 from fewshotseg.training.initialization import load_initialization
@@ -97,6 +97,7 @@ def meta_train(cfg: MetaTrainConfig, *, resume: bool = False, max_minutes: float
     shots = cfg.shots()
     stats_rate = statistics_rate(cfg.bn_momentum, cfg.inner_steps, cfg.meta_batch)
     started = time.monotonic()
+    marks: dict[int, float] = {}
     progress = tqdm(total=cfg.iterations, initial=start, desc=f"meta-train {cfg.algorithm}", disable=not ctx.is_main,
                     dynamic_ncols=True)
     it = start
@@ -109,33 +110,14 @@ def meta_train(cfg: MetaTrainConfig, *, resume: bool = False, max_minutes: float
 
         slots.zero_()
         for k, name in enumerate(names):
-            if not ctx.mine(k):
-                continue
-            task = TaskTensors.from_dataset(train, name)
-            delta = task_difference(cfg.algorithm, learner, model, task, params, episode_rng(cfg.seed, 1, it, k),
-                                    train_shots=shots, val_shots=cfg.val_shots)
-            with torch.no_grad():
-                slots[k, :n_theta] = flatten(delta)
-                slots[k, n_theta:-1] = flatten(statistics(learner.model))
-                slots[k, -1] = learner.last_loss
+            if ctx.mine(k):
+                delta = task_difference(cfg.algorithm, learner, model, TaskTensors.from_dataset(train, name), params,
+                                        episode_rng(cfg.seed, 1, it, k), train_shots=shots, val_shots=cfg.val_shots)
+                record_task(slots[k], delta, learner)
         ctx.all_reduce_(slots)
-        total = slots[0].clone()
-        for k in range(1, cfg.meta_batch):  # fixed order: the same sum on every rank and in one process
-            total += slots[k]
-        mean = total / cfg.meta_batch
-
-        grads = [torch.empty_like(t) for t in theta]
-        unflatten_into_(-mean[:n_theta], grads)
-        for t, g in zip(theta, grads, strict=True):
-            t.grad = g
-        outer.step()
-        with torch.no_grad():  # the statistics move as far as one EMA through all inner steps of all tasks would
-            new_stats = torch.cat([s.reshape(-1) for s in stats])
-            new_stats += stats_rate * (mean[n_theta:-1] - new_stats)
-            unflatten_into_(new_stats, stats)
+        loss = apply_meta_update(slots, theta, stats, outer, stats_rate)
         it += 1
 
-        loss = float(mean[-1])
         if not math.isfinite(loss):
             raise FloatingPointError(f"meta-training diverged at iteration {it} (inner loss {loss}); "
                                      "lower --inner-lr or --meta-step")
@@ -148,8 +130,10 @@ def meta_train(cfg: MetaTrainConfig, *, resume: bool = False, max_minutes: float
         progress.update(1)
         progress.set_postfix(loss=f"{loss:.3f}", eps=f"{epsilon:.2g}",
                              **({"val": f"{100 * record['val_miou']:.1f}"} if "val_miou" in record else {}))
-        if max_minutes and it == start + 10 and state is None:
-            cfg = _fit_budget(cfg, it, ctx.broadcast(time.monotonic() - started), max_minutes, run, progress)
+        if max_minutes and state is None and it in (start + 5, start + 25):  # steady-state speed, after warm-up
+            marks[it] = ctx.broadcast(time.monotonic() - started)
+            if it == start + 25:
+                cfg = _fit_budget(cfg, it, marks, max_minutes, run, progress)
         if it % cfg.checkpoint_interval == 0 or it == cfg.iterations:
             _checkpoint(ckpt_path, model, outer, it, cfg, ctx)
     progress.close()
@@ -162,6 +146,40 @@ def meta_train(cfg: MetaTrainConfig, *, resume: bool = False, max_minutes: float
                 f"initialization written to {out}")
     ctx.barrier()
     return out
+
+
+def record_task(slot: torch.Tensor, delta: list[torch.Tensor], learner: Learner) -> None:
+    """Write one task's delta, adapted BN statistics and last loss into its slot (one row of the reduce buffer)."""
+    stats = statistics(learner.model)
+    n_theta = sum(d.numel() for d in delta)
+    with torch.no_grad():
+        torch.cat([d.reshape(-1) for d in delta], out=slot[:n_theta])
+        torch.cat([s.reshape(-1) for s in stats], out=slot[n_theta:-1])
+        slot[-1] = learner.last_loss
+
+
+@torch.no_grad()
+def apply_meta_update(slots: torch.Tensor, theta: list[torch.Tensor], stats: list[torch.Tensor],
+                      outer: torch.optim.Optimizer, stats_rate: float) -> float:
+    """theta.grad = -mean_k delta_k, one outer-optimizer step, BN statistics toward the tasks'; returns the loss.
+
+    The slots are summed in task order, so the sum is bit-identical however the tasks were spread over processes.
+    """
+    total = slots[0].clone()
+    for k in range(1, len(slots)):
+        total += slots[k]
+    mean = total / len(slots)
+    n_theta = sum(t.numel() for t in theta)
+    grads = [torch.empty_like(t) for t in theta]
+    unflatten_into_(-mean[:n_theta], grads)
+    for t, g in zip(theta, grads, strict=True):
+        t.grad = g
+    outer.step()
+    # The statistics move as far as one EMA through all inner steps of all tasks would (`statistics_rate`).
+    new_stats = torch.cat([s.reshape(-1) for s in stats])
+    new_stats += stats_rate * (mean[n_theta:-1] - new_stats)
+    unflatten_into_(new_stats, stats)
+    return float(mean[-1])
 
 
 def validate(
@@ -228,10 +246,12 @@ def _resumed_config(cfg: MetaTrainConfig, saved: dict) -> MetaTrainConfig:
     return replace(cfg, iterations=saved["iterations"])
 
 
-def _fit_budget(cfg, done: int, seconds: float, max_minutes: float, run: RunDir, progress) -> MetaTrainConfig:
-    """Fix the number of meta-iterations so the run fits `max_minutes` (the lr schedule then decays to match)."""
-    per_iteration = seconds / done
-    budget = max(done + 1, int(max_minutes * 60 / per_iteration))
+def _fit_budget(cfg, done: int, marks: dict[int, float], max_minutes: float, run: RunDir, progress) -> MetaTrainConfig:
+    """Fix the number of meta-iterations so the run fits `max_minutes` (the lr schedule then decays to match),
+    from the speed between the two marked iterations (the first iterations include warm-up)."""
+    (i0, t0), (i1, t1) = sorted(marks.items())
+    per_iteration = (t1 - t0) / (i1 - i0)
+    budget = max(done + 1, done + int((max_minutes * 60 - t1) / per_iteration))
     iterations = min(cfg.iterations, budget)
     if iterations != cfg.iterations:
         run.log(f"time budget {max_minutes:g} min at {per_iteration:.2f} s/iteration: {iterations} meta-iterations")

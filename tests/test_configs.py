@@ -1,0 +1,53 @@
+"""Every shipped config file resolves into its command's settings, and presets say how they depart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fewshotseg.analysis.weight_distance import AnalyzeConfig
+from fewshotseg.config import PRESETS, JointTrainConfig, MetaTrainConfig, resolve
+from fewshotseg.evaluation.evaluate import EvaluateConfig
+from fewshotseg.evaluation.fp_k import FPKConfig
+from fewshotseg.tuning.uho import TuneConfig
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+REQUIRED = {"data": "/data", "run_dir": "/runs/x", "init": "random"}
+KIND = {"joint-train": JointTrainConfig, "uho": TuneConfig, "evaluate": EvaluateConfig, "fp-k": FPKConfig,
+        "weights": AnalyzeConfig}
+
+
+def config_class(path: Path):
+    for prefix, cls in KIND.items():
+        if path.stem.startswith(prefix):
+            return cls
+    return MetaTrainConfig
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_config_files_resolve(path):
+    cls = config_class(path)
+    required = {k: v for k, v in REQUIRED.items() if k in cls.__dataclass_fields__}
+    cfg = resolve(cls, file=path, **required)
+    assert cfg.size == 224  # every paper config runs at the paper's resolution
+    if cls is MetaTrainConfig:
+        assert cfg.iterations == 50000 and cfg.meta_batch == 5 and cfg.inner_lr == 0.005
+
+
+def test_unknown_field_in_a_config_file_is_an_error(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("inner_lrr: 0.1\n")
+    with pytest.raises(ValueError, match="inner_lrr"):
+        resolve(MetaTrainConfig, file=bad, **{k: v for k, v in REQUIRED.items() if k != "init"})
+
+
+def test_flags_override_file_override_preset(tmp_path):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("inner_lr: 0.03\nsize: 96\n")
+    cfg = resolve(MetaTrainConfig, preset="cpu-quick", file=cfg_file, size=48, data="d", run_dir="r")
+    assert cfg.encoder == PRESETS["cpu-quick"]["encoder"]  # from the preset
+    assert cfg.inner_lr == 0.03  # the file beats the preset
+    assert cfg.size == 48  # the flag beats the file
+    with pytest.raises(ValueError, match="--data"):
+        resolve(MetaTrainConfig, run_dir="r")
