@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import REAL_PHOTOS
 from fewshotseg.data import cache as cache_module
 from fewshotseg.data.cache import load_dataset, prepare
 from fewshotseg.data.dataset import DataError
@@ -21,7 +22,6 @@ from fewshotseg.data.fss1000 import load_folder
 from fewshotseg.data.pascal5i import VOC_CLASSES, fold_classes, load_pascal5i
 from fewshotseg.data.sources import parse_spec
 
-REAL_PHOTOS = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "real-photos"
 SIZE = 32
 rng = np.random.default_rng(0)
 
