@@ -210,11 +210,11 @@ def add_tune(sub: argparse._SubParsersAction) -> None:
 def run_tune(args: argparse.Namespace) -> int:
     from fewshotseg.tuning.uho import TuneConfig, tune
 
-    result = tune(config_from_args(TuneConfig, args))
+    cfg = config_from_args(TuneConfig, args)
+    result = tune(cfg)
     params = result["update_params"]
     print(f"best: mean IoU {100 * result['objective']:.2f} % on validation tasks with lr {params['lr']:.3g}, "
-          f"{params['steps']} steps (trial {result['trial']}); written to "
-          f"{config_from_args(TuneConfig, args).run_dir}/update_params.json")
+          f"{params['steps']} steps (trial {result['trial']}); written to {cfg.run_dir}/update_params.json")
     return 0
 
 

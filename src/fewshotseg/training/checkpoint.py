@@ -52,6 +52,23 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def resumable_state(path: Path, resume: bool) -> dict[str, Any] | None:
+    """The checkpoint a run continues from: None for a fresh run; a run folder that already has one needs --resume."""
+    if not path.exists():
+        return None
+    if not resume:
+        raise FileExistsError(f"{path} exists: pass --resume to continue it, or choose a new --run-dir")
+    return load_checkpoint(path)
+
+
+def check_unchanged(config: Any, saved: dict[str, Any], fixed: tuple[str, ...]) -> None:
+    """A resumed run must keep the settings that shape its result."""
+    changed = [k for k in fixed if k in saved and getattr(config, k) != saved[k]]
+    if changed:
+        shown = ", ".join(f"{k}: {saved[k]!r} -> {getattr(config, k)!r}" for k in changed)
+        raise ValueError(f"--resume with changed settings ({shown}); resume with the run's own config")
+
+
 def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
 

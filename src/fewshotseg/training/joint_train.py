@@ -24,7 +24,13 @@ from fewshotseg.data.augment import augment_batch
 from fewshotseg.data.tasks import TaskTensors, episode_rng, torch_generator
 from fewshotseg.models.losses import l2_parameters, segmentation_loss
 from fewshotseg.training import distributed
-from fewshotseg.training.checkpoint import load_checkpoint, model_state, save_checkpoint, save_initialization
+from fewshotseg.training.checkpoint import (
+    check_unchanged,
+    model_state,
+    resumable_state,
+    save_checkpoint,
+    save_initialization,
+)
 from fewshotseg.training.initialization import load_initialization
 from fewshotseg.training.run_dir import RunDir
 
@@ -33,11 +39,10 @@ def joint_train(cfg: JointTrainConfig, *, resume: bool = False) -> Path:
     ctx = distributed.setup(cfg.device, cfg.threads)
     run = RunDir(cfg.run_dir, writer=ctx.is_main)
     ckpt_path = run.file("checkpoint.pt")
-    state = None
-    if ckpt_path.exists():
-        if not resume:
-            raise FileExistsError(f"{ckpt_path} exists: pass --resume to continue it, or choose a new --run-dir")
-        state = load_checkpoint(ckpt_path)
+    state = resumable_state(ckpt_path, resume)
+    if state is not None:
+        check_unchanged(cfg, state["config"], ("data", "size", "splits", "variant", "encoder", "batch_size", "lr",
+                                               "lr_final", "optimizer", "dropout", "aug_rate", "l2", "seed"))
         cfg = replace(cfg, **{k: state["config"][k] for k in ("epochs", "max_minutes")})
 
     from fewshotseg.data.cache import load_dataset
@@ -118,6 +123,8 @@ def joint_train(cfg: JointTrainConfig, *, resume: bool = False) -> Path:
                         f"({budget / steps_per_epoch:.2f} epochs) instead of {total}")
                 total = budget
                 progress.total = total
+                cfg = replace(cfg, epochs=round(total / steps_per_epoch, 4))
+                run.write_config(as_dict(cfg))  # the run's record holds the epochs it really runs
         if step % cfg.checkpoint_interval == 0 or step == total:
             if ctx.is_main:
                 save_checkpoint(ckpt_path, {

@@ -38,14 +38,20 @@ from fewshotseg.meta_learning.meta_update import check_algorithm, task_differenc
 from fewshotseg.meta_learning.update_routine import Learner, UpdateParams
 from fewshotseg.meta_learning.weights import parameters, statistics, unflatten_into_
 from fewshotseg.training import distributed
-from fewshotseg.training.checkpoint import load_checkpoint, model_state, save_checkpoint, save_initialization
+from fewshotseg.training.checkpoint import (
+    check_unchanged,
+    model_state,
+    resumable_state,
+    save_checkpoint,
+    save_initialization,
+)
 from fewshotseg.training.initialization import load_initialization
 from fewshotseg.training.run_dir import RunDir
 
 # Changing these on --resume would silently change the run; everything else (eval cadence, threads) may change.
 _FIXED_ON_RESUME = ("data", "size", "splits", "algorithm", "variant", "encoder", "meta_batch", "meta_optimizer",
                     "meta_step", "meta_step_final", "inner_lr", "inner_steps", "inner_batch", "inner_optimizer",
-                    "train_shots", "val_shots", "dropout", "aug_rate", "l2", "bn_policy", "seed", "iterations")
+                    "train_shots", "val_shots", "dropout", "aug_rate", "l2", "bn_policy", "seed")
 
 
 def meta_train(cfg: MetaTrainConfig, *, resume: bool = False, max_minutes: float = 0.0) -> Path:
@@ -54,12 +60,10 @@ def meta_train(cfg: MetaTrainConfig, *, resume: bool = False, max_minutes: float
     ctx = distributed.setup(cfg.device, cfg.threads)
     run = RunDir(cfg.run_dir, writer=ctx.is_main)
     ckpt_path = run.file("checkpoint.pt")
-    state = None
-    if ckpt_path.exists():
-        if not resume:
-            raise FileExistsError(f"{ckpt_path} exists: pass --resume to continue it, or choose a new --run-dir")
-        state = load_checkpoint(ckpt_path)
-        cfg = _resumed_config(cfg, state["config"])
+    state = resumable_state(ckpt_path, resume)
+    if state is not None:
+        check_unchanged(cfg, state["config"], _FIXED_ON_RESUME)
+        cfg = replace(cfg, iterations=state["config"]["iterations"])  # as fitted to a time budget, if it was
 
     from fewshotseg.data.cache import load_dataset
     from fewshotseg.data.splits import resolve_splits
@@ -238,14 +242,6 @@ def _checkpoint(path: Path, model, outer, iteration: int, cfg: MetaTrainConfig, 
         })
 
 
-def _resumed_config(cfg: MetaTrainConfig, saved: dict) -> MetaTrainConfig:
-    changed = [k for k in _FIXED_ON_RESUME if k in saved and getattr(cfg, k) != saved[k] and k != "iterations"]
-    if changed:
-        shown = ", ".join(f"{k}: {saved[k]!r} -> {getattr(cfg, k)!r}" for k in changed)
-        raise ValueError(f"--resume with changed settings ({shown}); resume with the run's own config")
-    return replace(cfg, iterations=saved["iterations"])
-
-
 def _fit_budget(cfg, done: int, marks: dict[int, float], max_minutes: float, run: RunDir, progress) -> MetaTrainConfig:
     """Fix the number of meta-iterations so the run fits `max_minutes` (the lr schedule then decays to match),
     from the speed between the two marked iterations (the first iterations include warm-up)."""
@@ -253,7 +249,10 @@ def _fit_budget(cfg, done: int, marks: dict[int, float], max_minutes: float, run
     per_iteration = (t1 - t0) / (i1 - i0)
     budget = max(done + 1, done + int((max_minutes * 60 - t1) / per_iteration))
     iterations = min(cfg.iterations, budget)
-    if iterations != cfg.iterations:
-        run.log(f"time budget {max_minutes:g} min at {per_iteration:.2f} s/iteration: {iterations} meta-iterations")
-        progress.total = iterations
-    return replace(cfg, iterations=iterations)
+    if iterations == cfg.iterations:
+        return cfg
+    run.log(f"time budget {max_minutes:g} min at {per_iteration:.2f} s/iteration: {iterations} meta-iterations")
+    progress.total = iterations
+    cfg = replace(cfg, iterations=iterations)
+    run.write_config(as_dict(cfg))  # the run's record holds the iterations it really runs
+    return cfg
