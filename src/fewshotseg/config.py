@@ -6,7 +6,7 @@ Fields carry their help text in `metadata["help"]` so the CLI can expose every f
 
 from __future__ import annotations
 
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -160,7 +160,3 @@ def resolve(cls: type[T], *, preset: str | None = None, file: str | Path | None 
 
 def as_dict(config: Any) -> dict[str, Any]:
     return asdict(config)
-
-
-def field_defaults(cls: type) -> dict[str, Any]:
-    return {f.name: f.default for f in fields(cls) if f.default is not MISSING}

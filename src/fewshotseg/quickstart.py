@@ -171,7 +171,7 @@ def quickstart(cfg: QuickstartConfig) -> Path:
     stages.begin("report")
     merged = [_merge_shots(runs / "evaluate", slug, runs / "table" / slug) for slug in evaluated]
     tune_dirs = sorted(runs.glob("tune-*"))
-    notes = DEPARTURES.format(**asdict(cfg)) + _budget_note(meta_dir, joint_dir, stages.total())
+    notes = DEPARTURES.format(**asdict(cfg)) + _budget_note(meta_dir, joint_dir)
     report = write_report([*merged, *tune_dirs, meta_dir, joint_dir], out / "report", notes=notes,
                           title="fewshotseg quickstart: FOMAML* vs joint training vs random init")
     print(f"\nquickstart finished in {_clock(stages.total())} (m:ss); report: {report}")
@@ -253,15 +253,16 @@ def _same_benchmark(data: Path, spec) -> bool:
     return all(saved.get(k) == v for k, v in asdict(spec).items() if not isinstance(v, tuple))
 
 
-def _budget_note(meta_dir: Path, joint_dir: Path, seconds: float) -> str:
+def _budget_note(meta_dir: Path, joint_dir: Path) -> str:
+    """How far each training got in its equal wall-clock budget, from the run folders."""
     from fewshotseg.training.run_dir import read_jsonl
 
     meta = read_jsonl(meta_dir / "metrics.jsonl")
     joint = read_jsonl(joint_dir / "metrics.jsonl")
-    lines = ["", f"Meta-training ran {meta[-1]['iteration'] if meta else 0} meta-iterations; joint training ran "
-             f"{joint[-1]['iteration'] if joint else 0} steps "
-             f"({joint[-1].get('epoch', 0):.2f} epochs) in the same wall-clock budget." if joint else "", ""]
-    return "\n".join(lines)
+    if not meta or not joint:
+        return ""
+    return (f"\nIn the same wall-clock budget, meta-training ran {meta[-1]['iteration']} meta-iterations and joint "
+            f"training {joint[-1]['iteration']} steps ({joint[-1].get('epoch', 0):.2f} epochs).\n")
 
 
 def _summary_table(folders: list[Path]) -> str:

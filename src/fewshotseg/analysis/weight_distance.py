@@ -110,7 +110,7 @@ def analyze_weights(cfg: AnalyzeConfig, *, progress: bool = True) -> dict:
     run = RunDir(cfg.run_dir)
     dataset = load_dataset(cfg.data, cfg.size)
     names = resolve_splits(dataset.root, cfg.splits, classes=dataset.names)[cfg.split]
-    names = select_tasks(dataset, names, cfg.max_tasks, cfg.seed)
+    names = select_tasks(names, cfg.max_tasks, cfg.seed)
     episodes = paper_episodes(dataset.subset(names), names, cfg.shots, splits=cfg.num_splits, seed=cfg.seed)
     params = UpdateParams.load(cfg.update_params) if cfg.update_params else UpdateParams()
     jobs = []

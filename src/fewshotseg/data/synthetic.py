@@ -66,7 +66,7 @@ def _texture_fns():
         "spokes": lambda u, v: (np.sin(4 * np.arctan2(v, u)) > 0).astype(np.float32),
         "halves": lambda u, v: (u > 0).astype(np.float32),
         "gradient": lambda u, v: np.clip((v + 1) / 2, 0, 1).astype(np.float32),
-        "outline": lambda u, v: np.zeros_like(u),  # handled in _render: a dark rim around a light body
+        "outline": lambda u, v: np.zeros_like(u),  # drawn by Renderer.draw: a dark rim around a light body
         "speckle": lambda u, v: ((np.sin(13.1 * u + 3.7) * np.sin(11.3 * v + 1.3)) > 0.25).astype(np.float32),
     }
 

@@ -51,9 +51,11 @@ class EvaluateConfig(ModelFields):
     seed: int = option(0, "seed of the splits and of U's randomness")
     workers: int = option(1, "processes running episodes in parallel (CPU)")
     device: str = option("auto", "cpu, cuda or auto")
+    label: str = option("", "the row's name in reports (default: the run folder's name)")
 
 
-def select_tasks(dataset, names: list[str], max_tasks: int, seed: int) -> list[str]:
+def select_tasks(names: list[str], max_tasks: int, seed: int) -> list[str]:
+    """A seeded random subset of `max_tasks` classes (all of them when max_tasks is 0), sorted."""
     if max_tasks and max_tasks < len(names):
         rng = episode_rng(seed, 5)
         names = sorted(rng.choice(names, size=max_tasks, replace=False).tolist())
@@ -118,7 +120,7 @@ def evaluate(cfg: EvaluateConfig, *, params: UpdateParams | None = None, progres
         names = resolve_splits(dataset.root, cfg.splits, classes=dataset.names)[cfg.split]
     else:
         names = dataset.names  # a PASCAL-5i fold is its own test set
-    names = select_tasks(dataset, names, cfg.max_tasks, cfg.seed)
+    names = select_tasks(names, cfg.max_tasks, cfg.seed)
     if params is None:
         params = UpdateParams.load(cfg.update_params) if cfg.update_params else UpdateParams()
 
@@ -164,8 +166,8 @@ def evaluate(cfg: EvaluateConfig, *, params: UpdateParams | None = None, progres
     finally:
         if own_pool:
             pool.close()
-    if label:
-        results["label"] = label
+    if label or cfg.label:
+        results["label"] = label or cfg.label
     results["seconds"] = time.monotonic() - started
     run.file("results.json").write_text(json.dumps(results, indent=2) + "\n")
     if kept:

@@ -41,11 +41,6 @@ def snapshot(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
 
 
 @torch.no_grad()
-def zeros_like(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-    return [torch.zeros_like(t) for t in tensors]
-
-
-@torch.no_grad()
 def unflatten_into_(flat: torch.Tensor, tensors: list[torch.Tensor]) -> None:
     offset = 0
     for t in tensors:

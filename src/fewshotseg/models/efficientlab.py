@@ -3,14 +3,14 @@
     x (B, 3, H, W) in [0, 1] -> normalise -> encoder -> (skip (B, C4, H/4, W/4), deep (B, C16, H/16, W/16))
       -> decoder (B, C, H/4, W/4) -> dropout -> 1x1 conv (B, classes, H/4, W/4) -> bilinear to (B, classes, H, W)
 
-The model returns logits; the softmax over the class axis gives probabilities (`predict_proba`). Input
+The model returns logits; the softmax over the class axis gives probabilities. Input
 normalisation lives inside the model (as in the reference graph), so every caller feeds images in [0, 1].
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -68,11 +68,6 @@ class EfficientLab(nn.Module):
         logits = self.head(self.decoder(skip, deep))  # (B, classes, H/4, W/4)
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=True)
 
-    @torch.no_grad()
-    def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
-        """Foreground probability (B, H, W) of a binary model."""
-        return self(x).softmax(dim=1)[:, 1]
-
     def set_dropout(self, rate: float) -> None:
         self.head[0].p = rate
 
@@ -86,13 +81,17 @@ def init_decoder_and_head(model: EfficientLab) -> None:
     """
     for module in [*model.decoder.modules(), *model.head.modules()]:
         if isinstance(module, nn.Conv2d):
-            fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels // module.groups
-            nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / fan_out))
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
+            init_conv(module)
         elif isinstance(module, nn.BatchNorm2d):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
+
+
+def init_conv(conv: nn.Conv2d) -> None:
+    fan_out = conv.kernel_size[0] * conv.kernel_size[1] * conv.out_channels // conv.groups
+    nn.init.normal_(conv.weight, 0.0, math.sqrt(2.0 / fan_out))
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)
 
 
 def set_bn_momentum(model: nn.Module, momentum: float) -> None:
@@ -106,15 +105,9 @@ def reset_head(model: EfficientLab, num_classes: int = 2) -> None:
     old = model.head[1]
     model.head[1] = nn.Conv2d(old.in_channels, num_classes, 1).to(old.weight.device)
     model.config.num_classes = num_classes
-    init_decoder_and_head_of(model.head[1])
+    init_conv(model.head[1])
     if model.config.channels_last:
         model.head[1].to(memory_format=torch.channels_last)
-
-
-def init_decoder_and_head_of(conv: nn.Conv2d) -> None:
-    fan_out = conv.kernel_size[0] * conv.kernel_size[1] * conv.out_channels // conv.groups
-    nn.init.normal_(conv.weight, 0.0, math.sqrt(2.0 / fan_out))
-    nn.init.zeros_(conv.bias)
 
 
 def build_model(config: ModelConfig, *, encoder_weights: str = "random") -> EfficientLab:
@@ -162,5 +155,3 @@ def describe(model: EfficientLab, size: int = 224) -> str:
     return "\n".join(rows)
 
 
-def config_dict(config: ModelConfig) -> dict:
-    return asdict(config)

@@ -176,7 +176,7 @@ def tune(cfg: TuneConfig, *, progress: bool = True, pool: Pool | None = None) ->
     run = RunDir(cfg.run_dir)
     dataset = load_dataset(cfg.data, cfg.size)
     names = resolve_splits(dataset.root, cfg.splits, classes=dataset.names)[cfg.split]
-    names = [n for n in select_tasks(dataset, names, cfg.val_tasks, cfg.seed) if dataset.count(n) >= cfg.shots + 5]
+    names = [n for n in select_tasks(names, cfg.val_tasks, cfg.seed) if dataset.count(n) >= cfg.shots + 5]
     episodes = paper_episodes(dataset.subset(names), names, cfg.shots, splits=1, seed=cfg.seed)
     base = UpdateParams.load(cfg.update_params) if cfg.update_params else UpdateParams()
 
