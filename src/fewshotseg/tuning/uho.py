@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,7 +80,17 @@ def storage_for(url: str, run_dir: Path):
 
         return optuna.storages.JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
     engine = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else None
-    return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=10, grace_period=40)
+    from sqlalchemy.exc import SQLAlchemyError
+
+    for attempt in range(6):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=10, grace_period=40)
+        except SQLAlchemyError:
+            # Workers started together race to create the schema in a new database; the loser finds it made.
+            if attempt == 5:
+                raise
+            time.sleep(0.5 + random.random())
+    raise AssertionError("unreachable")
 
 
 def early_stopping_sets(episode: Episode, holdout: float) -> tuple[list[int], list[int], bool]:
