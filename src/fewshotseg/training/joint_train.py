@@ -65,7 +65,8 @@ def joint_train(cfg: JointTrainConfig, *, resume: bool = False) -> Path:
     optimizer = (torch.optim.SGD if cfg.optimizer == "sgd" else torch.optim.Adam)(groups, lr=cfg.lr)
     net = model
     if ctx.world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(model)
+        device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
     steps_per_epoch = max(1, len(index) // cfg.batch_size)
     total = max(1, int(cfg.epochs * steps_per_epoch))

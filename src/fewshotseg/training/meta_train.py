@@ -197,12 +197,12 @@ def validate(
     seed: int,
 ) -> Estimate:
     """Mean IoU of U(theta) over held-out task splits, episodes sharded across ranks."""
-    sums = torch.zeros(3, dtype=torch.float64)
+    sums = torch.zeros(3, dtype=torch.float64, device=ctx.device)  # nccl reduces device tensors only
     for i, episode in enumerate(episodes):
         if ctx.mine(i):
             rows = run_episode(learner, model, dataset, episode, params, seed=seed)
             score = float(np.mean([r["iou"] for r in rows]))
-            sums += torch.tensor([1.0, score, score * score], dtype=torch.float64)
+            sums += torch.tensor([1.0, score, score * score], dtype=torch.float64, device=ctx.device)
     ctx.all_reduce_(sums)
     n, total, squares = sums.tolist()
     mean = total / n
