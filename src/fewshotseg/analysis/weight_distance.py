@@ -100,9 +100,8 @@ def analyze_weights(cfg: AnalyzeConfig, *, progress: bool = True) -> dict:
     from fewshotseg.data.splits import resolve_splits
     from fewshotseg.evaluation.evaluate import select_tasks
     from fewshotseg.evaluation.fp_k import labelled
-    from fewshotseg.training.checkpoint import save_initialization
     from fewshotseg.training.distributed import choose_device
-    from fewshotseg.training.initialization import load_initialization
+    from fewshotseg.training.initialization import write_for_workers
 
     inits = labelled(cfg.inits)
     if len(inits) < 1:
@@ -115,9 +114,8 @@ def analyze_weights(cfg: AnalyzeConfig, *, progress: bool = True) -> dict:
     params = UpdateParams.load(cfg.update_params) if cfg.update_params else UpdateParams()
     jobs = []
     for label, spec in inits.items():
-        model, described = load_initialization(spec, cfg.model_config())
         path = run.file(f"init-{label}.safetensors")
-        save_initialization(path, model, {"described": described})
+        write_for_workers(spec, cfg.model_config(), path, seed=cfg.seed)
         jobs += [(label, str(path), cfg.data, cfg.size, ep, params, cfg.seed) for ep in episodes]
     rows: list[dict] = []
     bar = tqdm(total=len(jobs), desc="analyze-weights", unit="task", disable=not progress, dynamic_ncols=True)

@@ -106,9 +106,8 @@ def evaluate(cfg: EvaluateConfig, *, params: UpdateParams | None = None, progres
              pool: Pool | None = None, label: str | None = None) -> dict:
     from fewshotseg.data.cache import load_dataset
     from fewshotseg.data.splits import resolve_splits
-    from fewshotseg.training.checkpoint import save_initialization
     from fewshotseg.training.distributed import choose_device
-    from fewshotseg.training.initialization import load_initialization
+    from fewshotseg.training.initialization import write_for_workers
 
     if cfg.protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {cfg.protocol!r}; choose one of {', '.join(PROTOCOLS)}")
@@ -124,10 +123,8 @@ def evaluate(cfg: EvaluateConfig, *, params: UpdateParams | None = None, progres
     if params is None:
         params = UpdateParams.load(cfg.update_params) if cfg.update_params else UpdateParams()
 
-    torch.manual_seed(cfg.seed)  # a `random` initialization is the same for every evaluation with this seed
-    model, described = load_initialization(cfg.init, cfg.model_config(dropout=params.dropout))
     init_path = run.file("init.safetensors")
-    save_initialization(init_path, model, {"described": described})
+    described = write_for_workers(cfg.init, cfg.model_config(dropout=params.dropout), init_path, seed=cfg.seed)
     run.log(f"evaluating {described} on {len(names)} {cfg.split} tasks of {cfg.data} ({cfg.protocol} protocol, "
             f"{cfg.size} px, U: lr {params.lr:g}, {params.steps} steps, batch {params.batch_size})")
 

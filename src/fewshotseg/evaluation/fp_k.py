@@ -88,9 +88,8 @@ def fp_k(cfg: FPKConfig, *, progress: bool = True) -> dict:
     from tqdm import tqdm
 
     from fewshotseg.data.cache import load_dataset
-    from fewshotseg.training.checkpoint import save_initialization
     from fewshotseg.training.distributed import choose_device
-    from fewshotseg.training.initialization import load_initialization
+    from fewshotseg.training.initialization import write_for_workers
 
     if not cfg.inits:
         raise ValueError("give at least one --init (LABEL=SPEC)")
@@ -111,9 +110,8 @@ def fp_k(cfg: FPKConfig, *, progress: bool = True) -> dict:
     tuned = labelled(cfg.update_params)
     jobs = []
     for label, spec in inits.items():
-        model, described = load_initialization(spec, cfg.model_config())
         path = run.file(f"init-{label}.safetensors")
-        save_initialization(path, model, {"described": described})
+        described = write_for_workers(spec, cfg.model_config(), path, seed=cfg.seed)
         params = UpdateParams.load(tuned[label]) if label in tuned else UpdateParams()
         run.log(f"{label}: {described}; U for k < {cfg.early_stopping_from}: lr {params.lr:g}, {params.steps} steps")
         for ci, cls in enumerate(names):

@@ -50,3 +50,18 @@ def load_initialization(spec: str, config: ModelConfig | None, *, num_classes: i
         reset_head(model, num_classes)
         what += f"; its {saved.num_classes}-class head replaced by a fresh {num_classes}-class head"
     return model, what
+
+
+def write_for_workers(spec: str, config: ModelConfig, path: Path, *, seed: int) -> str:
+    """Resolve an initialization once and write it to `path` (what worker processes load); returns its description.
+
+    `random` is seeded, so the same seed gives the same random network in every command and every process.
+    """
+    import torch
+
+    from fewshotseg.training.checkpoint import save_initialization
+
+    torch.manual_seed(seed)
+    model, described = load_initialization(spec, config)
+    save_initialization(path, model, {"described": described})
+    return described

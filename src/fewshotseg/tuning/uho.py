@@ -177,9 +177,8 @@ def tune(cfg: TuneConfig, *, progress: bool = True, pool: Pool | None = None) ->
     from fewshotseg.data.cache import load_dataset
     from fewshotseg.data.splits import resolve_splits
     from fewshotseg.evaluation.evaluate import select_tasks
-    from fewshotseg.training.checkpoint import save_initialization
     from fewshotseg.training.distributed import choose_device
-    from fewshotseg.training.initialization import load_initialization
+    from fewshotseg.training.initialization import write_for_workers
 
     search = [s.strip() for s in cfg.search.split(",") if s.strip()]
     unknown = sorted(set(search) - set(SEARCH_SPACE))
@@ -192,13 +191,8 @@ def tune(cfg: TuneConfig, *, progress: bool = True, pool: Pool | None = None) ->
     episodes = paper_episodes(dataset.subset(names), names, cfg.shots, splits=1, seed=cfg.seed)
     base = UpdateParams.load(cfg.update_params) if cfg.update_params else UpdateParams()
 
-    import torch
-
-    torch.manual_seed(cfg.seed)
-    model, described = load_initialization(cfg.init, cfg.model_config(dropout=base.dropout))
-    init_path = run.file("init.safetensors")
-    if not init_path.exists():
-        save_initialization(init_path, model, {"described": described})
+    init_path = run.file("init.safetensors")  # seeded: a resumed study rewrites the same network
+    described = write_for_workers(cfg.init, cfg.model_config(dropout=base.dropout), init_path, seed=cfg.seed)
 
     storage = storage_for(cfg.storage, run.path)
     sampler = optuna.samplers.GPSampler(n_startup_trials=max(1, cfg.trials // 2), seed=_sampler_seed(cfg))
@@ -294,4 +288,4 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return pid > 0 and pid != os.getpid()
+    return pid > 0
