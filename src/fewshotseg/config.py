@@ -6,14 +6,18 @@ Fields carry their help text in `metadata["help"]` so the CLI can expose every f
 
 from __future__ import annotations
 
+import functools
+import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
+import pydantic
 import yaml
 
+from fewshotseg.errors import SettingError
 from fewshotseg.meta_learning.update_routine import UpdateParams
-from fewshotseg.models.efficientlab import ModelConfig
+from fewshotseg.models.efficientlab import VARIANTS, ModelConfig
 
 T = TypeVar("T")
 
@@ -82,6 +86,13 @@ class MetaTrainConfig(ModelFields):
             return self.train_shots
         return 5 if self.algorithm == "reptile" else 10
 
+    def check(self) -> None:
+        """Combinations: FOMAML's pool of `shots()` examples must leave D^tr at least one after D^val."""
+        if self.algorithm != "reptile" and self.shots() <= self.val_shots:
+            raise SettingError(f"setting --val-shots = {self.val_shots} leaves no D^tr examples in a pool of "
+                               f"--train-shots = {self.shots()} ({self.algorithm}); allowed: --val-shots < "
+                               "--train-shots")
+
 
 @dataclass
 class JointTrainConfig(ModelFields):
@@ -128,34 +139,198 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
         values = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise ValueError(f"{path}: cannot read config ({err})") from err
-    if not isinstance(values, dict):
-        raise ValueError(f"{path}: a config file must be a mapping of field: value")
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise SettingError(f"{path}: cannot read this config file ({err}); pass a YAML file of field: value") from err
+    if not isinstance(values, dict) or not all(isinstance(k, str) for k in values):
+        raise SettingError(f"{path}: a config file must be a mapping of field: value (see configs/)")
     return values
 
 
+# Allowed values of every setting, by field name, for every command's record (and U's parameters). A setting's
+# type comes from its dataclass; this table adds ranges: "ge"/"gt"/"le"/"lt" bounds, "multiple_of", "choices",
+# and "or_zero" (0 is allowed too, meaning "automatic"). ("Class", "field") entries override a name for one record.
+ENCODER_STRIDE = 16  # the encoder is cut after its stride-16 stage; a size must give it >= 2x2 features
+SIZE = {"ge": 2 * ENCODER_STRIDE, "multiple_of": ENCODER_STRIDE}
+UNIT = {"ge": 0, "le": 1}
+RATE = {"ge": 0, "lt": 1}
+POSITIVE = {"gt": 0}
+COUNT = {"ge": 1}
+OPTIONAL_COUNT = {"ge": 0}
+OPTIMIZERS = {"choices": ("sgd", "adam")}
+LIMITS: dict[str | tuple[str, str], dict[str, Any]] = {
+    "variant": {"choices": tuple(VARIANTS)}, "bn_momentum": UNIT, "drop_path_rate": RATE, "size": SIZE,
+    "algorithm": {"choices": ("reptile", "fomaml", "fomaml-star")}, "iterations": COUNT, "meta_batch": COUNT,
+    "meta_optimizer": OPTIMIZERS, "meta_step": POSITIVE, "meta_step_final": POSITIVE, "inner_lr": POSITIVE,
+    "inner_steps": COUNT, "inner_batch": COUNT, "inner_optimizer": OPTIMIZERS, "optimizer": OPTIMIZERS,
+    "train_shots": OPTIONAL_COUNT, "val_shots": COUNT, "dropout": RATE, "aug_rate": UNIT, "l2": {"ge": 0},
+    "bn_policy": {"choices": ("paper", "transductive", "frozen")}, "seed": {"ge": 0},
+    "eval_interval": OPTIONAL_COUNT, "eval_tasks": COUNT, "eval_shots": COUNT, "checkpoint_interval": COUNT,
+    "threads": OPTIONAL_COUNT, "device": {"pattern": r"^(auto|cpu|cuda|cuda:\d+|mps)$", "describe": "auto, cpu, cuda, cuda:N or mps"}, "epochs": POSITIVE,
+    "batch_size": COUNT, "lr": POSITIVE, "lr_final": POSITIVE, "max_minutes": {"ge": 0}, "shots": COUNT,
+    "protocol": {"choices": ("paper", "hsnet")}, "split": {"choices": ("train", "val", "test")},
+    "num_splits": COUNT, "max_tasks": OPTIONAL_COUNT, "fold": {"ge": -1, "le": 3}, "workers": COUNT,
+    "trials": COUNT, "study": {"min_length": 1}, "max_steps": COUNT, "patience": COUNT, "holdout": {"gt": 0, "lt": 1},
+    "val_tasks": OPTIONAL_COUNT, "repeats": COUNT, "test_images": COUNT, "early_stopping_from": COUNT,
+    "lr_schedule": {"choices": ("fixed", "step")}, "decay_every": COUNT, "decay_rate": {"gt": 0, "le": 1},
+    "ks": COUNT, "steps": COUNT, "threshold": {"gt": 0, "lt": 1}, "train_minutes": POSITIVE,
+    "classes": {"ge": 1, "le": 1728}, "pairs": {"ge": 2}, "test_tasks": COUNT, "uho_trials": COUNT,
+    "uho_tasks": COUNT, "uho_max_steps": COUNT, "joint_epochs": {"ge": 0},
+    ("FPKConfig", "max_tasks"): COUNT, ("AdaptConfig", "size"): {**SIZE, "or_zero": True},
+    ("QuickstartConfig", "iterations"): OPTIONAL_COUNT, ("QuickstartConfig", "pairs"): {"ge": 6},
+}
+
+
+def flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def describe_limits(limits: dict[str, Any]) -> str:
+    """'>= 32 and a multiple of 16', 'one of sgd, adam', ..."""
+    if "describe" in limits:
+        return limits["describe"]
+    if "choices" in limits:
+        return "one of " + ", ".join(map(str, limits["choices"]))
+    words = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+    parts = [f"{words[k]} {limits[k]:g}" for k in words if k in limits]
+    if "multiple_of" in limits:
+        parts.append(f"a multiple of {limits['multiple_of']}")
+    if "min_length" in limits:
+        parts.append("not empty")
+    if "pattern" in limits:
+        parts.append(f"matching {limits['pattern']}")
+    text = " and ".join(parts) or "any value of its type"
+    return f"0 or {text}" if limits.get("or_zero") else text
+
+
+def _no_bool(value: Any) -> Any:
+    """YAML's `yes` is a bool; a count or a rate must not silently become 1 or 1.0."""
+    if isinstance(value, bool):
+        raise ValueError("a number is needed, not true/false")
+    return value
+
+
+def _as_list(value: Any) -> Any:
+    return [value] if isinstance(value, int | float | str) and not isinstance(value, bool) else value
+
+
+def _field_type(kind: Any, limits: dict[str, Any]) -> Any:
+    """The pydantic type of one field: its Python type with the table's constraints."""
+    if typing.get_origin(kind) is list:
+        (item,) = typing.get_args(kind)
+        counted = pydantic.Field(min_length=1) if limits else pydantic.Field()  # a list of shots or ks is not empty
+        return Annotated[list[_field_type(item, limits)], pydantic.BeforeValidator(_as_list), counted]
+    if "choices" in limits:
+        return Literal[tuple(limits["choices"])]
+    constraints = {k: v for k, v in limits.items() if k not in ("or_zero", "choices", "describe")}
+    if kind in (int, float):
+        if limits.get("or_zero"):
+            def check(value: Any, constraints: dict = constraints) -> Any:
+                ok = value == 0 or all(_holds(k, v, value) for k, v in constraints.items())
+                if not ok:
+                    raise ValueError(f"should be {describe_limits(limits)}")
+                return value
+
+            return Annotated[kind, pydantic.BeforeValidator(_no_bool), pydantic.AfterValidator(check)]
+        return Annotated[kind, pydantic.BeforeValidator(_no_bool), pydantic.Field(**constraints)]
+    return Annotated[kind, pydantic.Field(**constraints)] if constraints else kind
+
+
+def _holds(bound: str, limit: Any, value: Any) -> bool:
+    return {"ge": value >= limit, "gt": value > limit, "le": value <= limit, "lt": value < limit,
+            "multiple_of": value % limit == 0}.get(bound, True)
+
+
+def limits_of(cls: type, name: str) -> dict[str, Any]:
+    return LIMITS.get((cls.__name__, name), LIMITS.get(name, {}))
+
+
+@functools.cache
+def _schema(cls: type) -> type[pydantic.BaseModel]:
+    hints = typing.get_type_hints(cls)
+    spec = {f.name: (_field_type(hints[f.name], limits_of(cls, f.name)), ...) for f in fields(cls)}
+    config = pydantic.ConfigDict(allow_inf_nan=False, extra="forbid", coerce_numbers_to_str=True)
+    return pydantic.create_model(f"{cls.__name__}Settings", __config__=config, **spec)
+
+
+def validate(cls: type[T], values: dict[str, Any], sources: dict[str, str] | None = None) -> T:
+    """A `cls` record from `values` (defaults fill the rest), every field checked for its type and range.
+
+    Types follow the dataclass (ints reject 2.7, floats accept YAML 1.1's "1e-3", bools accept true/false/yes/no
+    only, no NaN or infinity anywhere); ranges follow LIMITS; `cls.check()`, when defined, checks combinations.
+    """
+    sources = sources or {}
+    try:
+        checked = _schema(cls).model_validate({**_defaults(cls), **values})
+    except pydantic.ValidationError as err:
+        raise SettingError("\n".join(_explain(cls, e, values, sources) for e in err.errors())) from None
+    record = cls(**checked.model_dump())
+    check = getattr(record, "check", None)
+    if check is not None:
+        check()
+    return record
+
+
+def _defaults(cls: type) -> dict[str, Any]:
+    from dataclasses import MISSING
+
+    out = {}
+    for f in fields(cls):
+        if f.default is not MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not MISSING:
+            out[f.name] = f.default_factory()
+    return out
+
+
+def _explain(cls: type, error: dict[str, Any], values: dict[str, Any], sources: dict[str, str]) -> str:
+    name = str(error["loc"][0]) if error["loc"] else "?"
+    value = values.get(name, error.get("input"))
+    source = sources.get(name, "default")
+    where = flag_name(name) if source == "flag" else f"{name} in {source}" if source != "default" else name
+    if len(error["loc"]) > 1:
+        value = f"{value!r} (item {error['loc'][1]})"
+    else:
+        value = repr(value)
+    limits = limits_of(cls, name)
+    allowed = describe_limits(limits)
+    if error["type"] == "string_pattern_mismatch":
+        return f"setting {where} = {value}: not allowed; choose {allowed}"
+    message = error["msg"].removeprefix("Value error, ")
+    message = message[0].lower() + message[1:]
+    return f"setting {where} = {value}: {message}; allowed: {allowed}"
+
+
 def resolve(cls: type[T], *, preset: str | None = None, file: str | Path | None = None, **overrides: Any) -> T:
-    """Defaults, then a preset, then a YAML file, then explicit overrides (None means "not given")."""
+    """Defaults, then a preset, then a YAML file, then explicit overrides (None means "not given"); the result is
+    validated once (types and ranges, see `validate`), naming the setting, its value and where it came from."""
     known = {f.name for f in fields(cls)}
     values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+
+    def take(new: dict[str, Any], source: str) -> None:
+        values.update(new)
+        sources.update(dict.fromkeys(new, source))
+
     if preset:
         if preset not in PRESETS:
-            raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-        values.update({k: v for k, v in PRESETS[preset].items() if k in known})
+            raise SettingError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        take({k: v for k, v in PRESETS[preset].items() if k in known}, f"preset {preset}")
     if file:
         from_file = load_yaml(file)
         unknown = sorted(set(from_file) - known - {"preset"})
         if unknown:
-            raise ValueError(f"{file}: unknown field(s) {unknown}; see `fewshotseg <command> --help`")
-        if from_file.get("preset") and not preset:
-            values = {k: v for k, v in PRESETS[from_file["preset"]].items() if k in known} | values
-        values.update({k: v for k, v in from_file.items() if k != "preset"})
-    values.update({k: v for k, v in overrides.items() if v is not None and k in known})
+            raise SettingError(f"{file}: unknown field(s) {unknown}; see `fewshotseg <command> --help`")
+        file_preset = from_file.get("preset")
+        if file_preset and not preset:
+            if file_preset not in PRESETS:
+                raise SettingError(f"{file}: unknown preset {file_preset!r}; choose one of {', '.join(PRESETS)}")
+            take({k: v for k, v in PRESETS[file_preset].items() if k in known}, f"preset {file_preset} (named in {file})")
+        take({k: v for k, v in from_file.items() if k != "preset"}, str(file))
+    take({k: v for k, v in overrides.items() if v is not None and k in known}, "flag")
     missing = [f.name for f in fields(cls) if f.metadata.get("required") and not values.get(f.name)]
     if missing:
-        raise ValueError(f"missing required setting(s): {', '.join('--' + m.replace('_', '-') for m in missing)}")
-    return cls(**values)
+        raise SettingError(f"missing required setting(s): {', '.join(flag_name(m) for m in missing)}")
+    return validate(cls, values, sources)
 
 
 def as_dict(config: Any) -> dict[str, Any]:
