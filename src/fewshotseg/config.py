@@ -7,6 +7,7 @@ Fields carry their help text in `metadata["help"]` so the CLI can expose every f
 from __future__ import annotations
 
 import functools
+import json
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -286,7 +287,10 @@ def _explain(cls: type, error: dict[str, Any], values: dict[str, Any], sources: 
     name = str(error["loc"][0]) if error["loc"] else "?"
     value = values.get(name, error.get("input"))
     source = sources.get(name, "default")
-    where = flag_name(name) if source == "flag" else f"{name} in {source}" if source != "default" else name
+    if source.startswith("flag"):
+        where = source.removeprefix("flag").strip() or flag_name(name)
+    else:
+        where = f"{name} in {source}" if source != "default" else name
     if len(error["loc"]) > 1:
         value = f"{value!r} (item {error['loc'][1]})"
     else:
@@ -326,7 +330,9 @@ def resolve(cls: type[T], *, preset: str | None = None, file: str | Path | None 
                 raise SettingError(f"{file}: unknown preset {file_preset!r}; choose one of {', '.join(PRESETS)}")
             take({k: v for k, v in PRESETS[file_preset].items() if k in known}, f"preset {file_preset} (named in {file})")
         take({k: v for k, v in from_file.items() if k != "preset"}, str(file))
-    take({k: v for k, v in overrides.items() if v is not None and k in known}, "flag")
+    for k, v in overrides.items():
+        if v is not None and k in known:
+            take({k: v}, f"flag {flag_name(k)}")
     missing = [f.name for f in fields(cls) if f.metadata.get("required") and not values.get(f.name)]
     if missing:
         raise SettingError(f"missing required setting(s): {', '.join(flag_name(m) for m in missing)}")
@@ -335,3 +341,36 @@ def resolve(cls: type[T], *, preset: str | None = None, file: str | Path | None 
 
 def as_dict(config: Any) -> dict[str, Any]:
     return asdict(config)
+
+
+def resolve_update_params(file: str | Path | None = None, **overrides: Any) -> UpdateParams:
+    """U's hyperparameters: the paper's defaults, then an update-parameters file (JSON or YAML, as `tune` writes
+    it), then single `--u-*` flags; validated like every other setting."""
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    if file:
+        values = read_update_params(file)
+        sources = dict.fromkeys(values, str(file))
+    given = {k: v for k, v in overrides.items() if v is not None}
+    values.update(given)
+    sources.update({k: f"flag --u-{k.replace('_', '-')}" for k in given})
+    return validate(UpdateParams, values, sources)
+
+
+def read_update_params(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        text = path.read_text()
+        values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text) or {}
+    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as err:
+        raise SettingError(f"{path}: cannot read these update parameters ({err}); pass a file written by "
+                           "`fewshotseg tune` (update_params.json) or a YAML/JSON mapping of U's settings") from err
+    if isinstance(values, dict) and isinstance(values.get("update_params"), dict):
+        values = values["update_params"]
+    if not isinstance(values, dict):
+        raise SettingError(f"{path}: update parameters must be a mapping of name: value (as `tune` writes them)")
+    unknown = sorted(set(values) - {f.name for f in fields(UpdateParams)})
+    if unknown:
+        raise SettingError(f"{path}: unknown update parameter(s) {unknown}; known: "
+                           f"{', '.join(f.name for f in fields(UpdateParams))}")
+    return values

@@ -28,6 +28,8 @@ def torch_generator(rng: np.random.Generator) -> torch.Generator:
 
 def sample_classes(rng: np.random.Generator, names: list[str], count: int) -> list[str]:
     """`count` distinct classes (with replacement only when there are fewer classes than `count`)."""
+    if not names and count > 0:
+        raise ValueError(f"cannot sample {count} task(s): the split has no classes")
     replace = count > len(names)
     return [names[i] for i in rng.choice(len(names), size=count, replace=replace)]
 
@@ -36,7 +38,7 @@ def support_query_split(
     rng: np.random.Generator, n: int, shots: int, queries: int = 5
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """k support and `queries` query examples, disjoint, plus the unused rest (e.g. 1-shot on FSS: 4 left)."""
-    if shots + queries > n:
+    if shots < 1 or shots + queries > n:
         raise ValueError(f"a class with {n} examples cannot give {shots} support + {queries} query examples")
     order = rng.permutation(n)
     return order[:shots], order[shots : shots + queries], order[shots + queries :]
@@ -66,8 +68,12 @@ def inner_batches(rng: np.random.Generator, examples: np.ndarray, batch_size: in
     """`steps` mini-batches that cycle through shuffled epochs of `examples`; a batch may span two epochs.
 
     With 5 examples and batch 8 every batch holds all 5 plus 3 from the next shuffle (the reference's rule).
+    An empty set of examples cannot fill a batch: that is an error, never an endless loop.
     """
     examples = np.asarray(examples)
+    if steps > 0 and (len(examples) == 0 or batch_size < 1):
+        raise ValueError(f"cannot draw {steps} mini-batch(es) of {batch_size} from {len(examples)} examples; "
+                         "each task needs at least one training example and a batch size of at least 1")
     stream: list[int] = []
     batches = []
     for _ in range(steps):
