@@ -3,7 +3,8 @@
 Decoding and resizing JPEG/PNG pairs costs ~3.5 ms a pair here, reading them back from a memory map ~0.04 ms, and
 meta-training samples the same pairs hundreds of times. So `load_dataset` decodes a dataset once per square
 size into two uint8 `.npy` files (images (N, S, S, 3), masks (N, S, S)), opened with `np.load(mmap_mode="r")`,
-plus `index.json` (classes, offsets, files, original sizes, problems, fingerprint).
+plus `index.json` (classes, offsets, files, original sizes, problems, fingerprint) and, for datasets scored at
+the original image size, `originals-*.json` (every mask at its original size, run-length encoded).
 
 Key and freshness: one cache entry per dataset (kind + absolute root + loader options) and size. The entry
 records a fingerprint of every data file (relative path, byte size, mtime_ns) and the decoder's version; a
@@ -29,6 +30,7 @@ import os
 import tempfile
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -36,9 +38,11 @@ import numpy as np
 from fewshotseg.data import fp_k, pascal5i
 from fewshotseg.data.dataset import DataError, Problem, SegmentationDataset
 from fewshotseg.data.images import report_problems, strict_error
-from fewshotseg.data.sources import DataSource, decode_source, parse_spec, source_files
+from fewshotseg.data.sources import FOLD_KINDS, DataSource, decode_source, parse_spec, source_files
 
-CACHE_VERSION = 1  # bump whenever decoding rules change: every existing cache is then rebuilt
+# Bump whenever decoding rules change: every existing cache is then rebuilt. 2: PASCAL-5i boundaries are IGNORE,
+# masks at the original size are kept for scoring.
+CACHE_VERSION = 2
 STALE_TEMP_S = 3600  # temp files older than this belong to a killed build, not to one still running
 
 
@@ -92,10 +96,13 @@ def _read_entry(entry: Path, source: DataSource, size: int, stamp: str) -> Segme
             return None
         images = np.load(entry / index["images"], mmap_mode="r")
         masks = np.load(entry / index["masks"], mmap_mode="r")
+        originals = json.loads((entry / index["originals"]).read_text()) if index.get("originals") else None
     except (OSError, ValueError, KeyError):
         return None
     n = len(index["files"])
     if images.shape != (n, size, size, 3) or masks.shape != (n, size, size):
+        return None
+    if originals is not None and len(originals) != n:
         return None
     return SegmentationDataset(
         root=Path(index["root"]),
@@ -107,6 +114,7 @@ def _read_entry(entry: Path, source: DataSource, size: int, stamp: str) -> Segme
         files=index["files"],
         problems=[Problem(**p) for p in index["problems"]],
         original_sizes=np.asarray(index["original_sizes"], dtype=np.int32).reshape(n, 2),
+        originals=originals,
     )
 
 
@@ -144,6 +152,9 @@ def _write_entry(entry: Path, source: DataSource, stamp: str, dataset: Segmentat
     names = {"images": f"images-{build}.npy", "masks": f"masks-{build}.npy"}
     _replace_atomically(entry / names["images"], lambda f: np.save(f, dataset.images))
     _replace_atomically(entry / names["masks"], lambda f: np.save(f, dataset.masks))
+    if dataset.originals is not None:
+        names["originals"] = f"originals-{build}.json"
+        _replace_atomically(entry / names["originals"], lambda f: f.write(json.dumps(dataset.originals).encode()))
     index = {
         "version": CACHE_VERSION,
         "source": source.describe(),
@@ -197,10 +208,8 @@ def _finish(
     if source.kind == "fp-k":
         fp_k.check_task_sizes(dataset, source.min_pairs)
     if fold is not None:
-        if source.kind != "pascal5i":
-            raise DataError(
-                f"{source.root}: fold={fold} applies to PASCAL-5i only; this dataset is {source.kind}"
-            )
+        if source.kind != "pascal5i-aug":
+            raise DataError(f"{source.root}: fold={fold} here applies to pascal5i-aug only (use load_split)")
         dataset = dataset.subset(pascal5i.fold_classes(fold))
     return dataset
 
@@ -226,6 +235,48 @@ def load_dataset(
     else:
         dataset = decode_source(source, size, strict=strict, progress=progress)
     return _finish(dataset, source, strict, fold)
+
+
+def load_split(
+    spec: str | Path | DataSource,
+    size: int,
+    split: str,
+    *,
+    splits: str = "auto",
+    fold: int | None = None,
+    strict: bool = False,
+    progress: bool = True,
+) -> SegmentationDataset:
+    """The tasks of one split ("train", "val" or "test") of the dataset a `--data` spec names.
+
+    Without a fold, the classes of a split scheme (`--splits`, see `splits.py`). With `--fold i` (PASCAL-5i,
+    COCO-20i): "test" is the fold's classes on the evaluation images (VOC 2012 val / val2014), kept at their
+    original size for scoring; "train" the other classes on the training images (trainaug / train2014); "val" the
+    other classes on the evaluation images (never the fold's classes). `pascal5i-aug` splits classes only.
+    """
+    from fewshotseg.data.splits import resolve_splits
+
+    if split not in ("train", "val", "test"):
+        raise DataError(f"split must be train, val or test, not {split!r}")
+    source = parse_spec(spec)
+    if fold is None:
+        if source.kind in ("pascal5i", "coco20i"):
+            raise DataError(f"--data {spec}: {source.kind} comes in folds; pass --fold 0, 1, 2 or 3")
+        dataset = load_dataset(source, size, strict=strict, progress=progress)
+        return dataset.subset(resolve_splits(dataset.root, splits, classes=dataset.names)[split])
+    if source.kind not in FOLD_KINDS:
+        raise DataError(f"--fold {fold}: folds exist for {', '.join(FOLD_KINDS)} only; --data {spec} is "
+                        f"{source.kind} (use --splits to choose its classes, and --fold -1)")
+    if fold not in range(4):
+        raise DataError(f"--fold must be 0, 1, 2 or 3 (or -1 for datasets without folds), not {fold}")
+    held_out = split == "test"
+    if source.kind == "pascal5i-aug":
+        dataset = load_dataset(source, size, strict=strict, progress=progress)
+        names = pascal5i.fold_classes(fold) if held_out else pascal5i.training_classes(fold)
+        return dataset.subset([n for n in names if n in dataset.offsets])
+    part = "train" if split == "train" else "val"
+    return load_dataset(replace(source, part=part, fold=fold, held_out=held_out, originals=part == "val"),
+                        size, strict=strict, progress=progress)
 
 
 def prepare(spec: str | Path | DataSource, size: int, strict: bool = False) -> SegmentationDataset:

@@ -12,6 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
+# Mask value of pixels that count neither as foreground nor as background, in the loss and in every metric:
+# PASCAL VOC's object-boundary band (label 255 in SegmentationClassAug), as HSNet and the field treat it.
+IGNORE = 255
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -37,12 +41,16 @@ class SegmentationDataset:
     size: int
     names: list[str]  # class names, sorted
     images: np.ndarray  # (N, S, S, 3) uint8
-    masks: np.ndarray  # (N, S, S) uint8 in {0, 1}
+    masks: np.ndarray  # (N, S, S) uint8 in {0, 1}, or {0, 1, IGNORE} for PASCAL-5i's boundaries
     offsets: dict[str, tuple[int, int]]  # class name -> (start, count) into images/masks
     files: list[str]  # N image paths relative to root (for reports and error messages)
     problems: list[Problem] = field(default_factory=list)
     # (N, 2) int (height, width) of each image before resizing, for `check-data`; None when a loader doesn't know.
     original_sizes: np.ndarray | None = None
+    # Per example, its mask at the image's original size as COCO run-length encodings
+    # ({"size": [h, w], "fg": counts, "ignore": counts or None}), for scoring at the original size (HSNet's
+    # PASCAL-5i and COCO-20i protocols); None when predictions are scored at the square size.
+    originals: list[dict] | None = None
 
     def __len__(self) -> int:
         return len(self.names)

@@ -36,14 +36,14 @@ import logging
 import os
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFilter, UnidentifiedImageError
 from tqdm import tqdm
 
-from fewshotseg.data.dataset import DataError, Problem, SegmentationDataset
+from fewshotseg.data.dataset import IGNORE, DataError, Problem, SegmentationDataset
 
 log = logging.getLogger("fewshotseg.data")
 
@@ -207,6 +207,11 @@ class Pair:
     label: int | None = (
         None  # index masks (PASCAL): foreground = pixels equal to this; None: a binary mask file
     )
+    ignore: int | None = None  # index masks: pixels equal to this become IGNORE (PASCAL's boundary band, 255)
+    # COCO: the mask is the union of these annotations' segmentations (polygons or RLE) on an image of
+    # `shape` (height, width); `mask` then names the annotation file, for messages.
+    segments: tuple = field(default=(), compare=False)
+    shape: tuple[int, int] | None = None
 
 
 @dataclass
@@ -215,16 +220,65 @@ class DecodedPair:
     mask: np.ndarray  # (S, S) uint8 in {0, 1}
     original_size: tuple[int, int]  # (height, width) before resizing
     notes: list[Problem]
+    original: dict | None = None  # the mask at the original size, run-length encoded (see SegmentationDataset)
 
 
-def decode_pair(pair: Pair, size: int) -> DecodedPair:
-    """Read, check and resize one pair; raises `BadFile` naming the file at fault."""
+def encode_original(mask: np.ndarray) -> dict:
+    """A {0, 1, IGNORE} mask at its original size as COCO run-length encodings (pycocotools)."""
+    from pycocotools import mask as rle
+
+    def counts(binary: np.ndarray) -> str:
+        return rle.encode(np.asfortranarray(binary.astype(np.uint8)))["counts"].decode("ascii")
+
+    ignored = mask == IGNORE
+    return {"size": list(mask.shape), "fg": counts(mask == 1), "ignore": counts(ignored) if ignored.any() else None}
+
+
+def decode_original(original: dict) -> np.ndarray:
+    """The (H, W) uint8 {0, 1, IGNORE} mask of `encode_original`."""
+    from pycocotools import mask as rle
+
+    size = original["size"]
+    mask = rle.decode({"size": size, "counts": original["fg"].encode("ascii")}).astype(np.uint8)
+    if original.get("ignore"):
+        mask[rle.decode({"size": size, "counts": original["ignore"].encode("ascii")}).astype(bool)] = IGNORE
+    return mask
+
+
+def segments_mask(segments: Sequence, height: int, width: int) -> np.ndarray:
+    """(H, W) uint8 {0, 1}: the union of COCO segmentations (polygon lists, uncompressed or compressed RLE)."""
+    from pycocotools import mask as rle
+
+    parts = []
+    for seg in segments:
+        if isinstance(seg, list):  # polygons: [[x1, y1, x2, y2, ...], ...]
+            parts += rle.frPyObjects(seg, height, width)
+        elif isinstance(seg.get("counts"), list):  # uncompressed RLE (crowd annotations)
+            parts.append(rle.frPyObjects(seg, height, width))
+        else:  # compressed RLE
+            parts.append(seg)
+    if not parts:
+        return np.zeros((height, width), np.uint8)
+    return rle.decode(rle.merge(parts)).astype(np.uint8)
+
+
+def decode_pair(pair: Pair, size: int, *, keep_original: bool = False) -> DecodedPair:
+    """Read, check and resize one pair; raises `BadFile` naming the file at fault. `keep_original` also
+    run-length encodes the mask at the image's own size."""
     notes: list[Problem] = []
     image = read_image(pair.image, notes)
-    if pair.label is None:
+    if pair.shape is not None:
+        try:
+            mask = segments_mask(pair.segments, *pair.shape)
+        except (ValueError, TypeError, KeyError) as err:
+            raise BadFile(pair.mask, f"unreadable segmentation for {pair.image.name} ({err})") from None
+    elif pair.label is None:
         mask = read_mask(pair.mask, notes)
     else:
-        mask = (read_label(pair.mask) == pair.label).astype(np.uint8)
+        label = read_label(pair.mask)
+        mask = (label == pair.label).astype(np.uint8)
+        if pair.ignore is not None:
+            mask[label == pair.ignore] = IGNORE
     if mask.shape != image.shape[:2]:
         (h, w), (ih, iw) = mask.shape, image.shape[:2]
         raise BadFile(
@@ -232,20 +286,21 @@ def decode_pair(pair: Pair, size: int) -> DecodedPair:
             f"mask is {w}x{h} px but its image {pair.image.name} is {iw}x{ih}; a mask must match its image "
             "pixel for pixel: re-export the mask at the image's size",
         )
-    if not mask.any():
+    if not (mask == 1).any():
         raise BadFile(
             pair.mask,
             "mask has no foreground pixels (a support image with no foreground teaches nothing): "
             "fix the mask or delete the pair",
         )
     small = resize_mask(mask, size)
-    if not small.any():
+    if not (small == 1).any():
         raise BadFile(
             pair.mask,
             f"its {int(mask.sum())} foreground pixels vanish when the mask is resized to {size} px: "
             "use a larger --size or drop the pair",
         )
-    return DecodedPair(resize_image(image, size), small, (image.shape[0], image.shape[1]), notes)
+    original = encode_original(mask) if keep_original else None
+    return DecodedPair(resize_image(image, size), small, (image.shape[0], image.shape[1]), notes, original)
 
 
 def strict_error(problem: Problem) -> DataError:
@@ -261,9 +316,9 @@ def report_problems(problems: Iterable[Problem]) -> None:
         log.warning("%s: %s", problem.action, problem)
 
 
-def _decode_or_problem(pair: Pair, size: int) -> DecodedPair | Problem:
+def _decode_or_problem(pair: Pair, size: int, keep_original: bool) -> DecodedPair | Problem:
     try:
-        return decode_pair(pair, size)
+        return decode_pair(pair, size, keep_original=keep_original)
     except BadFile as err:
         return Problem(err.path, err.reason, "skipped")
 
@@ -277,12 +332,14 @@ def decode_pairs(
     strict: bool = False,
     progress: bool = True,
     workers: int | None = None,
+    originals: bool = False,
 ) -> SegmentationDataset:
     """Decode pairs into one `SegmentationDataset`, classes in sorted order, each a contiguous block of rows.
 
     `problems` are those already found while listing files. Default mode skips every bad pair and records it;
     strict mode raises at the first problem. Nothing is logged here: the caller reports the problems once.
     PIL releases the GIL while decoding and resizing, so a small thread pool gives a near-linear speed-up.
+    `originals` keeps every mask at its original size too (run-length encoded), for scoring at that size.
     """
     problems = list(problems)
     if strict and problems:
@@ -292,8 +349,9 @@ def decode_pairs(
     masks = np.empty((len(pairs), size, size), np.uint8)
     original_sizes = np.empty((len(pairs), 2), np.int32)
     kept: list[Pair] = []
+    kept_originals: list[dict] = []
     pool = ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1))
-    results = pool.map(lambda pair: _decode_or_problem(pair, size), pairs)
+    results = pool.map(lambda pair: _decode_or_problem(pair, size, originals), pairs)
     bar = tqdm(
         results, total=len(pairs), desc=f"decoding {root.name or root}", unit="pair", disable=not progress
     )
@@ -307,6 +365,8 @@ def decode_pairs(
                 row = len(kept)
                 images[row], masks[row], original_sizes[row] = result.image, result.mask, result.original_size
                 kept.append(pair)
+                if originals:
+                    kept_originals.append(result.original)
     finally:
         bar.close()
         pool.shutdown(wait=True, cancel_futures=True)
@@ -335,4 +395,5 @@ def decode_pairs(
         files=[os.path.relpath(p.image, root) for p in kept],
         problems=problems,
         original_sizes=original_sizes[:n],
+        originals=kept_originals if originals else None,
     )

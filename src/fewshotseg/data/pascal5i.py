@@ -1,12 +1,19 @@
 """PASCAL-5i from PASCAL VOC2012: `JPEGImages/*.jpg` + `SegmentationClassAug/*.png`, one binary task per class.
 
 `SegmentationClassAug` holds index PNGs (palette or grayscale): 0 = background, 1..20 = the classes below,
-255 = the ignore/boundary band, which is treated as background. The task of class c holds every image whose label
-map contains at least `min_foreground` pixels of c, with mask = (label == c); an image with several classes
-appears once in each of their tasks. Fold i (0..3) holds the classes 5i+1..5i+5 (the standard PASCAL-5i split).
+255 = the object-boundary band. The task of class c holds every image whose label map contains at least
+`min_foreground` pixels of c, with mask = (label == c); an image with several classes appears once in each of
+their tasks. Fold i (0..3) holds the classes 5i+1..5i+5 (the standard PASCAL-5i split).
 
-By default every labelled image is used (the ~12k of SegmentationClassAug that have a JPEG); `image_list`
-(e.g. `ImageSets/Segmentation/val.txt`, one id per line) restricts them, as the usual evaluation on val does.
+Two ways to read it, each its own `--data` kind:
+
+* `pascal5i:DIR` (and a bare VOC folder), HSNet-compatible: label 255 becomes IGNORE (counted neither way in the
+  loss and the metrics); fold i's test tasks are its 5 classes on the images of the VOC 2012 validation list
+  (`ImageSets/Segmentation/val.txt`, 1,449 images), scored at each image's original size; training uses the other
+  15 classes on every SegmentationClassAug image that is not in that list (the 10,582 of SBD "trainaug"), as
+  HSNet's fold lists do. Tuning (`tune --fold i`) uses the 15 training classes on the validation-list images.
+* `pascal5i-aug:DIR`, fewshotseg's earlier reading: every SegmentationClassAug image in every split, label 255
+  counted as background, scored at the square size.
 """
 
 from __future__ import annotations
@@ -26,7 +33,8 @@ VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
 )  # fmt: skip
-IGNORE = 255
+BOUNDARY = 255  # SegmentationClassAug's boundary band
+VAL_LIST = Path("ImageSets") / "Segmentation" / "val.txt"
 DOWNLOAD = (
     "Download VOCtrainval_11-May-2012.tar (http://host.robots.ox.ac.uk/pascal/VOC/voc2012/) and the SBD-augmented "
     "masks SegmentationClassAug (SegmentationClassAug.zip, linked from the HSNet and DeepLab READMEs), and unpack "
@@ -37,8 +45,26 @@ DOWNLOAD = (
 def fold_classes(fold: int) -> list[str]:
     """The 5 VOC class names of PASCAL-5i fold `fold` (0..3)."""
     if fold not in range(4):
-        raise DataError(f"PASCAL-5i fold must be 0, 1, 2 or 3, not {fold}")
+        raise DataError(f"--fold: a PASCAL-5i fold is 0, 1, 2 or 3, not {fold}")
     return list(VOC_CLASSES[5 * fold : 5 * fold + 5])
+
+
+def training_classes(fold: int) -> list[str]:
+    """The 15 classes fold `fold` trains on."""
+    held_out = set(fold_classes(fold))
+    return [c for c in VOC_CLASSES if c not in held_out]
+
+
+def val_list(root: Path) -> Path:
+    """The VOC 2012 segmentation validation list, which HSNet's test episodes draw from."""
+    path = root / VAL_LIST
+    if not path.is_file():
+        raise DataError(
+            f"{path}: missing; the HSNet-compatible PASCAL-5i needs the VOC 2012 validation list. It comes with "
+            f"VOCtrainval_11-May-2012.tar (VOC2012/{VAL_LIST}); or read the data as pascal5i-aug:{root} "
+            "(every image, boundaries as background)"
+        )
+    return path
 
 
 def is_voc_root(path: Path) -> bool:
@@ -70,7 +96,7 @@ def _class_pixels(label_path: Path) -> np.ndarray | Problem:
         counts = np.bincount(read_label(label_path).ravel(), minlength=256)
     except BadFile as err:
         return Problem(err.path, err.reason)
-    unknown = np.flatnonzero(counts[len(VOC_CLASSES) + 1 : IGNORE])
+    unknown = np.flatnonzero(counts[len(VOC_CLASSES) + 1 : BOUNDARY])
     if unknown.size:
         return Problem(
             str(label_path),
@@ -84,11 +110,16 @@ def find_pairs(
     root: Path | str,
     *,
     image_list: Path | str | None = None,
+    exclude_list: Path | str | None = None,
     min_foreground: int = 1,
     classes: Sequence[str] | None = None,
+    ignore_boundary: bool = False,
     progress: bool = True,
 ) -> tuple[list[Pair], list[Problem]]:
-    """One `Pair` per (image, class it contains). Reads every label map once to find its classes."""
+    """One `Pair` per (image, class it contains). Reads every label map once to find its classes.
+
+    `image_list` keeps only the listed image ids, `exclude_list` drops the listed ones; `ignore_boundary` makes
+    label 255 IGNORE in the masks instead of background."""
     root = find_voc_root(root)
     wanted = VOC_CLASSES if classes is None else tuple(classes)
     unknown = sorted(set(wanted) - set(VOC_CLASSES))
@@ -108,6 +139,9 @@ def find_pairs(
             for i in ids if i not in labels
         ]  # fmt: skip
         ids = [i for i in ids if i in labels]
+    if exclude_list is not None:
+        excluded = set(_read_ids(Path(exclude_list)))
+        ids = [i for i in ids if i not in excluded]
     problems += [
         Problem(str(labels[i]), f"label map without its image JPEGImages/{i}.jpg")
         for i in ids
@@ -128,7 +162,8 @@ def find_pairs(
         for name in wanted:
             label = VOC_CLASSES.index(name) + 1
             if counts[label] >= min_foreground:
-                pairs.append(Pair(name, jpegs[i], labels[i], label=label))
+                pairs.append(Pair(name, jpegs[i], labels[i], label=label,
+                                  ignore=BOUNDARY if ignore_boundary else None))
     for name in sorted(set(wanted) - {p.name for p in pairs}):
         problems.append(Problem(f"{root}/SegmentationClassAug", f"no image holds class {name!r}", "dropped"))
     return pairs, problems

@@ -10,7 +10,12 @@ Two reductions are in use in this field and they differ:
   sums, mIoU is the mean over classes ("class-pooled"), and FB-IoU is the mean over {background, foreground} of
   the ratio of sums over every episode.
 
-Both are computed from the same raw counts, which `evaluate` writes one row per episode.
+Both are computed from the same raw counts, which `evaluate` writes one row per episode. Pixels whose target is
+IGNORE (PASCAL's object boundaries, 255) are counted in no intersection and no union, as in HSNet.
+
+Floors: the same counts for two predictions that use no image at all, computed on the same episodes, so a table
+shows which rows are above chance: everything foreground, and every pixel foreground with the support masks' mean
+foreground rate as its probability (expected counts: a pixel is foreground with probability r).
 """
 
 from __future__ import annotations
@@ -21,26 +26,47 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 import torch
 
+from fewshotseg.data.dataset import IGNORE
+
 
 def binary_iou(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-image IoU (B,) of boolean/{0,1} masks (B, H, W); 1.0 where both are empty."""
-    pred, target = pred.bool(), target.bool()
+    """Per-image IoU (B,) of boolean/{0,1} predictions and {0, 1, IGNORE} targets (B, H, W); 1.0 where both are
+    empty."""
+    valid = target != IGNORE
+    pred, target = pred.bool() & valid, (target == 1) & valid
     intersection = (pred & target).flatten(1).sum(1).double()
     union = (pred | target).flatten(1).sum(1).double()
     return torch.where(union > 0, intersection / union.clamp(min=1), torch.ones_like(union))
 
 
 def episode_counts(pred: torch.Tensor, target: torch.Tensor) -> list[dict[str, int]]:
-    """Foreground and background intersection/union pixel counts of each image in a batch (B, H, W)."""
-    pred, target = pred.bool(), target.bool()
-    fg_i = (pred & target).flatten(1).sum(1)
-    fg_u = (pred | target).flatten(1).sum(1)
-    bg_i = (~pred & ~target).flatten(1).sum(1)
-    bg_u = (~pred | ~target).flatten(1).sum(1)
+    """Foreground and background intersection/union pixel counts of each image in a batch (B, H, W); IGNORE
+    pixels of the target count nowhere."""
+    valid = target != IGNORE
+    pred, target = pred.bool(), target == 1
+    fg_i = (pred & target & valid).flatten(1).sum(1)
+    fg_u = ((pred | target) & valid).flatten(1).sum(1)
+    bg_i = (~pred & ~target & valid).flatten(1).sum(1)
+    bg_u = ((~pred | ~target) & valid).flatten(1).sum(1)
     return [
         {"fg_i": int(a), "fg_u": int(b), "bg_i": int(c), "bg_u": int(d)}
         for a, b, c, d in zip(fg_i.tolist(), fg_u.tolist(), bg_i.tolist(), bg_u.tolist(), strict=True)
     ]
+
+
+def floor_counts(target: torch.Tensor, rate: float) -> dict[str, dict[str, float]]:
+    """The counts of the two floors for one target (H, W): "all_foreground" (every valid pixel foreground) and
+    "support_rate" (every pixel foreground with probability `rate`, expected counts)."""
+    valid = target != IGNORE
+    fg = int(((target == 1) & valid).sum())
+    n = int(valid.sum())
+    bg = n - fg
+    return {
+        "all_foreground": {"fg_i": fg, "fg_u": n, "bg_i": 0, "bg_u": bg},
+        # E[I_fg] = r fg; E[U_fg] = fg + r bg; E[I_bg] = (1 - r) bg; E[U_bg] = bg + (1 - r) fg
+        "support_rate": {"fg_i": rate * fg, "fg_u": fg + rate * bg, "bg_i": (1 - rate) * bg,
+                         "bg_u": bg + (1 - rate) * fg},
+    }
 
 
 def image_iou(counts: Mapping[str, int]) -> float:

@@ -9,6 +9,7 @@
   per-pixel average, which would be dominated by the easy background pixels. For two classes p is the foreground
   probability; for the multi-class joint-training head the sums run over every class channel (background
   included, as the reference's joint model did).
+* Pixels whose target is IGNORE (255: PASCAL's object boundaries) count in neither term.
 * L2 covers every trainable weight except BatchNorm's gamma and beta (biases included), as the reference. The
   coefficient follows the paper's convention, lambda * ||theta||^2 with lambda = 5e-4. The reference code computed
   0.0005 * ||theta||^2 / 2 (TF's l2_loss), i.e. an effective lambda of 2.5e-4; pass l2=2.5e-4 to match it.
@@ -20,6 +21,7 @@ import torch
 from torch import nn
 
 EPS = 1e-7
+IGNORE = 255  # fewshotseg.data.dataset.IGNORE (models/ knows nothing about data/)
 
 
 def soft_iou(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -31,7 +33,10 @@ def soft_iou(probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def segmentation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """H - ln(2 IoU / (IoU + 1)) for logits (B, C, H, W) and integer targets (B, H, W) in [0, C)."""
+    """H - ln(2 IoU / (IoU + 1)) for logits (B, C, H, W) and integer targets (B, H, W) in [0, C) or IGNORE."""
+    ignored = target == IGNORE
+    if ignored.any():
+        return _loss_with_ignored(logits, target, ~ignored)
     logp = logits.log_softmax(dim=1)
     logp_true = logp.gather(1, target[:, None])  # (B, 1, H, W) log-probability of each pixel's class
     ce = -logp_true.mean()
@@ -43,6 +48,23 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tenso
         # probabilities and one-hot labels each sum to 1, U = 2 * pixels - I: no (B, C, H, W) one-hot is needed.
         intersection = logp_true.exp().flatten(1).sum(1)
         union = 2 * target[0].numel() - intersection
+        iou = (intersection + EPS) / (union + EPS)
+    iou = iou.mean()
+    return ce - torch.log(2 * iou / (iou + 1))
+
+
+def _loss_with_ignored(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """The same loss over the valid pixels only (B, H, W) bool: both terms' sums skip the IGNORE pixels."""
+    logp = logits.log_softmax(dim=1)
+    weight = valid.to(logp.dtype)
+    logp_true = logp.gather(1, torch.where(valid, target, 0)[:, None])[:, 0]  # (B, H, W)
+    ce = -(logp_true * weight).sum() / weight.sum().clamp(min=1)
+    if logits.shape[1] == 2:
+        fg = logp[:, 1].exp() * weight
+        iou = soft_iou(fg, (target == 1).to(fg.dtype))
+    else:
+        intersection = (logp_true.exp() * weight).flatten(1).sum(1)
+        union = 2 * weight.flatten(1).sum(1) - intersection
         iou = (intersection + EPS) / (union + EPS)
     iou = iou.mean()
     return ce - torch.log(2 * iou / (iou + 1))
