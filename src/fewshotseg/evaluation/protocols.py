@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from fewshotseg.data.dataset import IGNORE, SegmentationDataset
-from fewshotseg.data.tasks import TaskTensors, episode_rng, support_query_split
 from fewshotseg.data.images import decode_original
+from fewshotseg.data.tasks import TaskTensors, episode_rng, support_query_split
 from fewshotseg.evaluation.metrics import episode_counts, floor_counts, image_iou
 from fewshotseg.meta_learning.update_routine import Learner, UpdateParams
 
