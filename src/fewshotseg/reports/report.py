@@ -91,8 +91,55 @@ def load_runs(run_dirs: Iterable[str | Path]) -> tuple[list[Run], list[str]]:
                 runs.append(LOADERS[kind](folder, shown))
             except RunFileError as err:
                 problems.append(f"skipped: {shown}: {err}")
+    runs = merge_shot_counts(runs)
     disambiguate(runs)
     return runs, problems
+
+
+def _initialization_key(results: dict) -> tuple:
+    """What makes two evaluations rows of one initialization: its label when one was given, else what was
+    evaluated and on which data (U's parameters may differ per shot count, as UHO tunes them per shot count)."""
+    if isinstance(results.get("label"), str) and results["label"].strip():
+        return ("label", results["label"])
+    return ("init", str(results.get("init")), str(results.get("data")), str(results.get("protocol")),
+            str(results.get("split")), str(results.get("size")), str(results.get("fold")))
+
+
+def merge_shot_counts(runs: list[Run]) -> list[Run]:
+    """Evaluations of one initialization at different shot counts (one folder per shot count) become one run,
+    hence one table row; its `merged_from` lists the folders. Runs that share a shot count stay apart."""
+    groups: dict[tuple, list[Run]] = {}
+    for r in runs:
+        if r.kind == "evaluate":
+            groups.setdefault(_initialization_key(r.content["results"]), []).append(r)
+    out: list[Run] = []
+    done: set[int] = set()
+    for r in runs:
+        if id(r) in done:
+            continue
+        group = groups.get(_initialization_key(r.content["results"]), []) if r.kind == "evaluate" else []
+        shot_lists = [list(g.content["results"]["shots"]) for g in group]
+        flat = [s for shots in shot_lists for s in shots]
+        if len(group) < 2 or len(flat) != len(set(flat)):
+            out.append(r)
+            done.add(id(r))
+            continue
+        first = group[0].content["results"]
+        merged = {**first, "shots": {}, "update_params_by_shots": {}}
+        for g in group:
+            res = g.content["results"]
+            merged["shots"].update(res["shots"])
+            for s in res["shots"]:
+                merged["update_params_by_shots"][s] = res.get("update_params") or {}
+        label = first.get("label") or Path(str(first.get("init"))).name or group[0].label
+        content = {"results": merged, "merged_from": [(g.shown, list(g.content["results"]["shots"])) for g in group]}
+        with_predictions = next((g for g in group if "predictions" in g.content), None)
+        if with_predictions is not None:
+            content["predictions"] = with_predictions.content["predictions"]
+        out.append(Run("evaluate", group[0].folder, group[0].shown, label, content,
+                       [n for g in group for n in g.notes]))
+        done.update(id(g) for g in group)
+    return out
 
 
 def discover(given: Path) -> tuple[list[tuple[str, Path, str]], list[tuple[str, str]]]:
@@ -362,7 +409,12 @@ def evaluation_section(runs: list[Run], figures: Figures) -> str:
         "splits); the best run per shot count is in bold. Class-pooled mIoU (HSNet's reduction) and FB-IoU "
         "are given with a bootstrap 95 % interval over classes. lr and steps are U's update parameters.",
         tables.evaluation_table(pairs),
+        "Floors, computed on the same episodes without looking at any image: *all foreground* predicts every "
+        "pixel foreground; *support foreground rate* marks each pixel foreground at random with the support "
+        "masks' mean foreground rate (expected counts). A row is above chance only when it beats both."
+        if any(tables.has_floors(res) for _, res in pairs) else "",
         tables.evaluation_details(pairs),
+        _merged_note(runs),
     )
     images = []
     for r in runs:
@@ -374,6 +426,18 @@ def evaluation_section(runs: list[Run], figures: Figures) -> str:
     if any(images):
         text = _join(text, "### Prediction overlays", *images)
     return text
+
+
+def _merged_note(runs: list[Run]) -> str:
+    """Says which rows were merged from several per-shot evaluation folders."""
+    lines = []
+    for r in runs:
+        if r.content.get("merged_from"):
+            parts = ", ".join(f"`{tables.cell(shown)}` ({', '.join(s + '-shot' for s in shots)})"
+                              for shown, shots in r.content["merged_from"])
+            lines.append(f"- **{tables.cell(r.label)}** merges the evaluations of one initialization across shot "
+                         f"counts: {parts}")
+    return "\n".join(lines)
 
 
 def tuning_section(runs: list[Run], figures: Figures) -> str:

@@ -96,10 +96,12 @@ def evaluation_table(runs: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
     task splits the paper's interval is over.
     """
     shots = shot_counts([r for _, r in runs])
+    runs = list(runs) + floor_rows(runs)
     header = ["Run"] + [f"{s}-shot mean IoU" for s in shots]
     header += [f"{s}-shot class-pooled mIoU" for s in shots] + [f"{s}-shot FB-IoU" for s in shots]
     header += ["lr", "steps", "task splits"]
-    best = {s: best_rows([_mean_of(r["shots"].get(s), "paper_miou") for _, r in runs]) for s in shots}
+    best = {s: best_rows([_mean_of(r["shots"].get(s), "paper_miou") if not r.get("floor") else None
+                          for _, r in runs]) for s in shots}
     rows = []
     for i, (label, results) in enumerate(runs):
         by_shot = results["shots"]
@@ -109,10 +111,55 @@ def evaluation_table(runs: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
             row.append(bold(text) if i in best[s] else text)
         row += [percent_interval((by_shot.get(s) or {}).get("hsnet_miou")) for s in shots]
         row += [percent_interval((by_shot.get(s) or {}).get("fb_iou")) for s in shots]
-        params = results.get("update_params") or {}
-        row += [cell(params.get("lr")), cell(params.get("steps")), cell(_splits(by_shot))]
+        row += [_per_shot_param(results, "lr", shots), _per_shot_param(results, "steps", shots),
+                cell(_splits(by_shot))]
         rows.append(row)
     return markdown_table(header, rows)
+
+
+FLOORS = {"all_foreground": "floor: all foreground", "support_rate": "floor: support foreground rate"}
+
+
+def has_floors(results: Mapping[str, Any]) -> bool:
+    return any(isinstance(s, Mapping) and s.get("floors") for s in results.get("shots", {}).values())
+
+
+def floor_rows(runs: Sequence[tuple[str, Mapping[str, Any]]]) -> list[tuple[str, dict]]:
+    """The floor rows under a table. Runs evaluated on the same episodes have the same floors: then one pair of
+    rows covers every shot count; otherwise one pair per run, named after it."""
+    per_run = [(label, {s: v["floors"] for s, v in results["shots"].items()
+                        if isinstance(v, Mapping) and v.get("floors")}) for label, results in runs]
+    per_run = [(label, by_shot) for label, by_shot in per_run if by_shot]
+    if not per_run:
+        return []
+
+    def value(floors: Mapping[str, Any]) -> tuple:
+        return tuple(round(_mean_of(floors.get(f), "paper_miou") or 0, 6) for f in FLOORS)
+
+    distinct: dict[str, set] = {}
+    for _, by_shot in per_run:
+        for s, floors in by_shot.items():
+            distinct.setdefault(s, set()).add(value(floors))
+    if all(len(v) == 1 for v in distinct.values()):
+        shared: dict[str, Any] = {}
+        for _, by_shot in per_run:
+            for s, floors in by_shot.items():
+                shared.setdefault(s, floors)
+        groups = [("", shared)]
+    else:
+        groups = [(f" ({label})", by_shot) for label, by_shot in per_run]
+    return [(text + suffix, {"floor": True, "shots": {s: f[name] for s, f in by_shot.items() if name in f}})
+            for suffix, by_shot in groups for name, text in FLOORS.items()]
+
+
+def _per_shot_param(results: Mapping[str, Any], key: str, shots: Sequence[str]) -> str:
+    """U's `key` of a row; "a / b" per shot count for a row merged from per-shot evaluations with different U."""
+    by_shots = results.get("update_params_by_shots")
+    if isinstance(by_shots, Mapping) and by_shots:
+        values = [cell((by_shots.get(s) or {}).get(key)) for s in shots if s in by_shots]
+        unique = list(dict.fromkeys(values))
+        return unique[0] if len(unique) == 1 else " / ".join(values)
+    return cell((results.get("update_params") or {}).get(key))
 
 
 def _splits(by_shot: Mapping[str, Any]) -> str:
