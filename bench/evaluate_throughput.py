@@ -9,7 +9,7 @@ written at 224 px in a temporary folder and read through the decode-once cache).
   `--threads` torch threads;
 * at 64 px, the same episodes through `evaluate`'s own job (`evaluation.evaluate.episode_job`) run inline in one
   process with all cores' threads (what `evaluate --workers 1` does), inline with one thread, and on
-  `fewshotseg.workers.Pool(2)` (two single-threaded worker processes, warmed up first), interleaved round after
+  `fewshotseg.runs.workers.Pool(2)` (two single-threaded worker processes, warmed up first), interleaved round after
   round; printed as ratios of the pool's throughput to each.
 
     python bench/evaluate_throughput.py [--classes 8] [--splits-224 4] [--repeats 3] [--threads 1]
@@ -31,12 +31,13 @@ import torch
 
 from fewshotseg.data.cache import load_dataset
 from fewshotseg.data.synthetic import SyntheticSpec, make_synthetic
+from fewshotseg.evaluation import jobs
 from fewshotseg.evaluation.evaluate import episode_job
 from fewshotseg.evaluation.protocols import paper_episodes, run_episode
 from fewshotseg.meta_learning.update_routine import Learner, UpdateParams
 from fewshotseg.models.efficientlab import ModelConfig, build_model
-from fewshotseg.training.checkpoint import save_initialization
-from fewshotseg.workers import Pool, WorkerState
+from fewshotseg.runs.initialization import save_initialization
+from fewshotseg.runs.workers import Pool, WorkerState
 
 SHOTS = 5  # the paper's k = 5; run_episode's queries are the protocol's 5
 NATIVE_SIZE = 224
@@ -45,8 +46,8 @@ PAIRS = 10  # FSS-1000's images per class: 5 support + 5 query
 
 def warm_worker(state: WorkerState, barrier, init_path: str, data: str, size: int) -> int:
     """Load the initialization, working model and dataset in this worker, then wait until every worker has."""
-    state.learner(init_path)
-    state.dataset(data, size)
+    jobs.learner(state, init_path)
+    jobs.dataset(state, data, size)
     barrier.wait(timeout=300)
     return os.getpid()
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from fewshotseg.analysis.weight_distance import AnalyzeConfig
 from fewshotseg.config import PRESETS, JointTrainConfig, MetaTrainConfig, resolve
+from fewshotseg.evaluation.analyze_weights import AnalyzeConfig
 from fewshotseg.evaluation.evaluate import EvaluateConfig
 from fewshotseg.evaluation.fp_k import FPKConfig
 from fewshotseg.tuning.uho import TuneConfig

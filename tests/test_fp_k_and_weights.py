@@ -8,13 +8,8 @@ import math
 import pytest
 import torch
 
-from fewshotseg.analysis.weight_distance import (
-    AnalyzeConfig,
-    analyze_weights,
-    block_of,
-    distances,
-    group_blocks,
-)
+from fewshotseg.analysis.weight_distance import block_of, distances, group_blocks
+from fewshotseg.evaluation.analyze_weights import AnalyzeConfig, analyze_weights
 from fewshotseg.evaluation.fp_k import FPKConfig, fp_k
 
 

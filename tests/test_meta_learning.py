@@ -162,10 +162,10 @@ def test_a_diverging_learning_rate_raises(model, task):
 
 def test_early_stopping_reports_the_best_step(model, task):
     learner = Learner(copy.deepcopy(model))
-    from fewshotseg.meta_learning.update_routine import EarlyStopping
+    from fewshotseg.evaluation.early_stopping import EarlyStopping, early_stopping
 
-    result = learner.early_stopping(model, task.take(range(6)), task.take(range(6, 12)), UpdateParams(lr=0.1),
-                                    EarlyStopping(patience=3, max_steps=12), episode_rng(0, 6))
+    result = early_stopping(learner, model, task.take(range(6)), task.take(range(6, 12)), UpdateParams(lr=0.1),
+                            EarlyStopping(patience=3, max_steps=12), episode_rng(0, 6))
     assert 1 <= result.best_step <= len(result.scores) <= 12
     assert result.best_score == max(result.scores)
     assert result.scores.index(result.best_score) + 1 == result.best_step  # the first best step

@@ -13,9 +13,8 @@ import pytest
 import torch
 
 from fewshotseg.config import JointTrainConfig, MetaTrainConfig
-from fewshotseg.training.checkpoint import load_checkpoint, read_initialization
-from fewshotseg.training.initialization import load_initialization
-from fewshotseg.training.run_dir import read_jsonl
+from fewshotseg.runs.initialization import load_checkpoint, load_initialization, read_initialization
+from fewshotseg.runs.run_dir import read_jsonl
 
 
 def meta_flags(data: Path, run_dir: Path, iterations: int, **extra) -> list[str]:

@@ -75,9 +75,13 @@ def export_onnx(model: torch.nn.Module, size: int, path: Path) -> None:
 def adapt(cfg: AdaptConfig) -> dict:
     from fewshotseg.data.folder import list_queries, load_support
     from fewshotseg.data.images import read_image
-    from fewshotseg.training.checkpoint import read_initialization, save_initialization
-    from fewshotseg.training.distributed import choose_device
-    from fewshotseg.training.initialization import find_initialization, load_initialization
+    from fewshotseg.runs.device import choose_device
+    from fewshotseg.runs.initialization import (
+        find_initialization,
+        load_initialization,
+        read_initialization,
+        save_initialization,
+    )
 
     params = UpdateParams.load(cfg.update_params) if cfg.update_params else UpdateParams()
     size = cfg.size

@@ -102,6 +102,32 @@ def run_make_synthetic(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_make_corpus(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("make-corpus", help="build the realistic training corpus (real art and photographs with exact "
+                                           "masks) from Debian packages")
+    p.add_argument("--out", required=True, help="output folder (FSS-1000 layout + splits.json + MANIFEST.json)")
+    p.add_argument("--cache", default="", help="where source packages are downloaded and unpacked "
+                                               "(default: $FEWSHOTSEG_CORPUS_CACHE or ~/.cache/fewshotseg/corpus)")
+    p.add_argument("--debs", default="", help="build offline from the .deb files in this folder (no apt-get)")
+    p.add_argument("--packages", default="", help="comma-separated subset of the source packages (default: all)")
+    p.add_argument("--size", type=int, default=224, help="stored image size in pixels")
+    p.add_argument("--pairs", type=int, default=10, help="image/mask pairs per class")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing, non-empty --out folder")
+
+
+def run_make_corpus(args: argparse.Namespace) -> int:
+    from fewshotseg.data.corpus import CorpusSpec, make_corpus
+
+    if args.size < 32 or args.pairs < 2:
+        raise ValueError(f"--size {args.size} --pairs {args.pairs}: need a size >= 32 px and at least 2 pairs")
+    spec = CorpusSpec(size=args.size, pairs=args.pairs, seed=args.seed)
+    packages = [p.strip() for p in args.packages.split(",") if p.strip()] or None
+    make_corpus(args.out, spec, cache=args.cache or None, debs=args.debs or None, packages=packages,
+                overwrite=args.overwrite)
+    return 0
+
+
 def add_meta_train(sub: argparse._SubParsersAction) -> None:
     from fewshotseg.config import PRESETS, MetaTrainConfig
 
@@ -162,12 +188,10 @@ def add_update_flags(parser: argparse.ArgumentParser) -> None:
 def update_params_from_args(args: argparse.Namespace, file: str | None):
     from dataclasses import fields
 
+    from fewshotseg.config import resolve_update_params
     from fewshotseg.meta_learning.update_routine import UpdateParams
 
-    params = UpdateParams.load(file) if file else UpdateParams()
-    changes = {f.name: getattr(args, "u_" + f.name) for f in fields(UpdateParams)
-               if getattr(args, "u_" + f.name, None) is not None}
-    return params.replace(**changes)
+    return resolve_update_params(file, **{f.name: getattr(args, "u_" + f.name, None) for f in fields(UpdateParams)})
 
 
 def add_evaluate(sub: argparse._SubParsersAction) -> None:
@@ -245,7 +269,7 @@ def run_fp_k(args: argparse.Namespace) -> int:
 
 
 def add_analyze_weights(sub: argparse._SubParsersAction) -> None:
-    from fewshotseg.analysis.weight_distance import AnalyzeConfig
+    from fewshotseg.evaluation.analyze_weights import AnalyzeConfig
 
     p = sub.add_parser("analyze-weights", help="how far U moves each initialization, per block (paper App. G)")
     p.add_argument("--config", help="YAML file of settings")
@@ -255,7 +279,7 @@ def add_analyze_weights(sub: argparse._SubParsersAction) -> None:
 
 
 def run_analyze_weights(args: argparse.Namespace) -> int:
-    from fewshotseg.analysis.weight_distance import AnalyzeConfig, analyze_weights
+    from fewshotseg.evaluation.analyze_weights import AnalyzeConfig, analyze_weights
 
     summary = analyze_weights(config_from_args(AnalyzeConfig, args))
     for label, blocks in summary.items():
@@ -351,6 +375,7 @@ VERBS = {
     "joint-train": (add_joint_train, run_joint_train),
     "evaluate": (add_evaluate, run_evaluate),
     "make-synthetic": (add_make_synthetic, run_make_synthetic),
+    "make-corpus": (add_make_corpus, run_make_corpus),
     "meta-train": (add_meta_train, run_meta_train),
     "model-info": (add_model_info, run_model_info),
     "prepare": (add_prepare, run_prepare),
@@ -369,19 +394,78 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="verb", required=True, metavar="COMMAND")
     for add, _ in VERBS.values():
         add(sub)
+    for command in sub.choices.values():
+        command.add_argument("--debug", action="store_true",
+                             help="show the full traceback of an error instead of a one-line message")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. A user's mistake prints one message and returns 2; an internal error prints a one-line
+    summary and writes the traceback to a crash log (returns 1); `--debug` raises instead."""
     args = build_parser().parse_args(argv)
     _, run = VERBS[args.verb]
-    from fewshotseg.data.dataset import DataError
-
     try:
         return run(args) or 0
-    except (DataError, FileNotFoundError, FileExistsError, ValueError) as err:
-        print(f"fewshotseg {args.verb}: error: {err}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print(f"fewshotseg {args.verb}: interrupted; run the same command again to resume where it stopped",
+              file=sys.stderr)
+        return 130
+    except Exception as err:
+        if getattr(args, "debug", False):
+            raise
+        if is_user_error(err):
+            print(f"fewshotseg {args.verb}: error: {user_message(err)}", file=sys.stderr)
+            return 2
+        log = write_crash_log(args, err)
+        print(f"fewshotseg {args.verb}: internal error: {type(err).__name__}: {_first_line(err)}\n"
+              f"  the full traceback is in {log}; rerun with --debug to see it here, and please report it",
+              file=sys.stderr)
+        return 1
+
+
+def is_user_error(err: BaseException) -> bool:
+    """Errors that are the user's to fix: bad settings, files, folders, data or devices; a diverged run."""
+    from fewshotseg.errors import UserError
+
+    return isinstance(err, UserError | ValueError | OSError | FloatingPointError)
+
+
+def user_message(err: BaseException) -> str:
+    if isinstance(err, OSError) and err.filename and err.strerror:  # raised by the OS, not by our own checks
+        what = {PermissionError: "check its permissions", IsADirectoryError: "a file is expected here",
+                NotADirectoryError: "a folder is expected here",
+                FileNotFoundError: "check the path"}.get(type(err), "check the path and the disk")
+        return f"{err.filename}: {err.strerror or err}; {what}"
+    return str(err) or type(err).__name__
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0][:300] if text else "(no message)"
+
+
+def write_crash_log(args: argparse.Namespace, err: BaseException) -> str:
+    """The full traceback, in the command's run folder when it has one, else in a temporary file."""
+    import tempfile
+    import time
+    import traceback
+    from pathlib import Path
+
+    text = (f"fewshotseg {args.verb} crashed at {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
+            f"command line: {' '.join(sys.argv)}\n\n" + "".join(traceback.format_exception(err)))
+    folder = next((Path(v) for k in ("run_dir", "out") if isinstance(v := getattr(args, k, None), str) and v), None)
+    if folder is not None and folder.is_dir():
+        try:
+            path = folder / f"crash-{time.strftime('%Y%m%d-%H%M%S')}.log"
+            path.write_text(text)
+            return str(path)
+        except OSError:
+            pass
+    fd, path = tempfile.mkstemp(prefix="fewshotseg-crash-", suffix=".log")
+    with open(fd, "w") as fh:
+        fh.write(text)
+    return path
 
 
 if __name__ == "__main__":

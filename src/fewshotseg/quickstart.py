@@ -92,8 +92,8 @@ def quickstart(cfg: QuickstartConfig) -> Path:
     from fewshotseg.evaluation.evaluate import EvaluateConfig, evaluate
     from fewshotseg.meta_learning.update_routine import UpdateParams
     from fewshotseg.reports.report import write_report
+    from fewshotseg.runs.workers import Pool
     from fewshotseg.tuning.uho import TuneConfig, tune
-    from fewshotseg.workers import Pool
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     out = Path(cfg.out).resolve()
@@ -255,7 +255,7 @@ def _same_benchmark(data: Path, spec) -> bool:
 
 def _budget_note(meta_dir: Path, joint_dir: Path) -> str:
     """How far each training got in its equal wall-clock budget, from the run folders."""
-    from fewshotseg.training.run_dir import read_jsonl
+    from fewshotseg.runs.run_dir import read_jsonl
 
     meta = read_jsonl(meta_dir / "metrics.jsonl")
     joint = read_jsonl(joint_dir / "metrics.jsonl")

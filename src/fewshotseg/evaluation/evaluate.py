@@ -24,12 +24,12 @@ from tqdm import tqdm
 
 from fewshotseg.config import ModelFields, option
 from fewshotseg.data.tasks import episode_rng
-from fewshotseg.evaluation import metrics
+from fewshotseg.evaluation import jobs, metrics
 from fewshotseg.evaluation.intervals import bootstrap_over_classes, paper_ci95
 from fewshotseg.evaluation.protocols import PROTOCOLS, Episode, make_episodes, run_episode
 from fewshotseg.meta_learning.update_routine import UpdateParams
-from fewshotseg.training.run_dir import RunDir, read_jsonl
-from fewshotseg.workers import Pool, WorkerState
+from fewshotseg.runs.run_dir import RunDir, read_jsonl
+from fewshotseg.runs.workers import Pool, WorkerState
 
 OVERLAY_EPISODES = 8
 
@@ -65,8 +65,8 @@ def select_tasks(names: list[str], max_tasks: int, seed: int) -> list[str]:
 def episode_job(state: WorkerState, init_path: str, data: str, size: int, episode: Episode,
                 params: UpdateParams, seed: int, keep: bool) -> tuple[list[dict], tuple | None]:
     """One episode in a worker: adapt, predict, count."""
-    learner = state.learner(init_path)
-    rows = run_episode(learner, state.init(init_path), state.dataset(data, size), episode, params, seed=seed,
+    learner = jobs.learner(state, init_path)
+    rows = run_episode(learner, state.init(init_path), jobs.dataset(state, data, size), episode, params, seed=seed,
                        keep_predictions=keep)
     kept = None
     if keep:
@@ -106,8 +106,8 @@ def evaluate(cfg: EvaluateConfig, *, params: UpdateParams | None = None, progres
              pool: Pool | None = None, label: str | None = None) -> dict:
     from fewshotseg.data.cache import load_dataset
     from fewshotseg.data.splits import resolve_splits
-    from fewshotseg.training.distributed import choose_device
-    from fewshotseg.training.initialization import write_for_workers
+    from fewshotseg.runs.device import choose_device
+    from fewshotseg.runs.initialization import write_for_workers
 
     if cfg.protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {cfg.protocol!r}; choose one of {', '.join(PROTOCOLS)}")

@@ -22,10 +22,12 @@ import numpy as np
 
 from fewshotseg.config import ModelFields, option
 from fewshotseg.data.tasks import TaskTensors, episode_rng, fp_k_prefixes
+from fewshotseg.evaluation import jobs
+from fewshotseg.evaluation.early_stopping import EarlyStopping, early_stopping, score
 from fewshotseg.evaluation.intervals import paper_ci95
-from fewshotseg.meta_learning.update_routine import EarlyStopping, UpdateParams
-from fewshotseg.training.run_dir import RunDir
-from fewshotseg.workers import Pool, WorkerState
+from fewshotseg.meta_learning.update_routine import UpdateParams
+from fewshotseg.runs.run_dir import RunDir
+from fewshotseg.runs.workers import Pool, WorkerState
 
 PAPER_KS = [1, 5, 10, 50, 100, 200, 400]
 
@@ -65,22 +67,22 @@ def labelled(items: list[str]) -> dict[str, str]:
 
 def fp_k_job(state: WorkerState, label: str, init_path: str, data: str, size: int, cls: str, class_index: int,
              repeat: int, k: int, cfg: FPKConfig, params: UpdateParams) -> dict:
-    dataset = state.dataset(data, size)
+    dataset = jobs.dataset(state, data, size)
     task = TaskTensors.from_dataset(dataset, cls)
     prefixes, test = fp_k_prefixes(episode_rng(cfg.seed, 8, class_index, repeat), len(task), cfg.ks, cfg.test_images)
     train = prefixes[k]
-    learner, init = state.learner(init_path), state.init(init_path)
+    learner, init = jobs.learner(state, init_path), state.init(init_path)
     rng = lambda stage: episode_rng(cfg.seed, 9, class_index, repeat, k, stage)  # noqa: E731
     if k < cfg.early_stopping_from:
         steps = params.steps
     else:
         fixed = params.replace(lr=cfg.lr, lr_schedule=cfg.lr_schedule, decay_every=cfg.decay_every)
         n_val = max(1, int(cfg.holdout * k))
-        found = learner.early_stopping(init, task.take(train[n_val:]), task.take(train[:n_val]), fixed,
-                                       EarlyStopping(patience=cfg.patience, max_steps=cfg.max_steps), rng(0))
+        found = early_stopping(learner, init, task.take(train[n_val:]), task.take(train[:n_val]), fixed,
+                               EarlyStopping(patience=cfg.patience, max_steps=cfg.max_steps), rng(0))
         steps, params = found.best_step, fixed
     learner.adapt(init, task.take(train), params, rng(1), steps=steps)
-    iou = float(learner.score(task.take(test)).mean())
+    iou = float(score(learner, task.take(test)).mean())
     return {"init": label, "class": cls, "repeat": repeat, "k": k, "steps": steps, "lr": params.lr, "iou": iou}
 
 
@@ -88,8 +90,8 @@ def fp_k(cfg: FPKConfig, *, progress: bool = True) -> dict:
     from tqdm import tqdm
 
     from fewshotseg.data.cache import load_dataset
-    from fewshotseg.training.distributed import choose_device
-    from fewshotseg.training.initialization import write_for_workers
+    from fewshotseg.runs.device import choose_device
+    from fewshotseg.runs.initialization import write_for_workers
 
     if not cfg.inits:
         raise ValueError("give at least one --init (LABEL=SPEC)")

@@ -5,18 +5,16 @@ Adam), the L2 coefficient, an optional step-decay schedule and the BatchNorm pol
 copies theta into a working model in place (`Learner.start`) and adapts that; the adapted weights stay in
 `learner.model` until the next task.
 
-Early stopping (paper App. B, E) trains one step at a time on part of the labelled data and scores the IoU on a
-held-out part after every step; it reports the best step, which the caller turns into a step count (UHO takes the
-median over tasks; FP-k retrains on all k images for the steps found). The held-out images are never the images
-that are finally scored.
+`Learner.adapt_steps` yields after every step, so a caller can look at the weights between steps and stop early;
+early stopping on held-out IoU lives with the metrics, in evaluation/early_stopping.py.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +23,6 @@ from torch import nn
 
 from fewshotseg.data.augment import augment_batch
 from fewshotseg.data.tasks import TaskTensors, inner_batches, torch_generator
-from fewshotseg.evaluation.metrics import binary_iou
 from fewshotseg.meta_learning import batchnorm
 from fewshotseg.meta_learning.weights import copy_state_
 from fewshotseg.models.losses import l2_parameters, segmentation_loss
@@ -99,21 +96,6 @@ def _yaml_load(text: str) -> dict:
     return yaml.safe_load(text) or {}
 
 
-@dataclass
-class EarlyStopping:
-    patience: int = 50  # the reference's UHO and FP-k value; App. E also uses 100
-    max_steps: int = 20  # paper App. B: 20 (EfficientLab-3) or 80 (EfficientLab-6-3)
-    min_steps: int = 1
-
-
-@dataclass
-class EarlyStoppingResult:
-    best_step: int
-    best_score: float
-    scores: list[float] = field(default_factory=list)  # held-out IoU after steps 1..n
-    monitored: list[float] = field(default_factory=list)  # optional second set (e.g. query IoU), same steps
-
-
 class Learner:
     """A working copy of the network that U adapts; reused across tasks."""
 
@@ -175,6 +157,20 @@ class Learner:
         on_step: Callable[[int], None] | None = None,
     ) -> None:
         """U: `steps` (default params.steps) SGD/Adam steps on augmented mini-batches cycling through `task`."""
+        for step in self.adapt_steps(init, task, params, rng, steps=steps):
+            if on_step is not None:
+                on_step(step)
+
+    def adapt_steps(
+        self,
+        init: nn.Module,
+        task: TaskTensors,
+        params: UpdateParams,
+        rng: np.random.Generator,
+        *,
+        steps: int | None = None,
+    ) -> Iterator[int]:
+        """`adapt`, yielding the number of steps taken after each one; stop iterating to stop adapting."""
         self.start(init, params)
         g = torch_generator(rng)
         torch.manual_seed(int(rng.integers(2**62)))  # dropout and drop-path masks, reproducible per task
@@ -182,8 +178,7 @@ class Learner:
         for t, batch in enumerate(inner_batches(rng, np.arange(len(task)), params.batch_size, n_steps)):
             x, y = augment_batch(*task_batch(task, batch), params.aug_rate, g)
             self.step(x, y, params.lr_at(t))
-            if on_step is not None:
-                on_step(t + 1)
+            yield t + 1
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
@@ -200,45 +195,6 @@ class Learner:
             for i in range(0, len(images), batch_size)
         ]
         return torch.cat(out)
-
-    def score(self, task: TaskTensors) -> torch.Tensor:
-        """Per-image IoU (n,) of the current weights on labelled images."""
-        return binary_iou(self.predict(task.images) > 0.5, task.masks)
-
-    def early_stopping(
-        self,
-        init: nn.Module,
-        train: TaskTensors,
-        holdout: TaskTensors,
-        params: UpdateParams,
-        stopping: EarlyStopping,
-        rng: np.random.Generator,
-        *,
-        monitor: TaskTensors | None = None,
-    ) -> EarlyStoppingResult:
-        """Adapt one step at a time on `train`; after each step score `holdout`; stop after `patience` steps
-        without a strictly better score or at `max_steps`. `monitor` images are scored too, never used to stop."""
-        result = EarlyStoppingResult(best_step=stopping.min_steps, best_score=-math.inf)
-
-        def on_step(step: int) -> None:
-            score = float(self.score(holdout).mean())
-            result.scores.append(score)
-            if monitor is not None:
-                result.monitored.append(float(self.score(monitor).mean()))
-            if step >= stopping.min_steps and score > result.best_score:
-                result.best_step, result.best_score = step, score
-            if step - result.best_step >= stopping.patience:
-                raise _Stop
-
-        try:
-            self.adapt(init, train, params, rng, steps=stopping.max_steps, on_step=on_step)
-        except _Stop:
-            pass
-        return result
-
-
-class _Stop(Exception):
-    pass
 
 
 def task_batch(task: TaskTensors, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,4 +1,4 @@
-"""Everywhere an initialization is asked for, accept a checkpoint/initialization path, `random` or `imagenet`.
+"""Initialization files; everywhere an initialization is asked for, accept a file or run folder, `random` or `imagenet`.
 
 * `random`: the encoder's timm initialization and EfficientNet's for the decoder and head.
 * `imagenet`: ImageNet encoder weights (timm's hub, or the lite0 package offline) with a fresh decoder and head
@@ -6,14 +6,60 @@
 * a path: a `model.safetensors` initialization, a `checkpoint.pt`, or a run folder holding either. A network with
   another number of classes (the joint-trained baseline's C+1) gets a fresh two-class head, as the reference did
   with `--do_not_restore_final_layer_weights`.
+
+An initialization file (`model.safetensors`) holds the weights and BN statistics with the model config as JSON in
+the safetensors metadata; a training checkpoint (`checkpoint.pt`, see training/checkpoint.py) is read with
+`torch.load(weights_only=True)`, never unpickled.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+import json
+from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
 
 from fewshotseg.models.efficientlab import EfficientLab, ModelConfig, build_model, reset_head
+from fewshotseg.runs.run_dir import atomic_write
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+
+
+def save_initialization(path: str | Path, model: nn.Module, extra: dict[str, Any] | None = None) -> None:
+    """model.safetensors with the ModelConfig (and any `extra` facts) as metadata."""
+    from safetensors.torch import save_file
+
+    metadata = {"format": "fewshotseg-initialization", "model_config": json.dumps(asdict(model.config))}
+    metadata.update({k: json.dumps(v) for k, v in (extra or {}).items()})
+    atomic_write(path, lambda tmp: save_file(model_state(model), tmp, metadata=metadata))
+
+
+def read_initialization(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], dict[str, Any]]:
+    """(model config, state dict, extra metadata) of a .safetensors initialization or a training checkpoint."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        with safe_open(str(path), "pt") as fh:
+            metadata = fh.metadata() or {}
+        if "model_config" not in metadata:
+            raise ValueError(f"{path}: not a fewshotseg initialization (no model_config in its metadata)")
+        extra = {k: json.loads(v) for k, v in metadata.items() if k not in ("format", "model_config")}
+        return ModelConfig(**json.loads(metadata["model_config"])), load_file(str(path)), extra
+    state = load_checkpoint(path)
+    if not isinstance(state, dict) or "model" not in state or "model_config" not in state:
+        raise ValueError(f"{path}: not a fewshotseg checkpoint (expected keys 'model' and 'model_config')")
+    return ModelConfig(**state["model_config"]), state["model"], {"iteration": state.get("iteration")}
 
 
 def find_initialization(spec: str | Path) -> Path:
@@ -31,8 +77,6 @@ def find_initialization(spec: str | Path) -> Path:
 def load_initialization(spec: str, config: ModelConfig | None, *, num_classes: int = 2) -> tuple[EfficientLab, str]:
     """(model, one-line description). `config` supplies the architecture for `random` and `imagenet`, and the
     dropout and memory format for a file (None: the file's own)."""
-    from fewshotseg.training.checkpoint import read_initialization
-
     if spec in ("random", "imagenet"):
         if config is None:
             raise ValueError(f"--init {spec} needs a model configuration (variant and encoder)")
@@ -57,10 +101,6 @@ def write_for_workers(spec: str, config: ModelConfig, path: Path, *, seed: int) 
 
     `random` is seeded, so the same seed gives the same random network in every command and every process.
     """
-    import torch
-
-    from fewshotseg.training.checkpoint import save_initialization
-
     torch.manual_seed(seed)
     model, described = load_initialization(spec, config)
     save_initialization(path, model, {"described": described})

@@ -1,14 +1,40 @@
-"""A run folder: `config.yaml`, `log.txt`, `metrics.jsonl` and checkpoints; reports read only these files."""
+"""A run folder: `config.yaml`, `log.txt`, `metrics.jsonl` and checkpoints; reports read only these files.
+
+Whole files (configs, checkpoints, initializations, results) are written with `atomic_write`: to a temporary file
+in the same folder, fsynced, then renamed over the target, so a process killed at any moment leaves either the old
+file or the new one, never a torn one.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 from tqdm import tqdm
+
+
+def atomic_write(path: str | Path, write) -> None:
+    """Call write(tmp_path) and move the result over `path` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the permissions a plain open() would
+    try:
+        write(tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 class RunDir:

@@ -2,8 +2,9 @@
 
 On a CPU, two single-threaded processes with one task each run 1.4-2x faster than one two-threaded process, so
 evaluation, UHO and FP-k hand their episodes to a `Pool`. A job is a top-level function called as
-`fn(state, *args)`, where `state` is the worker's `WorkerState` (initializations and datasets are loaded once per
-worker and cached). With `workers <= 1` the same functions run inline, in this process.
+`fn(state, *args)`, where `state` is the worker's `WorkerState`: initializations, and whatever else a job asks it
+to keep (`state.cached`: datasets, working models; see evaluation/jobs.py), are loaded once per worker. With
+`workers <= 1` the same functions run inline, in this process.
 
 Every episode seeds its own generators from its identity (see data/tasks.py), so results do not depend on which
 worker ran an episode or in which order.
@@ -11,19 +12,19 @@ worker ran an episode or in which order.
 
 from __future__ import annotations
 
-import copy
 import multiprocessing as mp
 import os
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
-from fewshotseg.data.dataset import SegmentationDataset
-from fewshotseg.meta_learning.update_routine import Learner
 from fewshotseg.models.efficientlab import EfficientLab
+from fewshotseg.runs.initialization import load_initialization
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -37,34 +38,21 @@ class WorkerState:
         self.spec = spec
         self.device = torch.device(spec.device)
         self._inits: dict[str, EfficientLab] = {}
-        self._learners: dict[str, Learner] = {}
-        self._datasets: dict[tuple[str, int], SegmentationDataset] = {}
+        self._cache: dict[Any, Any] = {}
 
     def init(self, path: str) -> EfficientLab:
         """An initialization file (safetensors), loaded once (again if the file changed)."""
         key = f"{path}@{os.stat(path).st_mtime_ns}"
         if key not in self._inits:
-            from fewshotseg.training.initialization import load_initialization
-
             from_file, _ = load_initialization(path, None)
             self._inits[key] = from_file.to(self.device)
         return self._inits[key]
 
-    def learner(self, path: str) -> Learner:
-        """A working model with the architecture of `path` (shared by inits of one architecture)."""
-        init = self.init(path)
-        key = repr(init.config)
-        if key not in self._learners:
-            self._learners[key] = Learner(copy.deepcopy(init), self.device)
-        return self._learners[key]
-
-    def dataset(self, spec: str, size: int, names: tuple[str, ...] | None = None) -> SegmentationDataset:
-        if (spec, size) not in self._datasets:
-            from fewshotseg.data.cache import load_dataset
-
-            self._datasets[(spec, size)] = load_dataset(spec, size, progress=False)
-        ds = self._datasets[(spec, size)]
-        return ds.subset(list(names)) if names else ds
+    def cached(self, key: Any, make: Callable[[], T]) -> T:
+        """The object stored under `key`, made by `make()` the first time this worker is asked for it."""
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
 
 
 _STATE: WorkerState | None = None

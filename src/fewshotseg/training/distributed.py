@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from fewshotseg.runs.device import choose_device
+
 
 @dataclass(frozen=True)
 class Context:
@@ -44,12 +46,6 @@ class Context:
     def barrier(self) -> None:
         if self.world > 1:
             dist.barrier()
-
-
-def choose_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def setup(device: str = "auto", threads: int = 0) -> Context:

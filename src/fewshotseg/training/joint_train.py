@@ -23,16 +23,10 @@ from fewshotseg.config import JointTrainConfig, as_dict
 from fewshotseg.data.augment import augment_batch
 from fewshotseg.data.tasks import TaskTensors, episode_rng, torch_generator
 from fewshotseg.models.losses import l2_parameters, segmentation_loss
+from fewshotseg.runs.initialization import load_initialization, model_state, save_initialization
+from fewshotseg.runs.run_dir import RunDir
 from fewshotseg.training import distributed
-from fewshotseg.training.checkpoint import (
-    check_unchanged,
-    model_state,
-    resumable_state,
-    save_checkpoint,
-    save_initialization,
-)
-from fewshotseg.training.initialization import load_initialization
-from fewshotseg.training.run_dir import RunDir
+from fewshotseg.training.checkpoint import check_unchanged, resumable_state, save_checkpoint
 
 
 def joint_train(cfg: JointTrainConfig, *, resume: bool = False) -> Path:

@@ -37,16 +37,10 @@ from fewshotseg.evaluation.protocols import paper_episodes, run_episode
 from fewshotseg.meta_learning.meta_update import check_algorithm, task_difference
 from fewshotseg.meta_learning.update_routine import Learner, UpdateParams
 from fewshotseg.meta_learning.weights import parameters, statistics, unflatten_into_
+from fewshotseg.runs.initialization import load_initialization, model_state, save_initialization
+from fewshotseg.runs.run_dir import RunDir
 from fewshotseg.training import distributed
-from fewshotseg.training.checkpoint import (
-    check_unchanged,
-    model_state,
-    resumable_state,
-    save_checkpoint,
-    save_initialization,
-)
-from fewshotseg.training.initialization import load_initialization
-from fewshotseg.training.run_dir import RunDir
+from fewshotseg.training.checkpoint import check_unchanged, resumable_state, save_checkpoint
 
 # Changing these on --resume would silently change the run; everything else (eval cadence, threads) may change.
 _FIXED_ON_RESUME = ("data", "size", "splits", "algorithm", "variant", "encoder", "meta_batch", "meta_optimizer",

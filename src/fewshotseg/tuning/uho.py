@@ -32,10 +32,12 @@ import optuna
 
 from fewshotseg.config import ModelFields, option
 from fewshotseg.data.tasks import TaskTensors, episode_rng
+from fewshotseg.evaluation import jobs
+from fewshotseg.evaluation.early_stopping import EarlyStopping, early_stopping
 from fewshotseg.evaluation.protocols import Episode, paper_episodes, run_episode
-from fewshotseg.meta_learning.update_routine import DivergedError, EarlyStopping, UpdateParams
-from fewshotseg.training.run_dir import RunDir
-from fewshotseg.workers import Pool, WorkerState
+from fewshotseg.meta_learning.update_routine import DivergedError, UpdateParams
+from fewshotseg.runs.run_dir import RunDir
+from fewshotseg.runs.workers import Pool, WorkerState
 
 # name -> (low, high, log scale, integer). Paper App. B: lr in [5e-4, 5e-2]; EfficientLab-6-3 also searched
 # dropout [0.2, 0.5], augmentation rate [0.5, 1] and batch size [1, 10].
@@ -113,12 +115,12 @@ def early_stopping_job(state: WorkerState, init_path: str, data: str, size: int,
                        params: UpdateParams, stopping: EarlyStopping, holdout: float, seed: int) -> dict:
     """Early stopping on one validation task; also records the query IoU along the way when the trajectory is
     the one the task is finally scored on (no images carved out of the support)."""
-    dataset = state.dataset(data, size)
+    dataset = jobs.dataset(state, data, size)
     task = TaskTensors.from_dataset(dataset, episode.cls)
     train, held, retrain = early_stopping_sets(episode, holdout)
     rng = episode_rng(seed, 3, episode.class_index, episode.split, len(episode.support))
-    result = state.learner(init_path).early_stopping(
-        state.init(init_path), task.take(train), task.take(held), params, stopping, rng,
+    result = early_stopping(
+        jobs.learner(state, init_path), state.init(init_path), task.take(train), task.take(held), params, stopping, rng,
         monitor=None if retrain else task.take(list(episode.query)),
     )
     return {"class": episode.cls, "best_step": result.best_step, "best_score": result.best_score,
@@ -127,8 +129,8 @@ def early_stopping_job(state: WorkerState, init_path: str, data: str, size: int,
 
 def score_job(state: WorkerState, init_path: str, data: str, size: int, episode: Episode, params: UpdateParams,
               steps: int, seed: int) -> float:
-    rows = run_episode(state.learner(init_path), state.init(init_path), state.dataset(data, size), episode, params,
-                       seed=seed, steps=steps)
+    rows = run_episode(jobs.learner(state, init_path), state.init(init_path), jobs.dataset(state, data, size), episode,
+                       params, seed=seed, steps=steps)
     return float(np.mean([r["iou"] for r in rows]))
 
 
@@ -177,8 +179,8 @@ def tune(cfg: TuneConfig, *, progress: bool = True, pool: Pool | None = None) ->
     from fewshotseg.data.cache import load_dataset
     from fewshotseg.data.splits import resolve_splits
     from fewshotseg.evaluation.evaluate import select_tasks
-    from fewshotseg.training.distributed import choose_device
-    from fewshotseg.training.initialization import write_for_workers
+    from fewshotseg.runs.device import choose_device
+    from fewshotseg.runs.initialization import write_for_workers
 
     search = [s.strip() for s in cfg.search.split(",") if s.strip()]
     unknown = sorted(set(search) - set(SEARCH_SPACE))
