@@ -17,15 +17,7 @@ torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _real_photos() -> Path:
-    """The shared real-photo fixtures: $FEWSHOTSEG_REAL_PHOTOS, else ../shared beside the checkout, else /work/shared."""
-    candidates = [os.environ.get("FEWSHOTSEG_REAL_PHOTOS", ""), REPO.parent / "shared" / "fixtures" / "real-photos",
-                  Path("/work/shared/fixtures/real-photos")]
-    found = [Path(c) for c in candidates if c and Path(c).is_dir()]
-    return found[0] if found else Path(candidates[1])
-
-
-REAL_PHOTOS = _real_photos()
+REAL_PHOTOS = REPO / "tests" / "fixtures" / "real-photos"  # real photos and masks; see its README.md
 
 
 @pytest.fixture(scope="session")

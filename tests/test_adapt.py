@@ -10,8 +10,6 @@ from PIL import Image
 
 from conftest import REAL_PHOTOS
 
-pytestmark = pytest.mark.skipif(not REAL_PHOTOS.is_dir(), reason=f"real-photo fixtures not found at {REAL_PHOTOS}")
-
 
 @pytest.fixture()
 def folders(tmp_path):
