@@ -7,7 +7,38 @@ library calls. Heavy imports (torch, timm) happen inside the `run_` functions so
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from contextlib import nullcontext
+
+
+def at_least(low: int, high: int | None = None):
+    """An argparse type: an integer in [low, high], so a bad count stops at the command line, naming its flag."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low or (high is not None and value > high):
+            allowed = f">= {low}" if high is None else f"between {low} and {high}"
+            raise argparse.ArgumentTypeError(f"{value} is out of range; allowed: {allowed}")
+        return value
+
+    parse.__name__ = "count"
+    return parse
+
+
+def image_size(text: str) -> int:
+    """An argparse type for --size: the encoder's stride (16) must divide it, and it gives >= 2x2 deep features."""
+    from fewshotseg.config import ENCODER_STRIDE
+
+    value = at_least(2 * ENCODER_STRIDE)(text)
+    if value % ENCODER_STRIDE:
+        raise argparse.ArgumentTypeError(f"{value} is not a multiple of {ENCODER_STRIDE} (the encoder's stride)")
+    return value
+
+
+image_size.__name__ = "size"
 
 
 def add_model_info(sub: argparse._SubParsersAction) -> None:
@@ -16,7 +47,7 @@ def add_model_info(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("model-info", help="print an EfficientLab variant's parameter counts, channels and strides")
     p.add_argument("--variant", default="efficientlab-3", choices=list(VARIANTS))
     p.add_argument("--encoder", default="tf_efficientnet_b0", help="any timm EfficientNet/MobileNet-family name")
-    p.add_argument("--size", type=int, default=224, help="input size used to measure feature shapes")
+    p.add_argument("--size", type=image_size, default=224, help="input size used to measure feature shapes")
 
 
 def run_model_info(args: argparse.Namespace) -> int:
@@ -30,7 +61,7 @@ def run_model_info(args: argparse.Namespace) -> int:
 def add_prepare(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("prepare", help="decode a dataset once into the memory-mapped cache")
     p.add_argument("data", help="dataset folder (FSS-1000 layout), a PASCAL VOC2012 folder, or fp-k:FSS_DIR,VOC_DIR")
-    p.add_argument("--size", type=int, default=224, help="square size images and masks are resized to")
+    p.add_argument("--size", type=at_least(1), default=224, help="square size images and masks are resized to")
     p.add_argument("--strict", action="store_true", help="stop at the first bad file instead of skipping it")
 
 
@@ -44,7 +75,7 @@ def run_prepare(args: argparse.Namespace) -> int:
 def add_check_data(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("check-data", help="load a dataset and report classes, pairs, sizes and every problem")
     p.add_argument("data", help="dataset folder (FSS-1000 layout), a PASCAL VOC2012 folder, or fp-k:FSS_DIR,VOC_DIR")
-    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--size", type=at_least(1), default=224)
     p.add_argument("--strict", action="store_true", help="exit non-zero when any problem is found")
 
 
@@ -85,11 +116,12 @@ def config_from_args(cls: type, args: argparse.Namespace):
 def add_make_synthetic(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("make-synthetic", help="generate the built-in benchmark (FSS-1000 layout with its own splits)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--classes", type=int, default=1000, help="number of classes (max 1728)")
-    p.add_argument("--pairs", type=int, default=10, help="image/mask pairs per class (FSS-1000: 10; FP-k needs 420)")
-    p.add_argument("--size", type=int, default=64, help="image size in pixels")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=1, help="processes generating classes in parallel")
+    p.add_argument("--classes", type=at_least(1, 1728), default=1000, help="number of classes (max 1728)")
+    p.add_argument("--pairs", type=at_least(1), default=10,
+                   help="image/mask pairs per class (FSS-1000: 10; FP-k needs 420)")
+    p.add_argument("--size", type=at_least(16), default=64, help="image size in pixels")
+    p.add_argument("--seed", type=at_least(0), default=0)
+    p.add_argument("--workers", type=at_least(1), default=1, help="processes generating classes in parallel")
 
 
 def run_make_synthetic(args: argparse.Namespace) -> int:
@@ -138,6 +170,7 @@ def add_meta_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="YAML file of settings (see configs/)")
     p.add_argument("--preset", choices=list(PRESETS), help="named settings; cpu-quick departs from the paper")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its checkpoint")
+    add_overwrite_flag(p)
     p.add_argument("--max-minutes", type=float, default=0.0,
                    help="fit the number of meta-iterations to this wall time (measured on the first 10)")
     add_config_flags(p, MetaTrainConfig)
@@ -148,7 +181,8 @@ def run_meta_train(args: argparse.Namespace) -> int:
     from fewshotseg.training.meta_train import meta_train
 
     cfg = config_from_args(MetaTrainConfig, args)
-    meta_train(cfg, resume=args.resume, max_minutes=args.max_minutes)
+    with claimed(args, "meta-train", cfg, free=("iterations", "eval_interval", "eval_tasks", "checkpoint_interval")):
+        meta_train(cfg, resume=args.resume, max_minutes=args.max_minutes)
     return 0
 
 
@@ -161,6 +195,7 @@ def add_joint_train(sub: argparse._SubParsersAction) -> None:
                        "two-class head).")
     p.add_argument("--config", help="YAML file of settings")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its checkpoint")
+    add_overwrite_flag(p)
     add_config_flags(p, JointTrainConfig)
 
 
@@ -168,8 +203,32 @@ def run_joint_train(args: argparse.Namespace) -> int:
     from fewshotseg.config import JointTrainConfig
     from fewshotseg.training.joint_train import joint_train
 
-    joint_train(config_from_args(JointTrainConfig, args), resume=args.resume)
+    cfg = config_from_args(JointTrainConfig, args)
+    with claimed(args, "joint-train", cfg, free=("epochs", "max_minutes", "checkpoint_interval")):
+        joint_train(cfg, resume=args.resume)
     return 0
+
+
+def add_overwrite_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the results of another run in --run-dir (otherwise that is refused)")
+
+
+# Settings that do not change a run's results: a folder may be continued with other values of these.
+RESULT_NEUTRAL = ("run_dir", "threads", "device", "workers", "label")
+
+
+def claimed(args: argparse.Namespace, command: str, cfg, *, free: tuple[str, ...] = (), extra: dict | None = None):
+    """Hold cfg.run_dir for this process while the command writes it (rank 0 only under torchrun)."""
+    from dataclasses import asdict
+
+    from fewshotseg.runs.run_dir import claim
+
+    if int(os.environ.get("RANK", "0")) != 0:
+        return nullcontext()
+    settings = {k: v for k, v in asdict(cfg).items() if k not in RESULT_NEUTRAL + free} | (extra or {})
+    return claim(cfg.run_dir, command, settings, overwrite=getattr(args, "overwrite", False),
+                 resume=getattr(args, "resume", False))
 
 
 def add_update_flags(parser: argparse.ArgumentParser) -> None:
@@ -204,6 +263,7 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="YAML file of settings")
     add_config_flags(p, EvaluateConfig, skip=("shots",))
     p.add_argument("--shots", type=int, nargs="+", default=None, help="support images per task [default: 1 5]")
+    add_overwrite_flag(p)
     add_update_flags(p)
 
 
@@ -211,7 +271,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from fewshotseg.evaluation.evaluate import EvaluateConfig, evaluate
 
     cfg = config_from_args(EvaluateConfig, args)
-    results = evaluate(cfg, params=update_params_from_args(args, cfg.update_params or None))
+    params = update_params_from_args(args, cfg.update_params or None)
+    # Episodes of other shot counts may share the folder (results.json holds the current ones); U's values count.
+    with claimed(args, "evaluate", cfg, free=("shots", "update_params"), extra={"u": params.as_dict()}):
+        results = evaluate(cfg, params=params)
     for shots, summary in results["shots"].items():
         paper, pooled = summary["paper_miou"], summary["hsnet_miou"]
         print(f"{shots}-shot: mean IoU {100 * paper['mean']:.2f} ± {100 * paper['ci95']:.2f} % "
@@ -228,6 +291,7 @@ def add_tune(sub: argparse._SubParsersAction) -> None:
                        "Optuna's GPSampler (half the trials random first); steps come from early stopping (the "
                        "median best step over tasks). Several processes may share one study via --storage.")
     p.add_argument("--config", help="YAML file of settings")
+    add_overwrite_flag(p)
     add_config_flags(p, TuneConfig)
 
 
@@ -235,7 +299,8 @@ def run_tune(args: argparse.Namespace) -> int:
     from fewshotseg.tuning.uho import TuneConfig, tune
 
     cfg = config_from_args(TuneConfig, args)
-    result = tune(cfg)
+    with claimed(args, "tune", cfg, free=("trials",)):
+        result = tune(cfg)
     params = result["update_params"]
     print(f"best: mean IoU {100 * result['objective']:.2f} % on validation tasks with lr {params['lr']:.3g}, "
           f"{params['steps']} steps (trial {result['trial']}); written to {cfg.run_dir}/update_params.json")
@@ -250,6 +315,7 @@ def add_fp_k(sub: argparse._SubParsersAction) -> None:
                        "20-image test set; U with UHO's parameters for k < 10, early stopping then retraining "
                        "for k >= 10 (paper App. E).")
     p.add_argument("--config", help="YAML file of settings")
+    add_overwrite_flag(p)
     add_config_flags(p, FPKConfig, skip=("inits", "update_params", "ks"))
     p.add_argument("--init", dest="inits", action="append", default=None, metavar="LABEL=SPEC",
                    help="an initialization to compare (repeatable): LABEL=checkpoint|random|imagenet")
@@ -261,7 +327,9 @@ def add_fp_k(sub: argparse._SubParsersAction) -> None:
 def run_fp_k(args: argparse.Namespace) -> int:
     from fewshotseg.evaluation.fp_k import FPKConfig, fp_k
 
-    summary = fp_k(config_from_args(FPKConfig, args))
+    cfg = config_from_args(FPKConfig, args)
+    with claimed(args, "fp-k", cfg):
+        summary = fp_k(cfg)
     for label, by_k in summary.items():
         cells = ", ".join(f"k={k}: {100 * v['mean']:.1f}±{100 * v['ci95']:.1f}" for k, v in by_k.items())
         print(f"{label}: {cells}")
@@ -273,6 +341,7 @@ def add_analyze_weights(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("analyze-weights", help="how far U moves each initialization, per block (paper App. G)")
     p.add_argument("--config", help="YAML file of settings")
+    add_overwrite_flag(p)
     add_config_flags(p, AnalyzeConfig, skip=("inits",))
     p.add_argument("--init", dest="inits", action="append", default=None, metavar="LABEL=SPEC",
                    help="an initialization (repeatable; two or more to compare)")
@@ -281,7 +350,9 @@ def add_analyze_weights(sub: argparse._SubParsersAction) -> None:
 def run_analyze_weights(args: argparse.Namespace) -> int:
     from fewshotseg.evaluation.analyze_weights import AnalyzeConfig, analyze_weights
 
-    summary = analyze_weights(config_from_args(AnalyzeConfig, args))
+    cfg = config_from_args(AnalyzeConfig, args)
+    with claimed(args, "analyze-weights", cfg):
+        summary = analyze_weights(cfg)
     for label, blocks in summary.items():
         net = blocks.get("network", {}).get("d1", {})
         print(f"{label}: whole-network d1 = {net.get('mean', float('nan')):.4f} ± {net.get('ci95', float('nan')):.4f}")
@@ -301,6 +372,12 @@ def run_report(args: argparse.Namespace) -> int:
 
     from fewshotseg.reports.report import write_report
 
+    missing = [d for d in args.run_dirs if not Path(d).is_dir()]
+    if missing:
+        raise FileNotFoundError(f"no such run folder: {', '.join(missing)}; pass folders written by fewshotseg "
+                                "commands (or folders holding them)")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise NotADirectoryError(f"--out {args.out} is a file; choose a folder for report.md and figures/")
     notes = Path(args.notes).read_text() if args.notes else None
     print(write_report(args.run_dirs, args.out, title=args.title, notes=notes))
     return 0
