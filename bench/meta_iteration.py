@@ -4,9 +4,9 @@ Per configuration (encoder, image size), three ways of doing the same number of 
 the same batch sizes are timed, interleaved round after round in one process with the same torch thread count:
 
 * package:   one real meta-iteration, composed as `training/meta_train.py` composes it: sample `meta_batch` classes;
-             per task `TaskTensors.from_dataset` + `task_difference("fomaml-star", ...)` (in-place copy of theta,
-             augmented inner batches, the last step on D^val); flatten deltas and BN statistics into slots, reduce,
-             theta.grad = -mean delta, outer optimizer step, BN statistics update.
+             per task `TaskTensors.from_dataset`, then `MetaLearner.meta_step` (per task the fomaml-star
+             difference: in-place copy of theta, augmented inner batches, the last step on D^val; deltas and BN
+             statistics flattened into slots, reduced; theta.grad = -mean delta, outer step, BN statistics update).
 * bare:      the same steps (per task: steps-1 batches of `inner_batch`, one of `val_shots`) on batches of real
              images prepared beforehand: zero_grad, forward, segmentation_loss, backward, SGD step. Nothing else.
 * reference: the reference TF code's structure on the same tasks: per task a `copy.deepcopy` of the model and a
@@ -45,13 +45,10 @@ from fewshotseg.data.cache import load_dataset
 from fewshotseg.data.dataset import SegmentationDataset
 from fewshotseg.data.synthetic import SyntheticSpec, make_synthetic
 from fewshotseg.data.tasks import TaskTensors, episode_rng, fomaml_split, inner_batches, sample_classes
-from fewshotseg.meta_learning.meta_update import task_difference
+from fewshotseg.meta_learning.meta_learner import MetaLearner
 from fewshotseg.meta_learning.update_routine import Learner, UpdateParams
-from fewshotseg.meta_learning.weights import parameters
-from fewshotseg.meta_learning.weights import statistics as bn_statistics
 from fewshotseg.models.efficientlab import EfficientLab, ModelConfig, build_model
 from fewshotseg.models.losses import l2_parameters, segmentation_loss
-from fewshotseg.training.meta_train import apply_meta_update, record_task, statistics_rate
 
 CONFIGS = {"a": ("tinynet_e", 64), "b": ("tf_efficientnet_b0", 128)}
 ALGORITHM = "fomaml-star"
@@ -97,32 +94,25 @@ class TimedLearner(Learner):
 
 
 class PackageLoop:
-    """`training/meta_train.py`'s meta-iteration, one process, without logging, validation and checkpoints."""
+    """`training/meta_train.py`'s meta-iteration (`MetaLearner.meta_step`), one process, without logging,
+    validation and checkpoints."""
 
     def __init__(self, s: Setup):
         self.s = s
         self.model = s.model()
-        self.learner = TimedLearner(copy.deepcopy(self.model))
+        self.meta = MetaLearner(self.model, ALGORITHM, s.params, meta_optimizer=s.meta_optimizer,
+                                meta_step=s.meta_step, train_shots=TRAIN_SHOTS, val_shots=VAL_SHOTS,
+                                bn_momentum=s.config.bn_momentum)
+        self.learner = self.meta.learner = TimedLearner(copy.deepcopy(self.model))
         self.outside_steps: list[float] = []  # per call: seconds not spent inside Learner.step
-        self.theta, self.stats = parameters(self.model), bn_statistics(self.model)
-        cls = torch.optim.SGD if s.meta_optimizer == "sgd" else torch.optim.Adam
-        self.outer = cls(self.theta, lr=s.meta_step)
-        self.n_theta = sum(t.numel() for t in self.theta)
-        self.slots = torch.zeros(s.meta_batch, self.n_theta + sum(t.numel() for t in self.stats) + 1)
-        self.stats_rate = statistics_rate(s.config.bn_momentum, s.params.steps, s.meta_batch)
 
     def __call__(self, it: int, tasks: int) -> None:
-        s, slots = self.s, self.slots
+        s = self.s
         start = time.perf_counter()
         self.learner.step_seconds = 0.0
         names = s.names(it)[:tasks]
-        slots.zero_()
-        for k, name in enumerate(names):
-            task = TaskTensors.from_dataset(s.dataset, name)
-            delta = task_difference(ALGORITHM, self.learner, self.model, task, s.params, episode_rng(s.seed, 1, it, k),
-                                    train_shots=TRAIN_SHOTS, val_shots=VAL_SHOTS)
-            record_task(slots[k], delta, self.learner)
-        apply_meta_update(slots[: len(names)], self.theta, self.stats, self.outer, self.stats_rate)
+        self.meta.meta_step([TaskTensors.from_dataset(s.dataset, name) for name in names],
+                            [episode_rng(s.seed, 1, it, k) for k in range(len(names))])
         self.outside_steps.append(time.perf_counter() - start - self.learner.step_seconds)
 
 

@@ -82,7 +82,7 @@ def test_fomaml_update_is_the_last_step_gradient_on_dval_at_the_pre_final_weight
     loss = segmentation_loss(probe(images), masks) + params.l2 * l2_penalty(l2_parameters(probe))
     grads = torch.autograd.grad(loss, list(probe.parameters()))
     for d, g in zip(delta, grads):
-        torch.testing.assert_close(d, -lr * g, rtol=1e-4, atol=1e-7)
+        torch.testing.assert_close(d, -lr * g, rtol=1e-4, atol=1e-6)  # float32 noise of two backward passes
 
 
 def test_fomaml_star_draws_with_replacement_and_fomaml_is_disjoint():

@@ -4,8 +4,10 @@ Writes to its run folder:
 * `episodes.jsonl`: one row per query image (class, split, shots, query file, fg/bg intersection and union
   counts, IoU). Every number in `results.json` is recomputed from this file by `summarise`.
 * `results.json`: per shot count, the paper's mean IoU ± CI95 over task splits, HSNet's class-pooled mIoU and
-  FB-IoU with a bootstrap CI over classes, plus what was evaluated and how (initialization, data, image size,
-  split, protocol, seed, update parameters, versions).
+  FB-IoU with a bootstrap CI over classes, the same reductions for the two floors (all foreground; the support
+  masks' foreground rate) on the same episodes, for the hsnet protocol the per-seed values and their mean over
+  the seeds, plus what was evaluated and how (initialization, data, image size, split, protocol, seed, update
+  parameters, versions).
 * `predictions.npz`: a few query images with their masks and predicted probabilities, for report overlays.
 """
 
@@ -23,12 +25,20 @@ import torch
 from tqdm import tqdm
 
 from fewshotseg.config import ModelFields, option
-from fewshotseg.data.tasks import episode_rng
+from fewshotseg.data.tasks import TaskTensors, episode_rng
+from fewshotseg.errors import DivergedError
 from fewshotseg.evaluation import jobs, metrics
 from fewshotseg.evaluation.intervals import bootstrap_over_classes, paper_ci95
-from fewshotseg.evaluation.protocols import PROTOCOLS, Episode, make_episodes, run_episode
+from fewshotseg.evaluation.protocols import (
+    HSNET_EPISODES,
+    HSNET_SEEDS,
+    PROTOCOLS,
+    Episode,
+    make_episodes,
+    run_episode,
+)
 from fewshotseg.meta_learning.update_routine import UpdateParams
-from fewshotseg.runs.run_dir import RunDir, read_jsonl
+from fewshotseg.runs.run_dir import RunDir, atomic_write, read_jsonl
 from fewshotseg.runs.workers import Pool, WorkerState
 
 OVERLAY_EPISODES = 8
@@ -37,17 +47,22 @@ OVERLAY_EPISODES = 8
 @dataclass
 class EvaluateConfig(ModelFields):
     init: str = option("", "initialization: a checkpoint or run folder, random or imagenet", required=True)
-    data: str = option("", "dataset (FSS-1000 layout, PASCAL VOC folder, fp-k:FSS,VOC)", required=True)
+    data: str = option("", "dataset (FSS-1000 layout, pascal5i:VOC, coco20i:COCO, fp-k:FSS,VOC)", required=True)
     run_dir: str = option("", "output folder for episodes.jsonl, results.json, predictions.npz", required=True)
     update_params: str = option("", "file of U's hyperparameters (written by `tune`); default: the paper's Table 3")
     shots: list[int] = field(default_factory=lambda: [1, 5], metadata={"help": "support images per task"})
-    protocol: str = option("paper", "paper (2 splits x every test task) or hsnet (one episode per query image)")
+    protocol: str = option("auto", "paper (2 splits x every test task), hsnet (1000 seeded episodes x 5 seeds, "
+                                    "HSNet's), per-query (one episode per query image); auto: hsnet with --fold, "
+                                    "else paper")
+    episodes: int = option(HSNET_EPISODES, "episodes per seed of the hsnet protocol (HSNet: 1000)")
+    seeds: int = option(HSNET_SEEDS, "runs of the hsnet protocol with seeds seed, seed+1, ...; results hold each "
+                                     "and their mean")
     splits: str = option("auto", "class split scheme (see meta-train)")
     split: str = option("test", "which classes: test, val or train")
     size: int = option(224, "square image size in pixels (paper: 224)")
     num_splits: int = option(2, "random support/query splits per task for the paper protocol (paper: 2)")
     max_tasks: int = option(0, "evaluate a seeded random subset of this many tasks (0: all)")
-    fold: int = option(-1, "PASCAL-5i fold (0-3); -1 for other datasets")
+    fold: int = option(-1, "PASCAL-5i / COCO-20i fold (0-3): test = the fold's classes; -1 for other datasets")
     seed: int = option(0, "seed of the splits and of U's randomness")
     workers: int = option(1, "processes running episodes in parallel (CPU)")
     device: str = option("auto", "cpu, cuda or auto")
@@ -62,31 +77,56 @@ def select_tasks(names: list[str], max_tasks: int, seed: int) -> list[str]:
     return names
 
 
-def episode_job(state: WorkerState, init_path: str, data: str, size: int, episode: Episode,
+def episode_job(state: WorkerState, init_path: str, data: str | tuple, size: int, episode: Episode,
                 params: UpdateParams, seed: int, keep: bool) -> tuple[list[dict], tuple | None]:
     """One episode in a worker: adapt, predict, count."""
-    learner = jobs.learner(state, init_path)
-    rows = run_episode(learner, state.init(init_path), jobs.dataset(state, data, size), episode, params, seed=seed,
-                       keep_predictions=keep)
+    learner, dataset = jobs.learner(state, init_path), jobs.dataset(state, data, size)
+    rows = run_episode(learner, state.init(init_path), dataset, episode, params, seed=seed)
     kept = None
-    if keep:
-        images, masks, probs = learner.last_predictions
+    if keep and learner.last_predictions is not None:  # the episode's queries, predicted last
+        images, probs = learner.last_predictions
+        masks = TaskTensors.from_dataset(dataset, episode.cls).take([episode.query[0]]).masks
         kept = (images[0].numpy(), masks[0].numpy(), probs[0].numpy())
     return rows, kept
 
 
 def summarise(rows: list[dict]) -> dict:
-    """Every reduction of one shot count's rows."""
+    """Every reduction of one shot count's rows; with rows of several seeds (hsnet), those of the first seed,
+    plus each seed's class-pooled mIoU and FB-IoU and their mean over the seeds."""
+    seeds = sorted({r.get("seed", 0) for r in rows})
+    first = [r for r in rows if r.get("seed", 0) == seeds[0]]
+    summary = _reductions(first, bootstrap=True)
+    floors = {name: _reductions([{"class": r["class"], "split": r["split"], **r["floors"][name]} for r in first],
+                                bootstrap=False)
+              for name in ("all_foreground", "support_rate") if all("floors" in r for r in first)}
+    if floors:
+        summary["floors"] = floors
+    if len(seeds) > 1:
+        per_seed = {s: _reductions([r for r in rows if r.get("seed", 0) == s], bootstrap=False) for s in seeds}
+        summary["seeds"] = {
+            "seeds": seeds,
+            **{key: {"per_seed": [per_seed[s][key]["mean"] for s in seeds],
+                     "mean": float(np.mean([per_seed[s][key]["mean"] for s in seeds])),
+                     "std": float(np.std([per_seed[s][key]["mean"] for s in seeds]))}
+               for key in ("hsnet_miou", "fb_iou", "paper_miou")},
+        }
+    return summary
+
+
+def _reductions(rows: list[dict], *, bootstrap: bool) -> dict:
     paper = paper_ci95(list(metrics.split_scores(rows).values()))
     by_class: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
         by_class[r["class"]].append(r)
-    pooled = bootstrap_over_classes(by_class, metrics.hsnet_miou, resamples=1000)
-    fb = bootstrap_over_classes(by_class, metrics.fb_iou, resamples=1000)
+    if bootstrap:
+        pooled = bootstrap_over_classes(by_class, metrics.hsnet_miou, resamples=1000).as_dict()
+        fb = bootstrap_over_classes(by_class, metrics.fb_iou, resamples=1000).as_dict()
+    else:
+        pooled, fb = {"mean": metrics.hsnet_miou(rows)}, {"mean": metrics.fb_iou(rows)}
     return {
         "paper_miou": paper.as_dict(),  # mean over task splits of per-split mean IoU, ± 1.96 sigma / sqrt(n)
-        "hsnet_miou": pooled.as_dict(),  # class-pooled, bootstrap CI over classes
-        "fb_iou": fb.as_dict(),
+        "hsnet_miou": pooled,  # class-pooled, bootstrap CI over classes
+        "fb_iou": fb,
         "per_episode_miou": metrics.per_episode_miou(rows),
         "query_images": len(rows),
         "classes": len(by_class),
@@ -104,35 +144,37 @@ def versions() -> dict[str, str]:
 
 def evaluate(cfg: EvaluateConfig, *, params: UpdateParams | None = None, progress: bool = True,
              pool: Pool | None = None, label: str | None = None) -> dict:
-    from fewshotseg.data.cache import load_dataset
-    from fewshotseg.data.splits import resolve_splits
+    from fewshotseg.data.cache import load_split
+    from fewshotseg.data.sources import parse_spec
     from fewshotseg.runs.device import choose_device
     from fewshotseg.runs.initialization import write_for_workers
 
-    if cfg.protocol not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {cfg.protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+    fold = cfg.fold if cfg.fold >= 0 else None
+    protocol = ("hsnet" if fold is not None else "paper") if cfg.protocol == "auto" else cfg.protocol
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"--protocol {cfg.protocol!r}: choose auto or one of {', '.join(PROTOCOLS)}")
     run = RunDir(cfg.run_dir)
     device = str(choose_device(cfg.device))
-    fold = cfg.fold if cfg.fold >= 0 else None
-    dataset = load_dataset(cfg.data, cfg.size, fold=fold)
-    if fold is None:
-        names = resolve_splits(dataset.root, cfg.splits, classes=dataset.names)[cfg.split]
-    else:
-        names = dataset.names  # a PASCAL-5i fold is its own test set
-    names = select_tasks(names, cfg.max_tasks, cfg.seed)
+    data_key = (cfg.data, cfg.split, cfg.splits, fold)  # what each worker loads
+    dataset = load_split(cfg.data, cfg.size, cfg.split, splits=cfg.splits, fold=fold)
+    names = select_tasks(dataset.names, cfg.max_tasks, cfg.seed)
+    class_uniform = parse_spec(cfg.data).kind == "coco20i"  # HSNet's COCO loader draws a class, then a query
+    seeds = cfg.seeds if protocol == "hsnet" else 1
     if params is None:
         params = UpdateParams.load(cfg.update_params) if cfg.update_params else UpdateParams()
 
     init_path = run.file("init.safetensors")
     described = write_for_workers(cfg.init, cfg.model_config(dropout=params.dropout), init_path, seed=cfg.seed)
-    run.log(f"evaluating {described} on {len(names)} {cfg.split} tasks of {cfg.data} ({cfg.protocol} protocol, "
+    run.log(f"evaluating {described} on {len(names)} {cfg.split} tasks of {cfg.data} ({protocol} protocol, "
             f"{cfg.size} px, U: lr {params.lr:g}, {params.steps} steps, batch {params.batch_size})")
 
     episodes_path = run.file("episodes.jsonl")
-    episodes_path.unlink(missing_ok=True)
+    done = previous_rows(episodes_path)  # an interrupted evaluation resumes: finished episodes are not rerun
     results = {
         "init": cfg.init, "described": described, "data": cfg.data, "size": cfg.size, "split": cfg.split,
-        "splits": cfg.splits, "protocol": cfg.protocol, "seed": cfg.seed, "num_splits": cfg.num_splits,
+        "splits": cfg.splits, "protocol": protocol, "seed": cfg.seed, "num_splits": cfg.num_splits, "fold": fold,
+        "episodes_per_seed": cfg.episodes if protocol == "hsnet" else None, "seeds": seeds,
+        "original_size": dataset.originals is not None,
         "tasks": len(names), "update_params": params.as_dict(), "config": asdict(cfg), "versions": versions(),
         "shots": {},
     }
@@ -142,36 +184,79 @@ def evaluate(cfg: EvaluateConfig, *, params: UpdateParams | None = None, progres
     pool = pool or Pool(cfg.workers, device)
     try:
         for shots in cfg.shots:
-            episodes = make_episodes(cfg.protocol, dataset.subset(names), names, shots, cfg.seed, cfg.num_splits)
-            jobs = [(str(init_path), cfg.data, cfg.size, ep, params, cfg.seed, i < OVERLAY_EPISODES)
-                    for i, ep in enumerate(episodes)]
-            rows: list[dict] = []
-            bar = tqdm(total=len(jobs), desc=f"evaluate {shots}-shot", unit="episode", disable=not progress,
-                       dynamic_ncols=True)
-            for episode_rows, example in pool.map(episode_job, jobs):
-                rows += episode_rows
-                if example is not None:
-                    kept.append((shots, *example))
-                bar.update()
+            jobs, keys = [], []
+            for s in range(seeds):  # the hsnet protocol's runs with seeds seed, seed+1, ...; one run otherwise
+                episodes = make_episodes(protocol, dataset.subset(names), names, shots, cfg.seed + s, cfg.num_splits,
+                                         episodes=cfg.episodes, class_uniform=class_uniform)
+                jobs += [(str(init_path), data_key, cfg.size, ep, params, cfg.seed + s, s == 0 and i < OVERLAY_EPISODES)
+                         for i, ep in enumerate(episodes)]
+                keys += [(cfg.seed + s, ep.cls, ep.split) for ep in episodes]
+            if not jobs:
+                raise ValueError(f"--shots {shots}: no {cfg.split} task of {cfg.data} can serve {shots} support "
+                                 "images and its query images; use fewer shots or more images per class")
+            order = {key: i for i, key in enumerate(keys)}
+            finished = {key: rows for key, rows in done.get(shots, {}).items() if key in order}
+            todo = [i for i, key in enumerate(keys) if key not in finished]
+            if finished:
+                run.log(f"{shots}-shot: resuming; {len(finished)} of {len(keys)} episodes are already in "
+                        f"{episodes_path.name}")
+            bar = tqdm(total=len(jobs), initial=len(finished), desc=f"evaluate {shots}-shot", unit="episode",
+                       disable=not progress, dynamic_ncols=True)
+            try:
+                with episodes_path.open("a") as fh:
+                    for i, (episode_rows, example) in zip(todo, pool.map(episode_job, [jobs[i] for i in todo])):
+                        seed = keys[i][0]
+                        finished[keys[i]] = [{**r, "seed": seed} for r in episode_rows]
+                        fh.writelines(json.dumps(r) + "\n" for r in finished[keys[i]])  # one episode at a time
+                        fh.flush()
+                        if example is not None:
+                            kept.append((shots, *example))
+                        bar.update()
+            except DivergedError as err:
+                raise DivergedError(f"U diverged while evaluating ({err}); try a smaller --u-lr than {params.lr:g} "
+                                    "(finished episodes are kept: run the command again to resume)") from None
             bar.close()
-            with episodes_path.open("a") as fh:
-                fh.writelines(json.dumps(r) + "\n" for r in rows)
-            results["shots"][str(shots)] = summarise(rows)
-            run.log(f"{shots}-shot: mean IoU {100 * results['shots'][str(shots)]['paper_miou']['mean']:.2f} "
-                    f"± {100 * results['shots'][str(shots)]['paper_miou']['ci95']:.2f} % over "
-                    f"{results['shots'][str(shots)]['paper_miou']['n']} task splits")
+            # Rows in episode order, so a resumed evaluation reduces exactly as an uninterrupted one; only the
+            # episodes of the current settings count.
+            rows = [r for key in sorted(finished, key=order.__getitem__) for r in finished[key]]
+            summary = results["shots"][str(shots)] = summarise(rows)
+            run.log(f"{shots}-shot: mean IoU {100 * summary['paper_miou']['mean']:.2f} "
+                    f"± {100 * summary['paper_miou']['ci95']:.2f} % over {summary['paper_miou']['n']} task splits; "
+                    f"class-pooled mIoU {100 * summary['hsnet_miou']['mean']:.2f} %"
+                    + (f" (mean over {seeds} seeds {100 * summary['seeds']['hsnet_miou']['mean']:.2f} %)"
+                       if "seeds" in summary else "")
+                    + (f"; floors: all foreground {100 * summary['floors']['all_foreground']['paper_miou']['mean']:.2f} %, "
+                       f"support rate {100 * summary['floors']['support_rate']['paper_miou']['mean']:.2f} %"
+                       if "floors" in summary else ""))
     finally:
         if own_pool:
             pool.close()
     if label or cfg.label:
         results["label"] = label or cfg.label
     results["seconds"] = time.monotonic() - started
-    run.file("results.json").write_text(json.dumps(results, indent=2) + "\n")
+    atomic_write(run.file("results.json"), lambda tmp: Path(tmp).write_text(json.dumps(results, indent=2) + "\n"))
     if kept:
-        np.savez_compressed(run.file("predictions.npz"), shots=np.array([k[0] for k in kept]),
-                            images=np.stack([k[1] for k in kept]), masks=np.stack([k[2] for k in kept]),
-                            probs=np.stack([k[3] for k in kept]))
+        arrays = {"shots": np.array([k[0] for k in kept]), "images": np.stack([k[1] for k in kept]),
+                  "masks": np.stack([k[2] for k in kept]), "probs": np.stack([k[3] for k in kept])}
+        atomic_write(run.file("predictions.npz"), lambda tmp: np.savez_compressed(open(tmp, "wb"), **arrays))
     return results
+
+
+def previous_rows(path: Path) -> dict[int, dict[tuple[int, str, int], list[dict]]]:
+    """shots -> (seed, class, split) -> the rows already in episodes.jsonl. A torn last line (a write killed
+    midway) is cut off the file, so appending continues it cleanly."""
+    if not path.exists():
+        return {}
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1  # whatever follows the last newline is a torn write
+    rows = [json.loads(line) for line in data[:end].decode().splitlines() if line.strip()]
+    if end != len(data):
+        with path.open("r+b") as fh:
+            fh.truncate(end)
+    found: dict[int, dict[tuple[int, str, int], list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        found[r["shots"]][(r.get("seed", 0), r["class"], r["split"])].append(r)
+    return found
 
 
 def recompute(run_dir: str | Path) -> dict[str, dict]:

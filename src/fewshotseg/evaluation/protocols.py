@@ -145,7 +145,6 @@ def run_episode(
     *,
     seed: int = 0,
     steps: int | None = None,
-    keep_predictions: bool = False,
 ) -> list[dict]:
     """Adapt on the support images, predict the queries; one row of raw counts per query image."""
     task = TaskTensors.from_dataset(dataset, episode.cls)
@@ -162,6 +161,4 @@ def run_episode(
         }
         row["iou"] = image_iou(row)
         rows.append(row)
-    if keep_predictions:
-        learner.last_predictions = (query.images, query.masks, probs)
     return rows

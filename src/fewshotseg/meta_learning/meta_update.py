@@ -52,11 +52,15 @@ def task_difference(
         learner.adapt(init, task.take(reptile_examples(rng, n, train_shots)), params, rng)
         return _difference(parameters(learner.model), parameters(init))
     pool = rng.permutation(n)[: min(train_shots, n)]
+    if len(pool) <= val_shots and params.steps > 1:  # D^tr would be empty: nothing to take the first steps on
+        raise ValueError(f"--val-shots {val_shots} leaves no D^tr examples: a task of {n} images gives a pool of "
+                         f"{len(pool)} (--train-shots {train_shots}); use --val-shots below {len(pool)}")
     tr, val = fomaml_split(rng, len(pool), len(pool) - val_shots, val_shots, replacement=algorithm == "fomaml-star")
     d_val = task.take(pool[val])
     learner.adapt(init, task.take(pool[tr]), params, rng, steps=params.steps - 1)
     before = snapshot(parameters(learner.model))
-    learner.step(d_val.images, d_val.masks, params.lr_at(params.steps - 1))
+    with learner.seeded(int(rng.integers(2**62))):  # dropout masks of the last step, reproducible per task
+        learner.step(d_val.images, d_val.masks, params.lr_at(params.steps - 1))
     return _difference(parameters(learner.model), before)
 
 

@@ -11,6 +11,7 @@ early stopping on held-out IoU lives with the metrics, in evaluation/early_stopp
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import Callable, Iterator
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fewshotseg import errors
 from fewshotseg.data.augment import augment_batch
 from fewshotseg.data.tasks import TaskTensors, inner_batches, torch_generator
 from fewshotseg.meta_learning import batchnorm
@@ -28,8 +30,8 @@ from fewshotseg.meta_learning.weights import copy_state_
 from fewshotseg.models.losses import l2_parameters, segmentation_loss
 
 
-class DivergedError(FloatingPointError):
-    """The adaptation loss became NaN or infinite (e.g. a learning rate far too large)."""
+class DivergedError(errors.DivergedError):
+    """The adaptation loss or weights became NaN or infinite (e.g. a learning rate far too large)."""
 
 
 @dataclass
@@ -96,18 +98,29 @@ def _yaml_load(text: str) -> dict:
     return yaml.safe_load(text) or {}
 
 
-class Learner:
-    """A working copy of the network that U adapts; reused across tasks."""
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (model output, masks (B, H, W)) -> scalar loss
 
-    def __init__(self, model: nn.Module, device: torch.device | str = "cpu"):
+
+class Learner:
+    """A working copy of the network that U adapts; reused across tasks.
+
+    `model` is any segmenter `nn.Module` that maps images (B, 3, H, W) to two-class logits (B, 2, H, W); `loss`
+    turns its output and the masks into the scalar that U minimises (default: the EfficientLab loss). A model with
+    a `set_dropout(rate)` method gets the update parameters' dropout rate.
+    """
+
+    def __init__(self, model: nn.Module, device: torch.device | str = "cpu", *, loss: Loss = segmentation_loss):
         self.device = torch.device(device)
         self.model = model.to(self.device)
+        self.loss = loss
         decay = l2_parameters(self.model)
         decay_ids = {id(p) for p in decay}
         self._groups = [decay, [p for p in self.model.parameters() if id(p) not in decay_ids]]
         self._optimizers: dict[str, torch.optim.Optimizer] = {}
         self.params = UpdateParams()
         self.last_loss = math.nan
+        # The last `predict` call's images and foreground probabilities (B, H, W), for overlays; None before one.
+        self.last_predictions: tuple[torch.Tensor, torch.Tensor] | None = None
         self._mode: str | None = None
 
     def start(self, init: nn.Module, params: UpdateParams) -> None:
@@ -115,7 +128,9 @@ class Learner:
         copy_state_(self.model, init)
         self.params = params
         self._mode = None
-        self.model.set_dropout(params.dropout)
+        set_dropout = getattr(self.model, "set_dropout", None)
+        if callable(set_dropout):
+            set_dropout(params.dropout)
         opt = self._optimizers.get(params.optimizer)
         if opt is None:
             # L2 on every non-BN weight as weight decay 2*lambda: the gradient of lambda*||w||^2 is 2*lambda*w,
@@ -137,9 +152,10 @@ class Learner:
             group["lr"] = lr
         images = images.to(self.device, non_blocking=True)
         masks = masks.to(self.device, non_blocking=True)
-        loss = segmentation_loss(self.model(images), masks)
+        loss = self.loss(self.model(images), masks)
         if not torch.isfinite(loss):
-            raise DivergedError(f"adaptation loss is {loss.item()} at lr {lr:g}")
+            raise DivergedError(f"diverged: the adaptation loss is {loss.item()} at lr {lr:g}; use a smaller "
+                                "learning rate")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -170,15 +186,31 @@ class Learner:
         *,
         steps: int | None = None,
     ) -> Iterator[int]:
-        """`adapt`, yielding the number of steps taken after each one; stop iterating to stop adapting."""
+        """`adapt`, yielding the number of steps taken after each one; stop iterating to stop adapting.
+
+        Dropout and drop-path masks come from torch's global generator, seeded from `rng` for the task inside a
+        forked RNG state: results are reproducible per task, and the caller's global RNG state is left as it was.
+        """
         self.start(init, params)
         g = torch_generator(rng)
-        torch.manual_seed(int(rng.integers(2**62)))  # dropout and drop-path masks, reproducible per task
+        seed = int(rng.integers(2**62))
         n_steps = params.steps if steps is None else steps
-        for t, batch in enumerate(inner_batches(rng, np.arange(len(task)), params.batch_size, n_steps)):
-            x, y = augment_batch(*task_batch(task, batch), params.aug_rate, g)
-            self.step(x, y, params.lr_at(t))
-            yield t + 1
+        with self.seeded(seed):
+            for t, batch in enumerate(inner_batches(rng, np.arange(len(task)), params.batch_size, n_steps)):
+                x, y = augment_batch(*task_batch(task, batch), params.aug_rate, g)
+                self.step(x, y, params.lr_at(t))
+                if t + 1 == n_steps:  # the next step's loss would catch a blow-up; after the last one, look
+                    check_finite_weights(self.model, f"after the last of {n_steps} steps at lr {params.lr_at(t):g}")
+                yield t + 1
+
+    @contextlib.contextmanager
+    def seeded(self, seed: int) -> Iterator[None]:
+        """Seed torch's global generator (dropout and drop-path masks) for a block of steps, and restore the
+        caller's RNG state afterwards."""
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            yield
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
@@ -194,7 +226,17 @@ class Learner:
             self.model(images[i : i + batch_size].to(self.device)).softmax(dim=1)[:, 1].float().cpu()
             for i in range(0, len(images), batch_size)
         ]
-        return torch.cat(out)
+        probs = torch.cat(out)
+        self.last_predictions = (images, probs)
+        return probs
+
+
+def check_finite_weights(model: nn.Module, when: str) -> None:
+    """A DivergedError when any parameter is NaN or infinite."""
+    with torch.no_grad():
+        finite = all(bool(torch.isfinite(p).all()) for p in model.parameters())
+    if not finite:
+        raise DivergedError(f"weights became NaN or infinite {when}")
 
 
 def task_batch(task: TaskTensors, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,13 +1,13 @@
 """Meta-training: one loop, read top to bottom.
 
     for each meta-iteration i:
-        epsilon_i = linear decay from meta_step to meta_step_final
         sample meta_batch training classes            (seeded by (seed, i): identical on every rank)
         for each task k on this rank:                  (task k runs on rank k % world)
-            delta_k = Reptile / FOMAML / FOMAML* difference after U      (meta_learning/meta_update.py)
+            delta_k = Reptile / FOMAML / FOMAML* difference after U      (MetaLearner.record_task)
         all-reduce the deltas and the adapted BN statistics
-        theta.grad = -mean_k delta_k ; outer optimizer step (SGD: theta + epsilon * mean delta)
-        theta's BN statistics = mean of the tasks' adapted statistics
+        theta.grad = -mean_k delta_k ; outer optimizer step with epsilon_i linearly decayed from meta_step to
+            meta_step_final (SGD: theta + epsilon_i * mean delta) ; BN statistics toward the tasks'
+                                                                         (MetaLearner.apply)
         every eval_interval: mean IoU of U(theta) on held-out validation tasks
         every checkpoint_interval: atomic checkpoint (model, outer optimizer, RNG, iteration, config)
 
@@ -19,7 +19,6 @@ rank, which keeps the sum bit-identical to the one-process sum.
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from dataclasses import replace
@@ -34,9 +33,9 @@ from fewshotseg.data.dataset import SegmentationDataset
 from fewshotseg.data.tasks import TaskTensors, episode_rng, sample_classes
 from fewshotseg.evaluation.intervals import Estimate
 from fewshotseg.evaluation.protocols import paper_episodes, run_episode
-from fewshotseg.meta_learning.meta_update import check_algorithm, task_difference
+from fewshotseg.meta_learning.meta_learner import MetaLearner
+from fewshotseg.meta_learning.meta_update import check_algorithm
 from fewshotseg.meta_learning.update_routine import Learner, UpdateParams
-from fewshotseg.meta_learning.weights import parameters, statistics, unflatten_into_
 from fewshotseg.runs.initialization import load_initialization, model_state, save_initialization
 from fewshotseg.runs.run_dir import RunDir
 from fewshotseg.training import distributed
@@ -70,18 +69,18 @@ def meta_train(cfg: MetaTrainConfig, *, resume: bool = False, max_minutes: float
     torch.manual_seed(cfg.seed)  # a random initialization is a function of the seed
     model, described = load_initialization(cfg.init, cfg.model_config(dropout=cfg.dropout))
     model.to(ctx.device)
-    learner = Learner(copy.deepcopy(model), ctx.device)  # the working model U adapts; theta stays in `model`
     params = cfg.update_params()
-    theta, stats = parameters(model), statistics(model)
-    outer_cls = torch.optim.SGD if cfg.meta_optimizer == "sgd" else torch.optim.Adam
-    outer = outer_cls(theta, lr=cfg.meta_step)
+    meta = MetaLearner(model, cfg.algorithm, params, meta_optimizer=cfg.meta_optimizer, meta_step=cfg.meta_step,
+                       meta_step_final=cfg.meta_step_final, iterations=cfg.iterations, train_shots=cfg.shots(),
+                       val_shots=cfg.val_shots, bn_momentum=cfg.bn_momentum, device=ctx.device)
+    learner, outer = meta.learner, meta.outer  # the working model U adapts; theta stays in `model`
 
     start = 0
     if state is not None:
         model.load_state_dict(state["model"])
         outer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"]["torch"])
-        start = state["iteration"]
+        start = meta.iteration = state["iteration"]
         run.truncate_metrics(start)
         run.log(f"resumed from {ckpt_path} at iteration {start}")
     else:
@@ -90,30 +89,22 @@ def meta_train(cfg: MetaTrainConfig, *, resume: bool = False, max_minutes: float
                 f"at {cfg.size} px, {ctx.world} process(es) on {ctx.device}")
 
     val_episodes = _validation_episodes(val, cfg) if val is not None and cfg.eval_interval else []
-    n_theta = sum(t.numel() for t in theta)
-    slots = torch.zeros(cfg.meta_batch, n_theta + sum(s.numel() for s in stats) + 1, device=ctx.device)
-    shots = cfg.shots()
-    stats_rate = statistics_rate(cfg.bn_momentum, cfg.inner_steps, cfg.meta_batch)
+    slots = torch.zeros(cfg.meta_batch, meta.slot_size, device=ctx.device)
     started = time.monotonic()
     marks: dict[int, float] = {}
     progress = tqdm(total=cfg.iterations, initial=start, desc=f"meta-train {cfg.algorithm}", disable=not ctx.is_main,
                     dynamic_ncols=True)
     it = start
     while it < cfg.iterations:
-        frac = it / cfg.iterations
-        epsilon = (1 - frac) * cfg.meta_step + frac * cfg.meta_step_final
-        for group in outer.param_groups:
-            group["lr"] = epsilon
+        epsilon = meta.step_size(it)
         names = sample_classes(episode_rng(cfg.seed, 0, it), train.names, cfg.meta_batch)
 
         slots.zero_()
         for k, name in enumerate(names):
             if ctx.mine(k):
-                delta = task_difference(cfg.algorithm, learner, model, TaskTensors.from_dataset(train, name), params,
-                                        episode_rng(cfg.seed, 1, it, k), train_shots=shots, val_shots=cfg.val_shots)
-                record_task(slots[k], delta, learner)
+                meta.record_task(slots[k], TaskTensors.from_dataset(train, name), episode_rng(cfg.seed, 1, it, k))
         ctx.all_reduce_(slots)
-        loss = apply_meta_update(slots, theta, stats, outer, stats_rate)
+        loss = meta.apply(slots)
         it += 1
 
         if not math.isfinite(loss):
@@ -132,6 +123,7 @@ def meta_train(cfg: MetaTrainConfig, *, resume: bool = False, max_minutes: float
             marks[it] = ctx.broadcast(time.monotonic() - started)
             if it == start + 25:
                 cfg = _fit_budget(cfg, it, marks, max_minutes, run, progress)
+                meta.iterations = cfg.iterations  # epsilon decays over the iterations the run really does
         if it % cfg.checkpoint_interval == 0 or it == cfg.iterations:
             _checkpoint(ckpt_path, model, outer, it, cfg, ctx)
     progress.close()
@@ -144,40 +136,6 @@ def meta_train(cfg: MetaTrainConfig, *, resume: bool = False, max_minutes: float
                 f"initialization written to {out}")
     ctx.barrier()
     return out
-
-
-def record_task(slot: torch.Tensor, delta: list[torch.Tensor], learner: Learner) -> None:
-    """Write one task's delta, adapted BN statistics and last loss into its slot (one row of the reduce buffer)."""
-    stats = statistics(learner.model)
-    n_theta = sum(d.numel() for d in delta)
-    with torch.no_grad():
-        torch.cat([d.reshape(-1) for d in delta], out=slot[:n_theta])
-        torch.cat([s.reshape(-1) for s in stats], out=slot[n_theta:-1])
-        slot[-1] = learner.last_loss
-
-
-@torch.no_grad()
-def apply_meta_update(slots: torch.Tensor, theta: list[torch.Tensor], stats: list[torch.Tensor],
-                      outer: torch.optim.Optimizer, stats_rate: float) -> float:
-    """theta.grad = -mean_k delta_k, one outer-optimizer step, BN statistics toward the tasks'; returns the loss.
-
-    The slots are summed in task order, so the sum is bit-identical however the tasks were spread over processes.
-    """
-    total = slots[0].clone()
-    for k in range(1, len(slots)):
-        total += slots[k]
-    mean = total / len(slots)
-    n_theta = sum(t.numel() for t in theta)
-    grads = [torch.empty_like(t) for t in theta]
-    unflatten_into_(-mean[:n_theta], grads)
-    for t, g in zip(theta, grads, strict=True):
-        t.grad = g
-    outer.step()
-    # The statistics move as far as one EMA through all inner steps of all tasks would (`statistics_rate`).
-    new_stats = torch.cat([s.reshape(-1) for s in stats])
-    new_stats += stats_rate * (mean[n_theta:-1] - new_stats)
-    unflatten_into_(new_stats, stats)
-    return float(mean[-1])
 
 
 def validate(
@@ -202,22 +160,6 @@ def validate(
     mean = total / n
     half = 1.96 * math.sqrt(max(squares / n - mean * mean, 0.0)) / math.sqrt(n)
     return Estimate(mean, mean - half, mean + half, int(n))
-
-
-def statistics_rate(momentum: float, steps: int, tasks: int) -> float:
-    """How far theta's BN statistics move toward the tasks' mean adapted statistics per meta-iteration.
-
-    The reference never restored running statistics during meta-training, so one EMA ran through every inner step
-    of every task: K*M updates of momentum m per meta-iteration. Each task's adapted statistics moved a fraction
-    1 - (1 - m)^K of the way from theta's; scaling the mean move by (1 - (1 - m)^(K*M)) / (1 - (1 - m)^K) moves theta's
-    statistics as far as that EMA would, to first order, without depending on task order (so it is identical
-    across processes). Without it the statistics lag the weights by ~1/(mK) iterations, which is long when the
-    outer optimizer is Adam.
-    """
-    if momentum <= 0:
-        return 0.0
-    per_task = 1 - (1 - momentum) ** steps
-    return (1 - (1 - momentum) ** (steps * tasks)) / per_task if per_task > 0 else 0.0
 
 
 def _validation_episodes(val: SegmentationDataset, cfg: MetaTrainConfig) -> list:
