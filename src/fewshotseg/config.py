@@ -168,7 +168,7 @@ LIMITS: dict[str | tuple[str, str], dict[str, Any]] = {
     "eval_interval": OPTIONAL_COUNT, "eval_tasks": COUNT, "eval_shots": COUNT, "checkpoint_interval": COUNT,
     "threads": OPTIONAL_COUNT, "device": {"pattern": r"^(auto|cpu|cuda|cuda:\d+|mps)$", "describe": "auto, cpu, cuda, cuda:N or mps"}, "epochs": POSITIVE,
     "batch_size": COUNT, "lr": POSITIVE, "lr_final": POSITIVE, "max_minutes": {"ge": 0}, "shots": COUNT,
-    "protocol": {"choices": ("paper", "hsnet")}, "split": {"choices": ("train", "val", "test")},
+    "protocol": {"choices": ("auto", "paper", "hsnet", "per-query")}, "episodes": COUNT, "seeds": COUNT, "split": {"choices": ("train", "val", "test")},
     "num_splits": COUNT, "max_tasks": OPTIONAL_COUNT, "fold": {"ge": -1, "le": 3}, "workers": COUNT,
     "trials": COUNT, "study": {"min_length": 1}, "max_steps": COUNT, "patience": COUNT, "holdout": {"gt": 0, "lt": 1},
     "val_tasks": OPTIONAL_COUNT, "repeats": COUNT, "test_images": COUNT, "early_stopping_from": COUNT,

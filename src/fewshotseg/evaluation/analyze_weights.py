@@ -9,7 +9,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from fewshotseg.analysis.weight_distance import distances, group_blocks
-from fewshotseg.config import ModelFields, option
+from fewshotseg.config import ModelFields, option, resolve_update_params
 from fewshotseg.data.tasks import TaskTensors, episode_rng
 from fewshotseg.evaluation import jobs
 from fewshotseg.evaluation.intervals import paper_ci95
@@ -66,7 +66,7 @@ def analyze_weights(cfg: AnalyzeConfig, *, progress: bool = True) -> dict:
     names = resolve_splits(dataset.root, cfg.splits, classes=dataset.names)[cfg.split]
     names = select_tasks(names, cfg.max_tasks, cfg.seed)
     episodes = paper_episodes(dataset.subset(names), names, cfg.shots, splits=cfg.num_splits, seed=cfg.seed)
-    params = UpdateParams.load(cfg.update_params) if cfg.update_params else UpdateParams()
+    params = resolve_update_params(cfg.update_params or None)
     jobs = []
     for label, spec in inits.items():
         path = run.file(f"init-{label}.safetensors")

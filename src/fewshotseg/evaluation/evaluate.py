@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from fewshotseg.config import ModelFields, option
+from fewshotseg.config import ModelFields, option, resolve_update_params
 from fewshotseg.data.tasks import TaskTensors, episode_rng
 from fewshotseg.errors import DivergedError
 from fewshotseg.evaluation import jobs, metrics
@@ -161,7 +161,7 @@ def evaluate(cfg: EvaluateConfig, *, params: UpdateParams | None = None, progres
     class_uniform = parse_spec(cfg.data).kind == "coco20i"  # HSNet's COCO loader draws a class, then a query
     seeds = cfg.seeds if protocol == "hsnet" else 1
     if params is None:
-        params = UpdateParams.load(cfg.update_params) if cfg.update_params else UpdateParams()
+        params = resolve_update_params(cfg.update_params or None)
 
     init_path = run.file("init.safetensors")
     described = write_for_workers(cfg.init, cfg.model_config(dropout=params.dropout), init_path, seed=cfg.seed)

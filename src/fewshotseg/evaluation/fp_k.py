@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fewshotseg.config import ModelFields, option
+from fewshotseg.config import ModelFields, option, resolve_update_params
 from fewshotseg.data.tasks import TaskTensors, episode_rng, fp_k_prefixes
 from fewshotseg.evaluation import jobs
 from fewshotseg.evaluation.early_stopping import EarlyStopping, early_stopping, score
@@ -114,7 +114,7 @@ def fp_k(cfg: FPKConfig, *, progress: bool = True) -> dict:
     for label, spec in inits.items():
         path = run.file(f"init-{label}.safetensors")
         described = write_for_workers(spec, cfg.model_config(), path, seed=cfg.seed)
-        params = UpdateParams.load(tuned[label]) if label in tuned else UpdateParams()
+        params = resolve_update_params(tuned.get(label))
         run.log(f"{label}: {described}; U for k < {cfg.early_stopping_from}: lr {params.lr:g}, {params.steps} steps")
         for ci, cls in enumerate(names):
             for repeat in range(cfg.repeats):

@@ -22,12 +22,22 @@ from typing import Any
 import torch
 from torch import nn
 
+from fewshotseg.errors import UserError
 from fewshotseg.models.efficientlab import EfficientLab, ModelConfig, build_model, reset_head
 from fewshotseg.runs.run_dir import atomic_write
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """A training checkpoint, read with weights_only=True; a truncated or foreign file is an error naming it."""
+    import pickle
+    import zipfile
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError) as err:
+        raise UnreadableWeights(f"{path}: not a readable fewshotseg checkpoint (truncated, corrupt, or not written "
+                                f"by fewshotseg; {_short(err)}); pass a model.safetensors or checkpoint.pt that "
+                                "fewshotseg wrote. Only plain tensors are read: such a file is never unpickled") from None
 
 
 def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -47,19 +57,41 @@ def read_initialization(path: str | Path) -> tuple[ModelConfig, dict[str, torch.
     """(model config, state dict, extra metadata) of a .safetensors initialization or a training checkpoint."""
     path = Path(path)
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
         from safetensors.torch import load_file
 
-        with safe_open(str(path), "pt") as fh:
-            metadata = fh.metadata() or {}
+        try:
+            with safe_open(str(path), "pt") as fh:
+                metadata = fh.metadata() or {}
+            state = load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as err:
+            raise UnreadableWeights(f"{path}: not a readable safetensors file (truncated or corrupt; "
+                                    f"{_short(err)}); pass an initialization that fewshotseg wrote") from None
         if "model_config" not in metadata:
-            raise ValueError(f"{path}: not a fewshotseg initialization (no model_config in its metadata)")
-        extra = {k: json.loads(v) for k, v in metadata.items() if k not in ("format", "model_config")}
-        return ModelConfig(**json.loads(metadata["model_config"])), load_file(str(path)), extra
+            raise UnreadableWeights(f"{path}: not a fewshotseg initialization (no model_config in its metadata)")
+        try:
+            config = ModelConfig(**json.loads(metadata["model_config"]))
+            extra = {k: json.loads(v) for k, v in metadata.items() if k not in ("format", "model_config")}
+        except (TypeError, ValueError) as err:
+            raise UnreadableWeights(f"{path}: its model_config metadata is unreadable ({_short(err)})") from None
+        return config, state, extra
     state = load_checkpoint(path)
     if not isinstance(state, dict) or "model" not in state or "model_config" not in state:
-        raise ValueError(f"{path}: not a fewshotseg checkpoint (expected keys 'model' and 'model_config')")
-    return ModelConfig(**state["model_config"]), state["model"], {"iteration": state.get("iteration")}
+        raise UnreadableWeights(f"{path}: not a fewshotseg checkpoint (expected keys 'model' and 'model_config')")
+    try:
+        config = ModelConfig(**state["model_config"])
+    except (TypeError, ValueError) as err:
+        raise UnreadableWeights(f"{path}: its model_config is unreadable ({_short(err)})") from None
+    return config, state["model"], {"iteration": state.get("iteration")}
+
+
+class UnreadableWeights(UserError, ValueError):
+    """An initialization or checkpoint file that cannot be read or does not fit its own model config."""
+
+
+def _short(err: BaseException, limit: int = 160) -> str:
+    text = " ".join(str(err).split())
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def find_initialization(spec: str | Path) -> Path:
@@ -88,7 +120,13 @@ def load_initialization(spec: str, config: ModelConfig | None, *, num_classes: i
     if config is not None:
         saved = replace(saved, dropout=config.dropout, channels_last=config.channels_last)
     model = build_model(saved)
-    model.load_state_dict(state, strict=True)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        mismatched = str(err).count("size mismatch") + str(err).count("Missing key") + str(err).count("Unexpected key")
+        raise UnreadableWeights(f"{path}: its weights do not fit the network its metadata describes ({saved.variant}, "
+                                f"{saved.encoder}; {mismatched} kind(s) of mismatch, e.g. {_short(err, 120)}); was it "
+                                "written for another encoder? Pass an initialization written by fewshotseg") from None
     what = f"{path} ({saved.variant}, {saved.encoder})"
     if saved.num_classes != num_classes:
         reset_head(model, num_classes)

@@ -11,6 +11,8 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -77,3 +79,112 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# --- Who writes a run folder --------------------------------------------------------------------------------------
+
+MARKER = "run.json"  # which command wrote the folder, with which settings
+LOCK = ".fewshotseg.lock"
+# Files some command writes into a run folder: their presence means the folder holds a run's results.
+RESULT_FILES = ("checkpoint.pt", "checkpoint.prev.pt", "model.safetensors", "config.yaml", "metrics.jsonl",
+                "results.json", "episodes.jsonl", "predictions.npz", "init.safetensors", "study.db", "trials.json",
+                "update_params.json", "fp_k.jsonl", "fp_k_summary.json", "weight_distances.jsonl",
+                "weight_summary.json")
+
+
+@contextmanager
+def claim(path: str | Path, command: str, settings: dict[str, Any], *, overwrite: bool = False,
+          resume: bool = False) -> Iterator[Path]:
+    """Hold a run folder for one writer while the body runs.
+
+    * another process holding the folder's lock is refused (a well-kept lock: filelock's, released by the OS when
+      the process dies, so a killed run never leaves a stale lock);
+    * a folder holding another run's results (another command, other settings, or result files without a
+      `run.json`) is refused unless `overwrite`, which removes those files first; the refusal shows what differs;
+    * the same command with the same settings continues the folder (resume, or append new episodes);
+    * `resume` on a folder that holds nothing to resume is refused.
+    A refused or failed first claim leaves no trace (no folder, no marker).
+    """
+    from filelock import FileLock, Timeout
+
+    from fewshotseg.errors import RunFolderError
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise RunFolderError(f"{path}: --run-dir is a file, not a folder; choose a folder")
+    if resume and not (path / MARKER).exists() and not (path / "checkpoint.pt").exists():
+        raise RunFolderError(f"--resume: nothing to resume in {path} (no checkpoint.pt and no {MARKER}); "
+                             "run without --resume to start a new run there")
+    created = not path.exists()
+    path.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(path / LOCK, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise RunFolderError(f"{path} is being written by another process (it holds {path / LOCK}); wait for it "
+                             "to finish, or choose another --run-dir") from None
+    wrote_marker = False
+    try:
+        wrote_marker = _take_over(path, command, settings, overwrite=overwrite, resume=resume)
+        yield path
+    except BaseException:
+        if wrote_marker and not any((path / f).exists() for f in RESULT_FILES):
+            (path / MARKER).unlink(missing_ok=True)  # nothing was written: leave no claim behind
+        raise
+    finally:
+        lock.release()
+        if created and not (path / MARKER).exists():
+            (path / LOCK).unlink(missing_ok=True)
+            try:
+                path.rmdir()  # only if empty
+            except OSError:
+                pass
+
+
+def _take_over(path: Path, command: str, settings: dict[str, Any], *, overwrite: bool, resume: bool) -> bool:
+    """Check who owns `path`; write our marker when there is none. True when this call wrote the marker."""
+    from fewshotseg.errors import RunFolderError
+
+    settings = json.loads(json.dumps(settings))  # as it reads back from the file
+    marker = path / MARKER
+    saved: dict[str, Any] | None = None
+    if marker.exists():
+        try:
+            saved = json.loads(marker.read_text())
+        except (OSError, ValueError):
+            saved = {"command": "?", "settings": {}}
+    results = [f for f in RESULT_FILES if (path / f).exists()]
+    if saved is not None and saved.get("command") == command and saved.get("settings") == settings:
+        return False  # this very run: continue it
+    if saved is None and not results:
+        _write_marker(marker, command, settings)
+        return True
+    if saved is None and resume:  # a run from before markers existed: adopt it (its checkpoint is checked later)
+        _write_marker(marker, command, settings)
+        return True
+    if not overwrite:
+        if saved is None:
+            what = f"results of another run ({', '.join(results)})"
+        elif saved.get("command") != command:
+            what = f"the results of `fewshotseg {saved.get('command')}`"
+        else:
+            what = f"a {command} run with other settings ({settings_diff(saved.get('settings', {}), settings)})"
+        advice = "resume with the run's own settings, " if resume else ""
+        raise RunFolderError(f"{path} holds {what}; {advice}pass --overwrite to replace them, or choose another "
+                             "--run-dir")
+    for name in results:
+        (path / name).unlink()
+    _write_marker(marker, command, settings)
+    return True
+
+
+def _write_marker(marker: Path, command: str, settings: dict[str, Any]) -> None:
+    record = {"command": command, "settings": settings, "created": time.strftime("%Y-%m-%d %H:%M:%S")}
+    atomic_write(marker, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1) + "\n"))
+
+
+def settings_diff(saved: dict[str, Any], current: dict[str, Any]) -> str:
+    """'inner_lr: 0.005 -> 0.9, size: 224 -> 64'"""
+    keys = sorted(set(saved) | set(current))
+    return ", ".join(f"{k}: {saved.get(k, '(unset)')!r} -> {current.get(k, '(unset)')!r}" for k in keys
+                     if saved.get(k) != current.get(k)) or "none"

@@ -12,31 +12,73 @@ or the new one, never a torn one.
 
 from __future__ import annotations
 
+import os
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from fewshotseg.errors import RunFolderError, UserError
 from fewshotseg.runs.initialization import load_checkpoint
 from fewshotseg.runs.run_dir import atomic_write
 
 
+def previous(path: Path) -> Path:
+    """Where the checkpoint before the latest one is kept (checkpoint.pt -> checkpoint.prev.pt)."""
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    """Write atomically, keeping the one before as `checkpoint.prev.pt`: if the latest is ever unreadable (a disk
+    that lost the last write), a resumed run falls back to the previous one instead of starting over."""
+    path = Path(path)
+
+    def write(tmp: str) -> None:
+        torch.save(state, tmp)
+        if path.exists():
+            os.replace(path, previous(path))  # a kill right here leaves .prev, which resume reads
+
+    atomic_write(path, write)
 
 
-def resumable_state(path: Path, resume: bool) -> dict[str, Any] | None:
-    """The checkpoint a run continues from: None for a fresh run; a run folder that already has one needs --resume."""
-    if not path.exists():
+def resumable_state(path: Path, resume: bool, log: Callable[[str], None] | None = None) -> dict[str, Any] | None:
+    """The checkpoint a run continues from: None for a fresh run; a run folder that already has one needs --resume,
+    and --resume needs one. Says what it resumes from; a truncated latest checkpoint falls back to the previous
+    one with a warning."""
+    path = Path(path)
+    older = previous(path)
+    if not path.exists() and not older.exists():
+        if resume:
+            raise RunFolderError(f"--resume: nothing to resume in {path.parent} (no {path.name}); run without "
+                                 "--resume to start a new run there")
         return None
     if not resume:
-        raise FileExistsError(f"{path} exists: pass --resume to continue it, or choose a new --run-dir")
-    return load_checkpoint(path)
+        raise RunFolderError(f"{path.parent} already holds a run ({path.name if path.exists() else older.name}): "
+                             "pass --resume to continue it, --overwrite to start over, or choose a new --run-dir")
+    say = log or (lambda message: print(message, file=sys.stderr))
+    candidates = [p for p in (path, older) if p.exists()]
+    for i, candidate in enumerate(candidates):
+        try:
+            state = load_checkpoint(candidate)
+        except UserError as err:
+            if i + 1 == len(candidates):
+                raise
+            say(f"warning: {err}; falling back to the previous checkpoint {candidates[i + 1]}")
+            continue
+        saved = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(candidate.stat().st_mtime))
+        where = f"iteration {state['iteration']}" if "iteration" in state else f"step {state.get('step')}"
+        say(f"resuming from {candidate} ({where}, saved {saved})")
+        return state
+    raise AssertionError("unreachable")
 
 
 def check_unchanged(config: Any, saved: dict[str, Any], fixed: tuple[str, ...]) -> None:
-    """A resumed run must keep the settings that shape its result."""
+    """A resumed run must keep the settings that shape its result; the refusal shows every difference."""
     changed = [k for k in fixed if k in saved and getattr(config, k) != saved[k]]
     if changed:
         shown = ", ".join(f"{k}: {saved[k]!r} -> {getattr(config, k)!r}" for k in changed)
-        raise ValueError(f"--resume with changed settings ({shown}); resume with the run's own config")
+        raise RunFolderError(f"--resume with changed settings ({shown}); resume with the run's own settings "
+                             "(its config.yaml), or pass --overwrite to start a new run in that folder")

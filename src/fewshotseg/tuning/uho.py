@@ -30,13 +30,14 @@ from pathlib import Path
 import numpy as np
 import optuna
 
-from fewshotseg.config import ModelFields, option
+from fewshotseg.config import ModelFields, option, resolve_update_params
 from fewshotseg.data.tasks import TaskTensors, episode_rng
+from fewshotseg.errors import UserError
 from fewshotseg.evaluation import jobs
 from fewshotseg.evaluation.early_stopping import EarlyStopping, early_stopping
 from fewshotseg.evaluation.protocols import Episode, paper_episodes, run_episode
 from fewshotseg.meta_learning.update_routine import DivergedError, UpdateParams
-from fewshotseg.runs.run_dir import RunDir
+from fewshotseg.runs.run_dir import RunDir, atomic_write
 from fewshotseg.runs.workers import Pool, WorkerState
 
 # name -> (low, high, log scale, integer). Paper App. B: lr in [5e-4, 5e-2]; EfficientLab-6-3 also searched
@@ -80,8 +81,12 @@ def storage_for(url: str, run_dir: Path):
     if url.startswith("journal:"):
         from optuna.storages.journal import JournalFileBackend
 
-        return optuna.storages.JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
-    engine = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else None
+        path = Path(url.removeprefix("journal:"))
+        if not path.parent.is_dir():
+            raise StorageError(f"--storage {url}: the folder {path.parent} does not exist; create it or choose "
+                               "another journal file")
+        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+    engine = check_reachable(url)
     from sqlalchemy.exc import SQLAlchemyError
 
     for attempt in range(6):
@@ -93,6 +98,55 @@ def storage_for(url: str, run_dir: Path):
                 raise
             time.sleep(0.5 + random.random())
     raise AssertionError("unreachable")
+
+
+class StorageError(UserError):
+    """A study storage that is malformed or cannot be reached."""
+
+
+STORAGE_FORMS = "sqlite:///FILE, postgresql://USER[:PASSWORD]@HOST[:PORT]/DB or journal:FILE"
+CONNECT_SECONDS = 5  # a storage that does not answer fails within seconds, never hangs
+
+
+def check_reachable(url: str) -> dict | None:
+    """Parse the URL and open one connection (within a few seconds); returns the engine arguments to use.
+
+    Errors show the URL with its password hidden, and the reason."""
+    import sqlalchemy
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+    except ArgumentError:
+        raise StorageError(f"--storage {url}: not a storage URL; use {STORAGE_FORMS}") from None
+    shown = parsed.render_as_string(hide_password=True)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        folder = Path(parsed.database or ".").resolve().parent
+        if parsed.database and not folder.is_dir():
+            raise StorageError(f"--storage {shown}: the folder {folder} does not exist; create it or choose "
+                               "another file")
+        engine = {"connect_args": {"timeout": 120}}
+    elif backend in ("postgresql", "mysql"):
+        engine = {"connect_args": {"connect_timeout": CONNECT_SECONDS}}
+    else:
+        engine = None
+    try:
+        probe = sqlalchemy.create_engine(parsed, **(engine or {}))
+    except (NoSuchModuleError, ArgumentError, ImportError) as err:
+        hint = "; pip install -e '.[postgres]'" if backend == "postgresql" else f"; use {STORAGE_FORMS}"
+        raise StorageError(f"--storage {shown}: no driver for {parsed.drivername!r} ({err.__class__.__name__})"
+                           f"{hint}") from None
+    try:
+        with probe.connect():
+            pass
+    except SQLAlchemyError as err:
+        reason = " ".join(str(getattr(err, "orig", None) or err).split())[:300].replace(parsed.password or "\0", "***")
+        raise StorageError(f"--storage {shown}: cannot connect ({reason}); check that the server runs and the URL "
+                           "is right") from None
+    finally:
+        probe.dispose()
+    return engine
 
 
 def early_stopping_sets(episode: Episode, holdout: float) -> tuple[list[int], list[int], bool]:
@@ -190,8 +244,11 @@ def tune(cfg: TuneConfig, *, progress: bool = True, pool: Pool | None = None) ->
     dataset = load_dataset(cfg.data, cfg.size)
     names = resolve_splits(dataset.root, cfg.splits, classes=dataset.names)[cfg.split]
     names = [n for n in select_tasks(names, cfg.val_tasks, cfg.seed) if dataset.count(n) >= cfg.shots + 5]
+    if not names:
+        raise ValueError(f"--shots {cfg.shots}: no {cfg.split} class of {cfg.data} has the {cfg.shots} + 5 images a "
+                         "task needs (support + query); use fewer shots or more images per class")
     episodes = paper_episodes(dataset.subset(names), names, cfg.shots, splits=1, seed=cfg.seed)
-    base = UpdateParams.load(cfg.update_params) if cfg.update_params else UpdateParams()
+    base = resolve_update_params(cfg.update_params or None)
 
     init_path = run.file("init.safetensors")  # seeded: a resumed study rewrites the same network
     described = write_for_workers(cfg.init, cfg.model_config(dropout=base.dropout), init_path, seed=cfg.seed)
@@ -236,9 +293,9 @@ def write_results(study: optuna.Study, run: RunDir, cfg: TuneConfig, base: Updat
         "median_steps": t.user_attrs.get("median_steps"), "best_steps": t.user_attrs.get("best_steps"),
         "random": t.number < max(1, cfg.trials // 2),
     } for t in study.trials]
-    run.file("trials.json").write_text(json.dumps({"study": cfg.study, "shots": cfg.shots, "init": cfg.init,
-                                                   "described": described, "search": cfg.search,
-                                                   "max_steps": cfg.max_steps, "trials": trials}, indent=1) + "\n")
+    _write_json(run.file("trials.json"), {"study": cfg.study, "shots": cfg.shots, "init": cfg.init,
+                                          "described": described, "search": cfg.search, "max_steps": cfg.max_steps,
+                                          "trials": trials})
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not complete:
         raise RuntimeError(f"study {cfg.study!r}: no trial completed (all {len(study.trials)} failed)")
@@ -247,10 +304,14 @@ def write_results(study: optuna.Study, run: RunDir, cfg: TuneConfig, base: Updat
     result = {"update_params": params.as_dict(), "shots": cfg.shots, "objective": best.value, "trial": best.number,
               "study": cfg.study, "init": cfg.init, "described": described, "search": cfg.search,
               "failed_trials": sum(t.state == optuna.trial.TrialState.FAIL for t in study.trials)}
-    run.file("update_params.json").write_text(json.dumps(result, indent=2) + "\n")
+    _write_json(run.file("update_params.json"), result, indent=2)
     run.log(f"best of {len(complete)} trials: mean IoU {100 * best.value:.2f} % with lr {params.lr:.3g}, "
             f"{params.steps} steps (median early-stopping step) -> {run.file('update_params.json')}")
     return result
+
+
+def _write_json(path: Path, value, indent: int = 1) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(value, indent=indent) + "\n"))
 
 
 def _count(study: optuna.Study) -> int:
