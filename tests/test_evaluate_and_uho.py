@@ -36,9 +36,9 @@ def test_paper_protocol_writes_raw_counts_that_reproduce_every_number(tiny_bench
     assert kept["images"].shape[1:] == (3, 32, 32) and kept["probs"].shape == kept["masks"].shape
 
 
-def test_hsnet_protocol_has_one_episode_per_query_image(tiny_benchmark, tmp_path):
+def test_per_query_protocol_has_one_episode_per_query_image(tiny_benchmark, tmp_path):
     cfg = EvaluateConfig(init="random", data=str(tiny_benchmark), run_dir=str(tmp_path), shots=[1], size=32,
-                         encoder="tinynet_e", max_tasks=2, protocol="hsnet")
+                         encoder="tinynet_e", max_tasks=2, protocol="per-query")
     results = evaluate(cfg, params=FAST, progress=False)
     rows = [json.loads(line) for line in (tmp_path / "episodes.jsonl").read_text().splitlines()]
     assert len(rows) == 2 * 12  # every image of the 2 classes is the query once

@@ -249,8 +249,11 @@ def _same_benchmark(data: Path, spec) -> bool:
     marker = data / "benchmark.json"
     if not marker.exists():
         return False
+    from fewshotseg.data.synthetic import GENERATOR_VERSION
+
     saved = json.loads(marker.read_text())
-    return all(saved.get(k) == v for k, v in asdict(spec).items() if not isinstance(v, tuple))
+    return saved.get("version") == GENERATOR_VERSION and all(
+        saved.get(k) == v for k, v in asdict(spec).items() if not isinstance(v, tuple))
 
 
 def _budget_note(meta_dir: Path, joint_dir: Path) -> str:

@@ -15,8 +15,13 @@ def learner(state: WorkerState, path: str) -> Learner:
     return state.cached(("learner", repr(init.config)), lambda: Learner(copy.deepcopy(init), state.device))
 
 
-def dataset(state: WorkerState, spec: str, size: int) -> SegmentationDataset:
-    """The dataset `spec` at `size` px, loaded once per worker."""
-    from fewshotseg.data.cache import load_dataset
+def dataset(state: WorkerState, spec: str | tuple, size: int) -> SegmentationDataset:
+    """The dataset `spec` at `size` px, loaded once per worker. `spec` is a `--data` value, or
+    (data, split, splits, fold) for one split of it (`cache.load_split`; fold None without folds)."""
+    from fewshotseg.data.cache import load_dataset, load_split
 
+    if isinstance(spec, tuple):
+        data, split, splits, fold = spec
+        return state.cached(("split", spec, size),
+                            lambda: load_split(data, size, split, splits=splits, fold=fold, progress=False))
     return state.cached(("dataset", spec, size), lambda: load_dataset(spec, size, progress=False))

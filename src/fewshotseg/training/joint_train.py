@@ -21,30 +21,38 @@ from tqdm import tqdm
 
 from fewshotseg.config import JointTrainConfig, as_dict
 from fewshotseg.data.augment import augment_batch
+from fewshotseg.data.dataset import IGNORE
 from fewshotseg.data.tasks import TaskTensors, episode_rng, torch_generator
 from fewshotseg.models.losses import l2_parameters, segmentation_loss
 from fewshotseg.runs.initialization import load_initialization, model_state, save_initialization
 from fewshotseg.runs.run_dir import RunDir
 from fewshotseg.training import distributed
+from fewshotseg.training.budget import Budget
 from fewshotseg.training.checkpoint import check_unchanged, resumable_state, save_checkpoint
+from fewshotseg.training.curves import Curves
 
 
 def joint_train(cfg: JointTrainConfig, *, resume: bool = False) -> Path:
+    budget = Budget(cfg.max_minutes) if cfg.max_minutes and not resume else None  # loading counts too
     ctx = distributed.setup(cfg.device, cfg.threads)
     run = RunDir(cfg.run_dir, writer=ctx.is_main)
     ckpt_path = run.file("checkpoint.pt")
     state = resumable_state(ckpt_path, resume)
     if state is not None:
-        check_unchanged(cfg, state["config"], ("data", "size", "splits", "variant", "encoder", "batch_size", "lr",
+        check_unchanged(cfg, state["config"], ("data", "size", "splits", "fold", "variant", "encoder", "batch_size", "lr",
                                                "lr_final", "optimizer", "dropout", "aug_rate", "l2", "seed"))
         cfg = replace(cfg, **{k: state["config"][k] for k in ("epochs", "max_minutes")})
 
     from fewshotseg.data.cache import load_dataset
     from fewshotseg.data.splits import resolve_splits
 
-    dataset = load_dataset(cfg.data, cfg.size)
-    classes = resolve_splits(dataset.root, cfg.splits, classes=dataset.names)["train"]
-    train = dataset.subset(classes)
+    if cfg.fold >= 0:  # PASCAL-5i / COCO-20i: the fold's other classes on the training images
+        from fewshotseg.data.cache import load_split
+
+        train = load_split(cfg.data, cfg.size, "train", fold=cfg.fold)
+    else:
+        dataset = load_dataset(cfg.data, cfg.size)
+        train = dataset.subset(resolve_splits(dataset.root, cfg.splits, classes=dataset.names)["train"])
     index = np.concatenate([train.indices(name) for name in train.names])
     labels = np.concatenate([np.full(train.count(name), c + 1) for c, name in enumerate(train.names)])
 
@@ -80,10 +88,12 @@ def joint_train(cfg: JointTrainConfig, *, resume: bool = False) -> Path:
     if per_rank * ctx.world != cfg.batch_size:
         raise ValueError(f"--batch-size {cfg.batch_size} must be divisible by the {ctx.world} processes")
     started = time.monotonic()
-    marks: dict[int, float] = {}
+    limit = total
+    curves = Curves(run.path, enabled=ctx.is_main, resume_from=start if state is not None else None)
     progress = tqdm(total=total, initial=start, desc="joint-train", disable=not ctx.is_main, dynamic_ncols=True)
     step = start
     while step < total:
+        step_started = time.monotonic()
         epoch, within = divmod(step, steps_per_epoch)
         order = episode_rng(cfg.seed, 6, epoch).permutation(len(index))
         batch = order[within * cfg.batch_size : (within + 1) * cfg.batch_size]
@@ -91,7 +101,9 @@ def joint_train(cfg: JointTrainConfig, *, resume: bool = False) -> Path:
         rng = episode_rng(cfg.seed, 7, step, ctx.rank)
         torch.manual_seed(int(rng.integers(2**62)))
         tensors = TaskTensors.from_arrays(train.images[index[mine]], train.masks[index[mine]])
-        x, y = tensors.images, tensors.masks * torch.from_numpy(labels[mine])[:, None, None]  # class ids
+        # class ids; IGNORE (PASCAL's boundaries) stays IGNORE
+        x, y = tensors.images, torch.where(tensors.masks == IGNORE, IGNORE,
+                                           tensors.masks * torch.from_numpy(labels[mine])[:, None, None])
         x, y = augment_batch(x, y, cfg.aug_rate, torch_generator(rng))
         lr = cfg.lr + (cfg.lr_final - cfg.lr) * step / total
         for group in optimizer.param_groups:
@@ -104,22 +116,11 @@ def joint_train(cfg: JointTrainConfig, *, resume: bool = False) -> Path:
         loss.backward()
         optimizer.step()
         step += 1
+        extra_started = time.monotonic()
         progress.update(1)
         progress.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2g}")
         if step % 10 == 0 or step == total:
             run.metric({"iteration": step, "loss": loss.item(), "lr": lr, "epoch": step / steps_per_epoch})
-        if cfg.max_minutes and state is None and step in (start + 5, start + 25):  # speed after warm-up
-            marks[step] = ctx.broadcast(time.monotonic() - started)
-        if cfg.max_minutes and state is None and step == start + 25:
-            per_step = (marks[step] - marks[start + 5]) / 20
-            budget = max(step + 1, step + int((cfg.max_minutes * 60 - marks[step]) / per_step))
-            if budget < total:
-                run.log(f"time budget {cfg.max_minutes:g} min at {per_step:.3f} s/step: {budget} steps "
-                        f"({budget / steps_per_epoch:.2f} epochs) instead of {total}")
-                total = budget
-                progress.total = total
-                cfg = replace(cfg, epochs=round(total / steps_per_epoch, 4))
-                run.write_config(as_dict(cfg))  # the run's record holds the epochs it really runs
         if step % cfg.checkpoint_interval == 0 or step == total:
             if ctx.is_main:
                 save_checkpoint(ckpt_path, {
@@ -128,7 +129,20 @@ def joint_train(cfg: JointTrainConfig, *, resume: bool = False) -> Path:
                     "optimizer": optimizer.state_dict(), "rng": {"torch": torch.get_rng_state()},
                     "config": as_dict(cfg), "classes": train.names,
                 })
+        curves.scalars(step, {"train/loss": loss.item(), "train/lr": lr,
+                              "train/step_seconds": time.monotonic() - step_started})
+        if budget is not None:
+            if step % cfg.checkpoint_interval == 0:
+                budget.record_final_cost(time.monotonic() - extra_started)
+            fitted = int(ctx.broadcast(float(budget.fit(step, total, limit, start))))  # rank 0 decides
+            if fitted != total:
+                run.log(f"time budget {cfg.max_minutes:g} min, {budget.elapsed():.0f} s used: {fitted} steps "
+                        f"({fitted / steps_per_epoch:.2f} epochs)")
+                total = progress.total = fitted
+                cfg = replace(cfg, epochs=round(total / steps_per_epoch, 4))
+                run.write_config(as_dict(cfg))  # the run's record holds the epochs it really runs
     progress.close()
+    curves.close()
     out = run.file("model.safetensors")
     if ctx.is_main:
         save_initialization(out, model, {"joint_trained_classes": len(train.names), "steps": total,

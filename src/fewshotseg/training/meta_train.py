@@ -39,10 +39,12 @@ from fewshotseg.meta_learning.update_routine import Learner, UpdateParams
 from fewshotseg.runs.initialization import load_initialization, model_state, save_initialization
 from fewshotseg.runs.run_dir import RunDir
 from fewshotseg.training import distributed
+from fewshotseg.training.budget import Budget
 from fewshotseg.training.checkpoint import check_unchanged, resumable_state, save_checkpoint
+from fewshotseg.training.curves import Curves
 
 # Changing these on --resume would silently change the run; everything else (eval cadence, threads) may change.
-_FIXED_ON_RESUME = ("data", "size", "splits", "algorithm", "variant", "encoder", "meta_batch", "meta_optimizer",
+_FIXED_ON_RESUME = ("data", "size", "splits", "fold", "algorithm", "variant", "encoder", "meta_batch", "meta_optimizer",
                     "meta_step", "meta_step_final", "inner_lr", "inner_steps", "inner_batch", "inner_optimizer",
                     "train_shots", "val_shots", "dropout", "aug_rate", "l2", "bn_policy", "seed")
 
@@ -50,6 +52,7 @@ _FIXED_ON_RESUME = ("data", "size", "splits", "algorithm", "variant", "encoder",
 def meta_train(cfg: MetaTrainConfig, *, resume: bool = False, max_minutes: float = 0.0) -> Path:
     """Meta-train an initialization; returns the path of the exported `model.safetensors`."""
     check_algorithm(cfg.algorithm)
+    budget = Budget(max_minutes) if max_minutes and not resume else None  # loading and building count too
     ctx = distributed.setup(cfg.device, cfg.threads)
     run = RunDir(cfg.run_dir, writer=ctx.is_main)
     ckpt_path = run.file("checkpoint.pt")
@@ -58,13 +61,17 @@ def meta_train(cfg: MetaTrainConfig, *, resume: bool = False, max_minutes: float
         check_unchanged(cfg, state["config"], _FIXED_ON_RESUME)
         cfg = replace(cfg, iterations=state["config"]["iterations"])  # as fitted to a time budget, if it was
 
-    from fewshotseg.data.cache import load_dataset
+    from fewshotseg.data.cache import load_dataset, load_split
     from fewshotseg.data.splits import resolve_splits
 
-    dataset = load_dataset(cfg.data, cfg.size)
-    splits = resolve_splits(dataset.root, cfg.splits)
-    train = dataset.subset(splits["train"])
-    val = dataset.subset(splits["val"]) if splits.get("val") else None
+    if cfg.fold >= 0:  # PASCAL-5i / COCO-20i: the fold's other classes, on training and on evaluation images
+        train = load_split(cfg.data, cfg.size, "train", fold=cfg.fold)
+        val = load_split(cfg.data, cfg.size, "val", fold=cfg.fold)
+    else:
+        dataset = load_dataset(cfg.data, cfg.size)
+        splits = resolve_splits(dataset.root, cfg.splits)
+        train = dataset.subset(splits["train"])
+        val = dataset.subset(splits["val"]) if splits.get("val") else None
 
     torch.manual_seed(cfg.seed)  # a random initialization is a function of the seed
     model, described = load_initialization(cfg.init, cfg.model_config(dropout=cfg.dropout))
@@ -91,11 +98,13 @@ def meta_train(cfg: MetaTrainConfig, *, resume: bool = False, max_minutes: float
     val_episodes = _validation_episodes(val, cfg) if val is not None and cfg.eval_interval else []
     slots = torch.zeros(cfg.meta_batch, meta.slot_size, device=ctx.device)
     started = time.monotonic()
-    marks: dict[int, float] = {}
+    limit = cfg.iterations
+    curves = Curves(run.path, enabled=ctx.is_main, resume_from=start if state is not None else None)
     progress = tqdm(total=cfg.iterations, initial=start, desc=f"meta-train {cfg.algorithm}", disable=not ctx.is_main,
                     dynamic_ncols=True)
     it = start
     while it < cfg.iterations:
+        step_started = time.monotonic()
         epsilon = meta.step_size(it)
         names = sample_classes(episode_rng(cfg.seed, 0, it), train.names, cfg.meta_batch)
 
@@ -111,6 +120,7 @@ def meta_train(cfg: MetaTrainConfig, *, resume: bool = False, max_minutes: float
             raise FloatingPointError(f"meta-training diverged at iteration {it} (inner loss {loss}); "
                                      "lower --inner-lr or --meta-step")
         record = {"iteration": it, "loss": loss, "meta_step": epsilon}
+        extra_started = time.monotonic()
         if val_episodes and (it % cfg.eval_interval == 0 or it == cfg.iterations):
             est = validate(learner, model, val, val_episodes, params, ctx, seed=cfg.seed)
             record |= {"val_miou": est.mean, "val_ci95": est.half_width, "val_tasks": est.n}
@@ -119,14 +129,19 @@ def meta_train(cfg: MetaTrainConfig, *, resume: bool = False, max_minutes: float
         progress.update(1)
         progress.set_postfix(loss=f"{loss:.3f}", eps=f"{epsilon:.2g}",
                              **({"val": f"{100 * record['val_miou']:.1f}"} if "val_miou" in record else {}))
-        if max_minutes and state is None and it in (start + 5, start + 25):  # steady-state speed, after warm-up
-            marks[it] = ctx.broadcast(time.monotonic() - started)
-            if it == start + 25:
-                cfg = _fit_budget(cfg, it, marks, max_minutes, run, progress)
-                meta.iterations = cfg.iterations  # epsilon decays over the iterations the run really does
         if it % cfg.checkpoint_interval == 0 or it == cfg.iterations:
             _checkpoint(ckpt_path, model, outer, it, cfg, ctx)
+        curves.scalars(it, {"train/loss": loss, "train/epsilon": epsilon, "val/miou": record.get("val_miou"),
+                            "train/step_seconds": time.monotonic() - step_started})
+        if budget is not None:
+            if "val_miou" in record or it % cfg.checkpoint_interval == 0:
+                budget.record_final_cost(time.monotonic() - extra_started)  # what the last iteration will add
+            fitted = int(ctx.broadcast(float(budget.fit(it, cfg.iterations, limit, start))))  # rank 0 decides
+            if fitted != cfg.iterations:
+                cfg = _refit(cfg, fitted, budget, run, progress)
+                meta.iterations = cfg.iterations  # epsilon decays over the iterations the run really does
     progress.close()
+    curves.close()
 
     out = run.file("model.safetensors")
     if ctx.is_main:
@@ -178,16 +193,9 @@ def _checkpoint(path: Path, model, outer, iteration: int, cfg: MetaTrainConfig, 
         })
 
 
-def _fit_budget(cfg, done: int, marks: dict[int, float], max_minutes: float, run: RunDir, progress) -> MetaTrainConfig:
-    """Fix the number of meta-iterations so the run fits `max_minutes` (the lr schedule then decays to match),
-    from the speed between the two marked iterations (the first iterations include warm-up)."""
-    (i0, t0), (i1, t1) = sorted(marks.items())
-    per_iteration = (t1 - t0) / (i1 - i0)
-    budget = max(done + 1, done + int((max_minutes * 60 - t1) / per_iteration))
-    iterations = min(cfg.iterations, budget)
-    if iterations == cfg.iterations:
-        return cfg
-    run.log(f"time budget {max_minutes:g} min at {per_iteration:.2f} s/iteration: {iterations} meta-iterations")
+def _refit(cfg: MetaTrainConfig, iterations: int, budget: Budget, run: RunDir, progress) -> MetaTrainConfig:
+    """The run's new iteration count under its time budget, logged and written into its config."""
+    run.log(f"time budget {budget.seconds / 60:g} min, {budget.elapsed():.0f} s used: {iterations} meta-iterations")
     progress.total = iterations
     cfg = replace(cfg, iterations=iterations)
     run.write_config(as_dict(cfg))  # the run's record holds the iterations it really runs
