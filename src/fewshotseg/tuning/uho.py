@@ -272,6 +272,10 @@ def tune(cfg: TuneConfig, *, progress: bool = True, pool: Pool | None = None) ->
     try:
         objective = make_objective(pool, str(init_path), cfg, episodes, base, search)
         while _count(study) < cfg.trials:
+            # A sampler seeded by the trial's position: a study resumed after a kill proposes what an uninterrupted
+            # one would have (trials failed by the kill do not count).
+            study.sampler = optuna.samplers.GPSampler(n_startup_trials=max(1, cfg.trials // 2),
+                                                      seed=_sampler_seed(cfg) + _count(study))
             study.optimize(objective, n_trials=1, catch=(DivergedError,))
             bar.n = _count(study)
             bar.refresh()
@@ -315,8 +319,10 @@ def _write_json(path: Path, value, indent: int = 1) -> None:
 
 
 def _count(study: optuna.Study) -> int:
+    """Trials that count toward --trials: complete, running, or failed by their own doing (a divergence), not
+    those a killed process left behind."""
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL, optuna.trial.TrialState.RUNNING)
-    return len(study.get_trials(deepcopy=False, states=states))
+    return sum(not t.user_attrs.get("interrupted") for t in study.get_trials(deepcopy=False, states=states))
 
 
 def _sampler_seed(cfg: TuneConfig) -> int:
@@ -341,6 +347,7 @@ def _fail_dead_local_trials(study: optuna.Study) -> None:
     host = socket.gethostname()
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         if t.user_attrs.get("host") == host and not _alive(t.user_attrs.get("pid", -1)):
+            study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
             study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
 
 
