@@ -24,12 +24,12 @@ from fewshotseg.data.augment import augment_batch
 from fewshotseg.data.dataset import IGNORE
 from fewshotseg.data.tasks import TaskTensors, episode_rng, torch_generator
 from fewshotseg.models.losses import l2_parameters, segmentation_loss
+from fewshotseg.runs.curves import Curves
 from fewshotseg.runs.initialization import load_initialization, model_state, save_initialization
 from fewshotseg.runs.run_dir import RunDir
 from fewshotseg.training import distributed
 from fewshotseg.training.budget import Budget
 from fewshotseg.training.checkpoint import check_unchanged, resumable_state, save_checkpoint
-from fewshotseg.training.curves import Curves
 
 
 def joint_train(cfg: JointTrainConfig, *, resume: bool = False) -> Path:

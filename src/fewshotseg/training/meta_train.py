@@ -36,12 +36,12 @@ from fewshotseg.evaluation.protocols import paper_episodes, run_episode
 from fewshotseg.meta_learning.meta_learner import MetaLearner
 from fewshotseg.meta_learning.meta_update import check_algorithm
 from fewshotseg.meta_learning.update_routine import Learner, UpdateParams
+from fewshotseg.runs.curves import Curves
 from fewshotseg.runs.initialization import load_initialization, model_state, save_initialization
 from fewshotseg.runs.run_dir import RunDir
 from fewshotseg.training import distributed
 from fewshotseg.training.budget import Budget
 from fewshotseg.training.checkpoint import check_unchanged, resumable_state, save_checkpoint
-from fewshotseg.training.curves import Curves
 
 # Changing these on --resume would silently change the run; everything else (eval cadence, threads) may change.
 _FIXED_ON_RESUME = ("data", "size", "splits", "fold", "algorithm", "variant", "encoder", "meta_batch", "meta_optimizer",

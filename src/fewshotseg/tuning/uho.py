@@ -24,7 +24,7 @@ import os
 import random
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +37,7 @@ from fewshotseg.evaluation import jobs
 from fewshotseg.evaluation.early_stopping import EarlyStopping, early_stopping
 from fewshotseg.evaluation.protocols import Episode, paper_episodes, run_episode
 from fewshotseg.meta_learning.update_routine import DivergedError, UpdateParams
+from fewshotseg.runs.curves import Curves
 from fewshotseg.runs.run_dir import RunDir, atomic_write
 from fewshotseg.runs.workers import Pool, WorkerState
 
@@ -68,6 +69,7 @@ class TuneConfig(ModelFields):
     update_params: str = option("", "base update parameters (unsearched values); default: the paper's Table 3")
     splits: str = option("auto", "class split scheme (see meta-train)")
     split: str = option("val", "which classes to tune on")
+    fold: int = option(-1, "PASCAL-5i / COCO-20i fold (0-3): tune on its training classes' evaluation images")
     size: int = option(224, "square image size in pixels")
     seed: int = option(0, "seed of the episodes and the sampler")
     workers: int = option(1, "processes running the validation tasks of a trial in parallel (CPU)")
@@ -230,8 +232,7 @@ def make_objective(pool: Pool, init_path: str, cfg: TuneConfig, episodes: list[E
 
 
 def tune(cfg: TuneConfig, *, progress: bool = True, pool: Pool | None = None) -> dict:
-    from fewshotseg.data.cache import load_dataset
-    from fewshotseg.data.splits import resolve_splits
+    from fewshotseg.data.cache import load_split
     from fewshotseg.evaluation.evaluate import select_tasks
     from fewshotseg.runs.device import choose_device
     from fewshotseg.runs.initialization import write_for_workers
@@ -241,8 +242,10 @@ def tune(cfg: TuneConfig, *, progress: bool = True, pool: Pool | None = None) ->
     if unknown or not search:
         raise ValueError(f"unknown --search entries {unknown}; choose from {', '.join(SEARCH_SPACE)}")
     run = RunDir(cfg.run_dir)
-    dataset = load_dataset(cfg.data, cfg.size)
-    names = resolve_splits(dataset.root, cfg.splits, classes=dataset.names)[cfg.split]
+    fold = cfg.fold if cfg.fold >= 0 else None
+    dataset = load_split(cfg.data, cfg.size, cfg.split, splits=cfg.splits, fold=fold)
+    data_key = (cfg.data, cfg.split, cfg.splits, fold)  # what each worker loads
+    names = dataset.names
     names = [n for n in select_tasks(names, cfg.val_tasks, cfg.seed) if dataset.count(n) >= cfg.shots + 5]
     if not names:
         raise ValueError(f"--shots {cfg.shots}: no {cfg.split} class of {cfg.data} has the {cfg.shots} + 5 images a "
@@ -270,13 +273,17 @@ def tune(cfg: TuneConfig, *, progress: bool = True, pool: Pool | None = None) ->
     own_pool = pool is None
     pool = pool or Pool(cfg.workers, str(choose_device(cfg.device)))
     try:
-        objective = make_objective(pool, str(init_path), cfg, episodes, base, search)
+        objective = make_objective(pool, str(init_path), replace(cfg, data=data_key), episodes, base, search)
+        curves = Curves(run.path)
         while _count(study) < cfg.trials:
             # A sampler seeded by the trial's position: a study resumed after a kill proposes what an uninterrupted
             # one would have (trials failed by the kill do not count).
             study.sampler = optuna.samplers.GPSampler(n_startup_trials=max(1, cfg.trials // 2),
                                                       seed=_sampler_seed(cfg) + _count(study))
             study.optimize(objective, n_trials=1, catch=(DivergedError,))
+            last = study.trials[-1]
+            curves.scalars(last.number, {"uho/objective": last.value, "uho/steps": last.user_attrs.get("median_steps"),
+                                         **{f"uho/{k}": v for k, v in last.params.items()}})
             bar.n = _count(study)
             bar.refresh()
             done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -287,6 +294,8 @@ def tune(cfg: TuneConfig, *, progress: bool = True, pool: Pool | None = None) ->
     finally:
         if own_pool:
             pool.close()
+        if "curves" in locals():
+            curves.close()
     bar.close()
     return write_results(study, run, cfg, base, described)
 
