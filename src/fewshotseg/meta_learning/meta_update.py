@@ -66,4 +66,4 @@ def task_difference(
 
 @torch.no_grad()
 def _difference(after: list[torch.Tensor], before: list[torch.Tensor]) -> list[torch.Tensor]:
-    return torch._foreach_sub(after, before)
+    return list(torch._foreach_sub(after, before))

@@ -17,6 +17,7 @@ import math
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -135,7 +136,8 @@ class Learner:
         if opt is None:
             # L2 on every non-BN weight as weight decay 2*lambda: the gradient of lambda*||w||^2 is 2*lambda*w,
             # so this equals adding the L2 term to the loss (tests check it), without computing it.
-            groups = [{"params": self._groups[0]}, {"params": self._groups[1], "weight_decay": 0.0}]
+            groups: list[dict[str, Any]] = [{"params": self._groups[0]},
+                                            {"params": self._groups[1], "weight_decay": 0.0}]
             cls = torch.optim.SGD if params.optimizer == "sgd" else torch.optim.Adam
             opt = cls(groups, lr=params.lr)
             self._optimizers[params.optimizer] = opt
@@ -240,5 +242,5 @@ def check_finite_weights(model: nn.Module, when: str) -> None:
 
 
 def task_batch(task: TaskTensors, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    index = torch.as_tensor(index, dtype=torch.long)
-    return task.images[index], task.masks[index]
+    rows = torch.as_tensor(index, dtype=torch.long)
+    return task.images[rows], task.masks[rows]

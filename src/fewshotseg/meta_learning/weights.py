@@ -17,10 +17,10 @@ def parameters(model: nn.Module) -> list[torch.Tensor]:
 
 def statistics(model: nn.Module) -> list[torch.Tensor]:
     """BN running means and variances: the float state that is not a parameter (batch counters excluded)."""
-    stats = []
+    stats: list[torch.Tensor] = []
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
-            stats += [module.running_mean, module.running_var]
+            stats += [t for t in (module.running_mean, module.running_var) if t is not None]
     return stats
 
 

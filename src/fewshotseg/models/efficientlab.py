@@ -46,10 +46,10 @@ class ModelConfig:
 
 
 class EfficientLab(nn.Module):
-    def __init__(self, config: ModelConfig, *, pretrained_encoder: bool = False):
+    def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        self.encoder = Encoder(config.encoder, pretrained=pretrained_encoder, drop_path_rate=config.drop_path_rate)
+        self.encoder = Encoder(config.encoder, drop_path_rate=config.drop_path_rate)
         skip_ch, deep_ch = self.encoder.channels
         kind, stages, residual = VARIANTS[config.variant]
         if kind == "rsd":

@@ -50,8 +50,12 @@ class RunDir:
         return self.path / name
 
     def write_config(self, config: dict[str, Any], name: str = "config.yaml") -> None:
+        """The resolved settings, plus `environment`: package versions, torch build, command line, git commit."""
         if self.writer:
-            self.file(name).write_text(yaml.safe_dump(config, sort_keys=False))
+            from fewshotseg.runs.provenance import environment
+
+            text = yaml.safe_dump({**config, "environment": environment()}, sort_keys=False)
+            atomic_write(self.file(name), lambda tmp: Path(tmp).write_text(text))
 
     def log(self, message: str) -> None:
         if not self.writer:

@@ -63,7 +63,3 @@ def setup(device: str = "auto", threads: int = 0) -> Context:
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     return Context(rank=dist.get_rank(), world=dist.get_world_size(), device=dev)
 
-
-def teardown() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()

@@ -1,0 +1,55 @@
+"""Run plumbing: what a run folder records about its environment, and worker processes computing what the
+inline path computes."""
+
+from __future__ import annotations
+
+import re
+import sys
+
+import pytest
+import torch
+import yaml
+
+from fewshotseg.runs.run_dir import RunDir
+
+
+def test_config_records_versions_torch_build_command_and_commit(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["/usr/bin/fewshotseg", "meta-train", "--data", "x"])
+    RunDir(tmp_path).write_config({"seed": 3})
+    saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert saved["seed"] == 3
+    env = saved["environment"]
+    assert env["packages"]["torch"].split("+")[0] == torch.__version__.split("+")[0]
+    assert env["torch_build"]["cuda"] == torch.version.cuda
+    assert env["command"] == ["fewshotseg", "meta-train", "--data", "x"]
+    # a commit (with +dirty for uncommitted changes) in a git checkout, None where there is none
+    assert env["git_commit"] is None or re.fullmatch(r"[0-9a-f]{40}(\+dirty)?", env["git_commit"])
+    assert not list(tmp_path.glob(".config.yaml.*"))  # written atomically, no temporary left behind
+
+
+def test_git_commit_is_none_outside_a_checkout(tmp_path):
+    from fewshotseg.runs.provenance import git_commit
+
+    assert git_commit(tmp_path) is None
+
+
+@pytest.mark.slow
+def test_worker_pool_results_equal_inline_results(tiny_benchmark, tiny_dataset, tmp_path):
+    from fewshotseg.evaluation.evaluate import episode_job
+    from fewshotseg.evaluation.protocols import paper_episodes
+    from fewshotseg.meta_learning.update_routine import UpdateParams
+    from fewshotseg.models.efficientlab import ModelConfig
+    from fewshotseg.runs.initialization import write_for_workers
+    from fewshotseg.runs.workers import Pool
+
+    init = tmp_path / "init.safetensors"
+    write_for_workers("random", ModelConfig(variant="efficientlab-3", encoder="tinynet_e"), init, seed=0)
+    episodes = paper_episodes(tiny_dataset, tiny_dataset.names[:3], 2, splits=2, seed=0)
+    params = UpdateParams(lr=0.05, steps=2, dropout=0.2, aug_rate=0.5)  # random dropout and augmentation too
+    jobs = [(str(init), str(tiny_benchmark), 32, ep, params, 0, False) for ep in episodes]
+    with Pool(1) as inline:
+        expected = [rows for rows, _ in inline.map(episode_job, jobs)]
+    with Pool(2) as pool:
+        got = [rows for rows, _ in pool.map(episode_job, jobs)]
+    assert got == expected
+    assert len({round(r["iou"], 6) for rows in got for r in rows}) > 1  # not a constant that any path would give
