@@ -207,3 +207,26 @@ def test_coco20i_folds_masks_and_original_size(tmp_path):
     assert val.names == ["thing_1"]  # the fold's classes never appear outside its test split
     with pytest.raises(DataError, match="instances_train2014.json: missing"):
         load_split(f"coco20i:{root}", SIZE, "train", fold=0, progress=False)
+
+
+def test_evaluate_on_a_fold_runs_seeded_hsnet_episodes_with_floors(voc, tmp_path):
+    from fewshotseg.evaluation.evaluate import EvaluateConfig, evaluate
+    from fewshotseg.meta_learning.update_routine import UpdateParams
+
+    root, _ = voc
+    cfg = EvaluateConfig(init="random", data=f"pascal5i:{root}", run_dir=str(tmp_path / "eval"), shots=[1], size=SIZE,
+                         encoder="tinynet_e", fold=0, episodes=4, seeds=2)
+    results = evaluate(cfg, params=UpdateParams(lr=0.01, steps=1, batch_size=1), progress=False)
+    summary = results["shots"]["1"]
+    assert results["protocol"] == "hsnet" and results["original_size"]
+    assert summary["query_images"] == 4 and summary["seeds"]["seeds"] == [0, 1]
+    assert len(summary["seeds"]["hsnet_miou"]["per_seed"]) == 2
+    rows = [json.loads(line) for line in (tmp_path / "eval" / "episodes.jsonl").read_text().splitlines()]
+    assert len(rows) == 8 and {r["seed"] for r in rows} == {0, 1}
+    assert [Path(r["query"]).stem for r in rows[:4]] == ["v1", "v2", "v3", "v1"]  # the fold list, cycled
+    # the all-foreground floor, by hand from the label maps: foreground / valid pixels, pooled over the 4 queries
+    fg = {"v1": 10 * 15, "v2": 20 * 10, "v3": 10 * 10}
+    valid = {"v1": 30 * 40 - (12 * 17 - 150), "v2": 1000 - (22 * 12 - 200) - (12 * 10 - 80), "v3": 40 * 44 - (12 * 12 - 100)}
+    queries = ["v1", "v2", "v3", "v1"]
+    expected = sum(fg[q] for q in queries) / sum(valid[q] for q in queries)
+    assert summary["floors"]["all_foreground"]["hsnet_miou"]["mean"] == pytest.approx(expected)
