@@ -57,6 +57,7 @@ class Episode:
 def paper_episodes(
     dataset: SegmentationDataset, names: list[str], shots: int, *, splits: int = 2, queries: int = QUERIES, seed: int = 0
 ) -> list[Episode]:
+    """The paper's test tasks: per class, `splits` seeded support/query splits of `shots` + `queries` images."""
     episodes = []
     for ci, name in enumerate(names):
         for s in range(splits):
