@@ -38,7 +38,7 @@ def test_adapt_writes_binary_masks_at_each_query_size(folders, tmp_path):
         assert mask.size == original.size
         assert set(np.unique(np.asarray(mask)).tolist()) <= {0, 255}
         assert Image.open(out / f"{name}_overlay.png").size == original.size
-    assert (out / "adapted.safetensors").is_file()
+    assert (out / "adapted" / "model.safetensors").is_file() and (out / "adapted" / "card.json").is_file()
 
 
 def test_adapt_on_an_fss_style_class_folder_and_onnx_export(tmp_path):
@@ -61,7 +61,7 @@ def test_adapt_on_an_fss_style_class_folder_and_onnx_export(tmp_path):
     session = onnxruntime.InferenceSession(str(out / "adapted.onnx"))
     x = np.random.default_rng(0).random((2, 3, 64, 64), dtype=np.float32)
     (onnx_probs,) = session.run(None, {"image": x})
-    model, _ = load_initialization(str(out / "adapted.safetensors"), None)
+    model, _ = load_initialization(str(out / "adapted"), None)
     model.eval()
     with torch.no_grad():
         torch_probs = model(torch.from_numpy(x)).softmax(1)[:, 1].numpy()

@@ -1,13 +1,17 @@
 """`fewshotseg adapt`: adapt an initialization to a user's labelled images and segment new ones.
 
     support folder (image + mask pairs) --U--> adapted network --> for every query image:
-        <out>/<name>_mask.png     binary mask (0/255) at the query image's own size
+        <out>/<name>_mask.png     binary mask (0/255) at the query image's own (upright) size
         <out>/<name>_overlay.png  the query with the predicted foreground tinted red
-    optionally <out>/adapted.safetensors (weights + config) and <out>/adapted.onnx (image in [0, 1] ->
-    foreground probability, any batch size).
+    <out>/adapt.json (what was done), optionally <out>/adapted/ (weights + card, `--save-weights`) and
+    <out>/adapted.onnx (image in [0, 1] -> foreground probability, any batch size).
 
-Images are resized to the network's square input size for adaptation and prediction; the predicted probability
-map is resized back to each query's original size before thresholding.
+A thin layer over `FewShotSegmenter`: files in, files out. The initialization defaults to the shipped `general` one
+and U to the initialization's own update parameters for the number of support pairs (`--u-preset paper`: the
+paper's Table 3; `--update-params FILE`: a `tune` result; `--u-lr` etc. override single values).
+
+Nothing the user had is overwritten: `--out` may not be the support or query folder, no output may land on an input
+file, and a folder holding an earlier `adapt` result (or files of the names adapt writes) needs `--overwrite`.
 """
 
 from __future__ import annotations
@@ -16,32 +20,38 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
 from fewshotseg.config import ModelFields, option
-from fewshotseg.data.dataset import DataError
-from fewshotseg.data.tasks import TaskTensors, episode_rng
-from fewshotseg.meta_learning.update_routine import Learner, UpdateParams
+from fewshotseg.data.dataset import DataError, Problem
+from fewshotseg.errors import UserError
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class AdaptConfig(ModelFields):
-    init: str = option("", "initialization: a checkpoint or run folder (e.g. from meta-train), imagenet or random",
-                       required=True)
+    init: str = option("general", "initialization: general (shipped), a folder with card.json, a run folder or "
+                                  "model.safetensors, imagenet or random")
     support: str = option("", "folder of labelled pairs: name.jpg + name_mask.png, or FSS-style 1.jpg + 1.png",
                           required=True)
     query: str = option("", "folder of images to segment (or one image)", required=True)
     out: str = option("", "output folder for masks, overlays and optional weights", required=True)
-    update_params: str = option("", "U's hyperparameters (from `tune`); default: the paper's Table 3")
-    size: int = option(0, "network input size (0: the size the initialization was trained at, else 224)")
+    update_params: str = option("", "U's hyperparameters from a file (`tune`'s update_params.json); default: the "
+                                    "initialization's own (its card)")
+    u_preset: str = option("card", "where U's hyperparameters come from when no file is given: card (the "
+                                   "initialization's own) or paper (Table 3)")
+    stats: str = option("support", "BatchNorm statistics at prediction: support (recomputed from the support "
+                                   "images; each query independent), query-batch or running")
+    size: int = option(0, "network input size (0: the initialization's own, from its card)")
     threshold: float = option(0.5, "foreground probability threshold")
-    save_weights: bool = option(False, "also write the adapted network to adapted.safetensors")
+    save_weights: bool = option(False, "also write the adapted network (weights + card) to <out>/adapted/")
     onnx: bool = option(False, "also export the adapted network to adapted.onnx")
+    overwrite: bool = option(False, "replace the results of an earlier adapt in --out")
     seed: int = option(0, "seed of U's augmentation and batching")
     device: str = option("auto", "cpu, cuda or auto")
 
@@ -72,68 +82,119 @@ def export_onnx(model: torch.nn.Module, size: int, path: Path) -> None:
                       dynamic_axes={"image": {0: "batch"}, "foreground": {0: "batch"}}, dynamo=False)
 
 
-def adapt(cfg: AdaptConfig) -> dict:
-    from fewshotseg.data.folder import list_queries, load_support
-    from fewshotseg.data.images import read_image
-    from fewshotseg.runs.device import choose_device
-    from fewshotseg.runs.initialization import (
-        find_initialization,
-        load_initialization,
-        read_initialization,
-        save_initialization,
-    )
-
-    params = UpdateParams.load(cfg.update_params) if cfg.update_params else UpdateParams()
-    size = cfg.size
-    if not size and cfg.init not in ("random", "imagenet"):
-        size = int(read_initialization(find_initialization(cfg.init))[2].get("size") or 0)
-    size = size or 224
-    device = choose_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    model, described = load_initialization(cfg.init, cfg.model_config(dropout=params.dropout))
-    model.to(device)
-
-    images, masks, problems = load_support(cfg.support, size)
-    queries = list_queries(cfg.query)
-    if not queries:
-        raise DataError(f"{cfg.query}: no .jpg/.jpeg/.png image to segment")
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    print(f"adapting {described} to {len(images)} support pair(s) at {size} px "
-          f"(U: lr {params.lr:g}, {params.steps} steps, batch {params.batch_size})")
-
-    learner = Learner(model, device)
-    init = _frozen_copy(model)
-    learner.adapt(init, TaskTensors.from_arrays(images, masks), params, episode_rng(cfg.seed, 10))
-
-    written, failed = [], []
-    for path in queries:
-        try:
-            image = read_image(path)
-        except DataError as err:
-            failed.append(f"{path}: {err}")
-            log.warning("skipped query %s", err)
-            continue
-        small = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
-        prob = learner.predict(TaskTensors.from_arrays(small[None], np.zeros((1, size, size))).images)[0].numpy()
-        full = np.asarray(Image.fromarray(prob.astype(np.float32), mode="F").resize(image.shape[1::-1], Image.BILINEAR))
-        mask = full > cfg.threshold
-        stem = path.stem
-        Image.fromarray(mask.astype(np.uint8) * 255).save(out / f"{stem}_mask.png")
-        Image.fromarray(overlay(image, mask)).save(out / f"{stem}_overlay.png")
-        written.append({"query": str(path), "mask": str(out / f"{stem}_mask.png"),
-                        "foreground_fraction": float(mask.mean())})
-    if cfg.save_weights:
-        save_initialization(out / "adapted.safetensors", learner.model, {"size": size, "adapted_from": described})
+def _outputs(out: Path, queries: list[Path], cfg: AdaptConfig) -> list[Path]:
+    names = [out / "adapt.json"] + [out / f"{q.stem}_{kind}.png" for q in queries for kind in ("mask", "overlay")]
     if cfg.onnx:
-        export_onnx(learner.model.cpu(), size, out / "adapted.onnx")
-    summary = {"init": described, "size": size, "support_pairs": len(images), "support_problems": len(problems),
-               "update_params": params.as_dict(), "queries": written, "failed": failed}
+        names.append(out / "adapted.onnx")
+    if cfg.save_weights:
+        names.append(out / "adapted")
+    return names
+
+
+def check_out(out: Path, support: Path, query: Path, inputs: list[Path], queries: list[Path], cfg: AdaptConfig) -> None:
+    """Refuse an --out that would overwrite the user's files (see the module docstring)."""
+    resolved = out.resolve()
+    for what, folder in (("support", support), ("query", query)):
+        f = folder.resolve()
+        if resolved == f or (f.is_file() and resolved == f.parent):
+            raise UserError(f"--out {out} is the {what} folder; masks would be written among your {what} images "
+                            "(and could replace your labelled masks): choose another --out")
+    stems: dict[str, Path] = {}
+    for q in queries:
+        if q.stem in stems:
+            raise UserError(f"queries {stems[q.stem]} and {q} share the name {q.stem!r}; their masks would overwrite "
+                            "each other: rename one")
+        stems[q.stem] = q
+    inputs_resolved = {p.resolve() for p in inputs}
+    planned = _outputs(out, queries, cfg)
+    clash = [p for p in planned if p.resolve() in inputs_resolved]
+    if clash:
+        raise UserError(f"--out {out}: writing {clash[0].name} would overwrite the input file {clash[0]}; choose "
+                        "another --out")
+    existing = [p for p in planned if p.exists()]
+    if existing and not cfg.overwrite:
+        shown = ", ".join(p.name for p in existing[:3]) + (" ..." if len(existing) > 3 else "")
+        raise UserError(f"--out {out} already holds {len(existing)} file(s) adapt would write ({shown}); pass "
+                        "--overwrite to replace them, or choose another --out")
+
+
+def read_support(folder: Path) -> tuple[list[tuple[np.ndarray, np.ndarray, str]], list[Problem], list[Path]]:
+    """((upright image, mask, name) per readable pair, problems, every input file) of a support folder."""
+    from fewshotseg.data.folder import LAYOUTS, pair_folder
+    from fewshotseg.data.fss1000 import pair_class_folder
+    from fewshotseg.data.images import report_problems
+    from fewshotseg.segmenter import read_pair
+
+    folder = pair_folder(folder)
+    pairs, problems = pair_class_folder(folder)
+    files = [Path(folder) / f for pair in pairs for f in (pair.image, pair.mask)]
+    good = []
+    for pair in pairs:
+        image, mask = Path(folder) / pair.image, Path(folder) / pair.mask
+        try:
+            rgb, m = read_pair(image, mask, str(image))
+        except DataError as err:
+            problems.append(Problem(str(image), str(err), "skipped"))
+            continue
+        good.append((rgb, m, str(image)))
+    report_problems(problems)
+    if not good:
+        found = "".join(f"\n  {p}" for p in problems[:10])
+        raise DataError(f"{folder}: no usable support image/mask pair; expected {LAYOUTS}.{found}")
+    return good, problems, files
+
+
+def adapt(cfg: AdaptConfig, *, u_overrides: dict[str, Any] | None = None, progress=print) -> dict[str, Any]:
+    """Adapt and segment (see the module docstring); `u_overrides` replace single fields of U (`--u-lr` ...)."""
+    from fewshotseg.data.folder import list_queries
+    from fewshotseg.segmenter import FewShotSegmenter, load_image
+
+    queries = list_queries(cfg.query)
+    support, problems, support_files = read_support(Path(cfg.support))
+    out = Path(cfg.out)
+    check_out(out, Path(cfg.support), Path(cfg.query), support_files + queries, queries, cfg)
+
+    seg = FewShotSegmenter.from_pretrained(cfg.init, device=cfg.device, size=cfg.size,
+                                           model_config=cfg.model_config())
+    params, source = seg.update_params_for(len(support), preset=cfg.u_preset, file=cfg.update_params or None,
+                                           **(u_overrides or {}))
+    progress(f"adapting {seg.described} to {len(support)} support pair(s) at {seg.size} px")
+    progress(f"U: lr {params.lr:g}, {params.steps} steps, batch {params.batch_size}, {params.optimizer}, "
+             f"BatchNorm {params.bn_policy} — from {source}")
+    images, masks, names = zip(*support, strict=True)
+    seg.fit(list(images), list(masks), seed=cfg.seed, update_params=params, stats=cfg.stats, names=list(names))
+    seg.params_source = source
+
+    out.mkdir(parents=True, exist_ok=True)
+    written, failed, pending = [], [], []
+    for path in queries:  # one at a time (support statistics make each query independent), or all together
+        try:
+            rgb = load_image(path, str(path))
+        except DataError as err:
+            failed.append(str(err))
+            continue
+        if cfg.stats == "query-batch":
+            pending.append((path, rgb))
+        else:
+            _save(path, rgb, seg.predict([rgb], threshold=cfg.threshold)[0].mask, out, written)
+    if pending:
+        preds = seg.predict([rgb for _, rgb in pending], threshold=cfg.threshold)
+        for (path, rgb), pred in zip(pending, preds, strict=True):
+            _save(path, rgb, pred.mask, out, written)
+    if cfg.save_weights:
+        seg.save_pretrained(out / "adapted")
+    if cfg.onnx:
+        export_onnx(seg.model.cpu(), seg.size, out / "adapted.onnx")
+    summary = {"init": seg.described, "size": seg.size, "support_pairs": len(support),
+               "support_problems": len(problems), "update_params": params.as_dict(),
+               "update_params_source": source, "stats": cfg.stats, "seed": cfg.seed, "queries": written,
+               "failed": failed}
     (out / "adapt.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 
-def _frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
-    import copy
-
-    return copy.deepcopy(model).eval()
+def _save(path: Path, rgb: np.ndarray, mask: np.ndarray, out: Path, written: list) -> None:
+    Image.fromarray(mask.astype(np.uint8) * 255).save(out / f"{path.stem}_mask.png")
+    Image.fromarray(overlay(rgb, mask)).save(out / f"{path.stem}_overlay.png")
+    written.append({"query": str(path), "mask": str(out / f"{path.stem}_mask.png"),
+                    "foreground_fraction": float(mask.mean())})

@@ -244,6 +244,16 @@ def add_update_flags(parser: argparse.ArgumentParser) -> None:
                            metavar=f.name.upper(), help=f"U's {f.name} [default: {f.default}]")
 
 
+def u_overrides(args: argparse.Namespace) -> dict:
+    """The single U hyperparameters given as --u-* flags."""
+    from dataclasses import fields
+
+    from fewshotseg.meta_learning.update_routine import UpdateParams
+
+    return {f.name: getattr(args, "u_" + f.name) for f in fields(UpdateParams)
+            if getattr(args, "u_" + f.name, None) is not None}
+
+
 def update_params_from_args(args: argparse.Namespace, file: str | None):
     from dataclasses import fields
 
@@ -268,13 +278,15 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from fewshotseg.evaluation.evaluate import EvaluateConfig, evaluate
+    from fewshotseg.evaluation.evaluate import EvaluateConfig, evaluate, shot_params
 
     cfg = config_from_args(EvaluateConfig, args)
-    params = update_params_from_args(args, cfg.update_params or None)
+    overrides = u_overrides(args)
+    per_shot = shot_params(cfg, overrides)
     # Episodes of other shot counts may share the folder (results.json holds the current ones); U's values count.
-    with claimed(args, "evaluate", cfg, free=("shots", "update_params"), extra={"u": params.as_dict()}):
-        results = evaluate(cfg, params=params)
+    with claimed(args, "evaluate", cfg, free=("shots", "update_params", "u_preset"),
+                 extra={"u": {str(k): p.as_dict() for k, (p, _) in per_shot.items()}}):
+        results = evaluate(cfg, u_overrides=overrides)
     for shots, summary in results["shots"].items():
         paper, pooled = summary["paper_miou"], summary["hsnet_miou"]
         print(f"{shots}-shot: mean IoU {100 * paper['mean']:.2f} ± {100 * paper['ci95']:.2f} % "
@@ -399,29 +411,11 @@ def run_adapt(args: argparse.Namespace) -> int:
     from fewshotseg.adapt import AdaptConfig, adapt
 
     cfg = config_from_args(AdaptConfig, args)
-    summary = adapt(cfg) if not _has_update_overrides(args) else _adapt_with(cfg, args)
+    summary = adapt(cfg, u_overrides=u_overrides(args))
     print(f"wrote {len(summary['queries'])} mask(s) and overlay(s) to {cfg.out}")
     for failure in summary["failed"]:
         print(f"skipped: {failure}", file=sys.stderr)
     return 1 if summary["failed"] else 0
-
-
-def _has_update_overrides(args: argparse.Namespace) -> bool:
-    return any(k.startswith("u_") and v is not None for k, v in vars(args).items())
-
-
-def _adapt_with(cfg, args: argparse.Namespace) -> dict:
-    import tempfile
-    from pathlib import Path
-
-    from fewshotseg.adapt import adapt
-
-    params = update_params_from_args(args, cfg.update_params or None)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "update_params.json"
-        params.save(path)
-        cfg.update_params = str(path)
-        return adapt(cfg)
 
 
 def add_quickstart(sub: argparse._SubParsersAction) -> None:

@@ -19,6 +19,7 @@ import yaml
 from fewshotseg.errors import SettingError
 from fewshotseg.meta_learning.update_routine import UpdateParams
 from fewshotseg.models.efficientlab import VARIANTS, ModelConfig
+from fewshotseg.runs.card import Card
 
 T = TypeVar("T")
 
@@ -357,6 +358,40 @@ def resolve_update_params(file: str | Path | None = None, **overrides: Any) -> U
     values.update(given)
     sources.update({k: f"flag --u-{k.replace('_', '-')}" for k in given})
     return validate(UpdateParams, values, sources)
+
+
+U_PRESETS = ("card", "paper")
+
+
+def init_update_params(init: str, shots: int | None, *, preset: str = "card", file: str | Path | None = None,
+                       **overrides: Any) -> tuple[UpdateParams, str]:
+    """U's hyperparameters for adapting the initialization `init` with `shots` support images, and where they came
+    from (see `resolve_card_update_params`)."""
+    from fewshotseg.runs.initialization import init_card
+
+    return resolve_card_update_params(init_card(init), shots, preset=preset, file=file, **overrides)
+
+
+def resolve_card_update_params(card: Card, shots: int | None, *, preset: str = "card",
+                               file: str | Path | None = None, **overrides: Any) -> tuple[UpdateParams, str]:
+    """U's hyperparameters and where they came from: a file (`tune`'s update_params.json), else the paper's
+    Table 3 (`preset="paper"`), else the initialization's card for this shot count; then single `--u-*` flags.
+    Validated like every other setting."""
+    if preset not in U_PRESETS:
+        raise SettingError(f"--u-preset {preset!r}: choose one of {', '.join(U_PRESETS)}")
+    if file:
+        values, source = read_update_params(file), str(file)
+    elif preset == "paper":
+        values, source = {}, "paper Table 3 (--u-preset paper)"
+    else:
+        values, source = card.update_params_for(shots)
+        source = f"card of {card.name}: {source}"
+    given = {k: v for k, v in overrides.items() if v is not None}
+    sources = {**dict.fromkeys(values, source), **{k: f"flag --u-{k.replace('_', '-')}" for k in given}}
+    params = validate(UpdateParams, {**values, **given}, sources)
+    if given:
+        source += " with " + ", ".join(f"{k}={v}" for k, v in given.items())
+    return params, source
 
 
 def read_update_params(path: str | Path) -> dict[str, Any]:

@@ -23,7 +23,7 @@ def _visible(folder: Path) -> list[Path]:
     return [p for p in folder.iterdir() if not p.name.startswith(".")]
 
 
-def _pair_folder(directory: Path | str) -> Path:
+def pair_folder(directory: Path | str) -> Path:
     """The folder that holds the files: `directory`, or its only sub-folder when it holds no images itself."""
     directory = Path(directory)
     if not directory.is_dir():
@@ -39,7 +39,7 @@ def load_support(directory: Path | str, size: int) -> tuple[np.ndarray, np.ndarr
 
     The problems are already logged (once); they are returned for callers that want to show or count them.
     """
-    folder = _pair_folder(directory)
+    folder = pair_folder(directory)
     pairs, problems = pair_class_folder(folder)
     if not pairs:
         found = "".join(f"\n  {p}" for p in problems[:10])
@@ -57,7 +57,7 @@ def list_queries(directory: Path | str) -> list[Path]:
         if path.suffix.lower() not in IMAGE_SUFFIXES:
             raise DataError(f"{path}: not a .jpg/.jpeg/.png image; pass an image or a folder of images")
         return [path]
-    files = [p for p in _visible(_pair_folder(path)) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    files = [p for p in _visible(pair_folder(path)) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
     jpeg_stems = {p.stem for p in files if p.suffix.lower() in (".jpg", ".jpeg")}
     queries = [
         p for p in files

@@ -8,7 +8,8 @@ Images (`read_image`) become (H, W, 3) uint8 RGB:
   * RGBA/LA/PA (and palette images with a transparent colour) lose their alpha channel: the colour channels
     are kept as stored, so a mask drawn on the visible picture still lines up. Reported as "converted";
   * 16-bit grayscale is scaled to 8 bit (see `_to_8bit`) and CMYK is converted to RGB. Reported as "converted";
-  * EXIF orientation is NOT applied: masks are matched to the stored pixel grid, as annotation tools save them;
+  * EXIF orientation is NOT applied by dataset loaders (masks match the stored pixel grid, as FSS-1000 and PASCAL
+    store them); `adapt` and `FewShotSegmenter` ask for it (`exif=True`), since phone photos rely on it;
   * a corrupt, truncated or non-image file raises. PIL's `ImageFile.LOAD_TRUNCATED_IMAGES` stays False and
     every file is fully decoded with `.load()`, so half a picture never loads silently.
 
@@ -40,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFilter, UnidentifiedImageError
+from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
 from fewshotseg.data.dataset import IGNORE, DataError, Problem, SegmentationDataset
@@ -62,11 +63,14 @@ class BadFile(DataError):
         self.reason = reason
 
 
-def _open(path: Path) -> Image.Image:
-    """Open and fully decode a file; every decoding failure becomes a `BadFile` that says what to do."""
+def _open(path: Path, exif: bool = False) -> Image.Image:
+    """Open and fully decode a file; every decoding failure becomes a `BadFile` that says what to do. With `exif`,
+    the picture is turned upright by its EXIF orientation tag (photos from phones and cameras)."""
     try:
         img = Image.open(path)
         img.load()  # decode now: a truncated file must fail here, not show up later as grey pixels
+        if exif:
+            img = ImageOps.exif_transpose(img)
     except FileNotFoundError:
         raise BadFile(path, "file not found; check the path") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
@@ -88,10 +92,11 @@ def _to_8bit(values: np.ndarray) -> np.ndarray:
     return values.astype(np.uint8)
 
 
-def read_image(path: Path | str, notes: list[Problem] | None = None) -> np.ndarray:
-    """(H, W, 3) uint8 RGB pixels of a .jpg/.jpeg/.png file; conversions worth knowing are appended to `notes`."""
+def read_image(path: Path | str, notes: list[Problem] | None = None, *, exif: bool = False) -> np.ndarray:
+    """(H, W, 3) uint8 RGB pixels of a .jpg/.jpeg/.png file; conversions worth knowing are appended to `notes`.
+    `exif`: turn the picture upright by its EXIF orientation (what `adapt` does with users' photos)."""
     path = Path(path)
-    img = _open(path)
+    img = _open(path, exif)
     with img:
         mode = img.mode
         note = None
@@ -162,10 +167,10 @@ def binarize_mask(values: np.ndarray, path: Path | str) -> np.ndarray:
     return foreground.astype(np.uint8)
 
 
-def read_mask(path: Path | str, notes: list[Problem] | None = None) -> np.ndarray:
-    """(H, W) uint8 mask in {0, 1} of a mask file, by the rules in the module docstring."""
+def read_mask(path: Path | str, notes: list[Problem] | None = None, *, exif: bool = False) -> np.ndarray:
+    """(H, W) uint8 mask in {0, 1} of a mask file, by the rules in the module docstring (`exif`: as read_image)."""
     path = Path(path)
-    with _open(path) as img:
+    with _open(path, exif) as img:
         values = _mask_values(img, path, notes)
     return binarize_mask(values, path)
 

@@ -17,14 +17,14 @@ import json
 import platform
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from fewshotseg.config import ModelFields, option, resolve_update_params
+from fewshotseg.config import ModelFields, option
 from fewshotseg.data.tasks import TaskTensors, episode_rng
 from fewshotseg.errors import DivergedError
 from fewshotseg.evaluation import jobs, metrics
@@ -49,7 +49,10 @@ class EvaluateConfig(ModelFields):
     init: str = option("", "initialization: a checkpoint or run folder, random or imagenet", required=True)
     data: str = option("", "dataset (FSS-1000 layout, pascal5i:VOC, coco20i:COCO, fp-k:FSS,VOC)", required=True)
     run_dir: str = option("", "output folder for episodes.jsonl, results.json, predictions.npz", required=True)
-    update_params: str = option("", "file of U's hyperparameters (written by `tune`); default: the paper's Table 3")
+    update_params: str = option("", "file of U's hyperparameters (written by `tune`); default: the "
+                                    "initialization's own, per shot count (its card)")
+    u_preset: str = option("card", "where U's hyperparameters come from when no file is given: card (the "
+                                   "initialization's own) or paper (Table 3)")
     shots: list[int] = field(default_factory=lambda: [1, 5], metadata={"help": "support images per task"})
     protocol: str = option("auto", "paper (2 splits x every test task), hsnet (1000 seeded episodes x 5 seeds, "
                                     "HSNet's), per-query (one episode per query image); auto: hsnet with --fold, "
@@ -59,7 +62,8 @@ class EvaluateConfig(ModelFields):
                                      "and their mean")
     splits: str = option("auto", "class split scheme (see meta-train)")
     split: str = option("test", "which classes: test, val or train")
-    size: int = option(224, "square image size in pixels (paper: 224)")
+    size: int = option(0, "square image size in pixels (0: the initialization's own, from its card; else 224, "
+                          "the paper's)")
     num_splits: int = option(2, "random support/query splits per task for the paper protocol (paper: 2)")
     max_tasks: int = option(0, "evaluate a seeded random subset of this many tasks (0: all)")
     fold: int = option(-1, "PASCAL-5i / COCO-20i fold (0-3): test = the fold's classes; -1 for other datasets")
@@ -142,8 +146,18 @@ def versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
-def evaluate(cfg: EvaluateConfig, *, params: UpdateParams | None = None, progress: bool = True,
-             pool: Pool | None = None, label: str | None = None) -> dict:
+def shot_params(cfg: EvaluateConfig, u_overrides: dict | None = None) -> dict[int, tuple[UpdateParams, str]]:
+    """shots -> (U's hyperparameters, where they came from) for every shot count of the evaluation."""
+    from fewshotseg.config import init_update_params
+
+    return {k: init_update_params(cfg.init, k, preset=cfg.u_preset, file=cfg.update_params or None,
+                                  **(u_overrides or {})) for k in cfg.shots}
+
+
+def evaluate(cfg: EvaluateConfig, *, params: UpdateParams | None = None, u_overrides: dict | None = None,
+             progress: bool = True, pool: Pool | None = None, label: str | None = None) -> dict:
+    """Evaluate `cfg.init`; U is `params` for every shot count when given, else the initialization's own per shot
+    count (its card), a file, or the paper's (see `shot_params`)."""
     from fewshotseg.data.cache import load_split
     from fewshotseg.data.sources import parse_spec
     from fewshotseg.runs.device import choose_device
@@ -153,6 +167,13 @@ def evaluate(cfg: EvaluateConfig, *, params: UpdateParams | None = None, progres
     protocol = ("hsnet" if fold is not None else "paper") if cfg.protocol == "auto" else cfg.protocol
     if protocol not in PROTOCOLS:
         raise ValueError(f"--protocol {cfg.protocol!r}: choose auto or one of {', '.join(PROTOCOLS)}")
+    if not cfg.size:
+        from fewshotseg.runs.initialization import card_size
+
+        cfg = replace(cfg, size=card_size(cfg.init) or 224)
+    per_shot = ({k: (params, "given") for k in cfg.shots} if params is not None
+                else shot_params(cfg, u_overrides))
+    params = per_shot[cfg.shots[0]][0]
     run = RunDir(cfg.run_dir)
     device = str(choose_device(cfg.device))
     data_key = (cfg.data, cfg.split, cfg.splits, fold)  # what each worker loads
@@ -160,8 +181,6 @@ def evaluate(cfg: EvaluateConfig, *, params: UpdateParams | None = None, progres
     names = select_tasks(dataset.names, cfg.max_tasks, cfg.seed)
     class_uniform = parse_spec(cfg.data).kind == "coco20i"  # HSNet's COCO loader draws a class, then a query
     seeds = cfg.seeds if protocol == "hsnet" else 1
-    if params is None:
-        params = resolve_update_params(cfg.update_params or None)
 
     init_path = run.file("init.safetensors")
     described = write_for_workers(cfg.init, cfg.model_config(dropout=params.dropout), init_path, seed=cfg.seed)
@@ -184,6 +203,9 @@ def evaluate(cfg: EvaluateConfig, *, params: UpdateParams | None = None, progres
     pool = pool or Pool(cfg.workers, device)
     try:
         for shots in cfg.shots:
+            params, source = per_shot[shots]
+            run.log(f"{shots}-shot U: lr {params.lr:g}, {params.steps} steps, batch {params.batch_size}, "
+                    f"BatchNorm {params.bn_policy} — from {source}")
             jobs, keys = [], []
             for s in range(seeds):  # the hsnet protocol's runs with seeds seed, seed+1, ...; one run otherwise
                 episodes = make_episodes(protocol, dataset.subset(names), names, shots, cfg.seed + s, cfg.num_splits,
@@ -220,6 +242,7 @@ def evaluate(cfg: EvaluateConfig, *, params: UpdateParams | None = None, progres
             # episodes of the current settings count.
             rows = [r for key in sorted(finished, key=order.__getitem__) for r in finished[key]]
             summary = results["shots"][str(shots)] = summarise(rows)
+            summary.update(update_params=params.as_dict(), update_params_source=source)
             run.log(f"{shots}-shot: mean IoU {100 * summary['paper_miou']['mean']:.2f} "
                     f"± {100 * summary['paper_miou']['ci95']:.2f} % over {summary['paper_miou']['n']} task splits; "
                     f"class-pooled mIoU {100 * summary['hsnet_miou']['mean']:.2f} %"

@@ -24,6 +24,7 @@ from torch import nn
 
 from fewshotseg.errors import UserError
 from fewshotseg.models.efficientlab import EfficientLab, ModelConfig, build_model, reset_head
+from fewshotseg.runs.card import WEIGHTS_FILE, Card, check_card, read_card, sha256
 from fewshotseg.runs.run_dir import atomic_write
 
 
@@ -95,6 +96,8 @@ def _short(err: BaseException, limit: int = 160) -> str:
 
 
 def find_initialization(spec: str | Path) -> Path:
+    if str(spec) in PACKAGED:
+        return packaged_folder(str(spec)) / WEIGHTS_FILE
     path = Path(spec)
     if path.is_dir():
         for name in ("model.safetensors", "checkpoint.pt"):
@@ -143,3 +146,103 @@ def write_for_workers(spec: str, config: ModelConfig, path: Path, *, seed: int) 
     model, described = load_initialization(spec, config)
     save_initialization(path, model, {"described": described})
     return described
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Self-describing initializations: weights + card (see runs/card.py), Hugging Face style folders.
+
+PACKAGED = {"general": "general"}  # name -> folder under fewshotseg/inits/
+U_FROM_META_TRAIN = {"inner_lr": "lr", "inner_steps": "steps", "inner_batch": "batch_size", "dropout": "dropout",
+                     "aug_rate": "aug_rate", "inner_optimizer": "optimizer", "l2": "l2", "bn_policy": "bn_policy"}
+
+
+def packaged_folder(name: str) -> Path:
+    folder = Path(__file__).resolve().parent.parent / "inits" / PACKAGED[name]
+    if not (folder / "model.safetensors").is_file():
+        raise UnreadableWeights(f"the packaged initialization {name!r} is missing from {folder}; reinstall fewshotseg")
+    return folder
+
+
+def card_for(path: Path, config: ModelConfig, extra: dict[str, Any]) -> Card:
+    """The card beside an initialization file, checked against the weights; or one derived from the weights'
+    metadata and the run folder's config.yaml when there is no card (run folders written before cards)."""
+    folder = path.parent
+    card = read_card(folder)
+    if card is not None:
+        check_card(card, asdict(config), extra, folder / "card.json")
+        return card
+    run_config: dict[str, Any] = {}
+    if (folder / "config.yaml").is_file():
+        import yaml
+
+        try:
+            run_config = yaml.safe_load((folder / "config.yaml").read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            run_config = {}
+    size = int(extra.get("size") or run_config.get("size") or 224)
+    if "inner_lr" in run_config:
+        values = {u: run_config[m] for m, u in U_FROM_META_TRAIN.items() if m in run_config}
+        source = f"meta-training's omega ({folder / 'config.yaml'})"
+    else:
+        values, source = {}, "paper Table 3 (this initialization records no update parameters of its own)"
+    training = {k: v for k, v in extra.items() if k in ("algorithm", "iterations", "data", "steps", "epochs")}
+    return Card(name=folder.name, model=asdict(config), size=size,
+                update_params={"default": {**values, "source": source}}, training=training,
+                summary=f"Initialization read from {path} (no card.json; derived from its metadata).")
+
+
+def resolve_pretrained(spec: str, *, model_config: ModelConfig | None = None,
+                       size: int = 0) -> tuple[EfficientLab, Card, str]:
+    """(two-class model, card, one-line description) of `general`, a folder or file, `imagenet` or `random`."""
+    if spec in ("random", "imagenet"):
+        config = model_config or ModelConfig(encoder="tf_efficientnet_lite0")
+        model, described = load_initialization(spec, config)
+        card = Card(name=spec, model=asdict(model.config), size=size or 224,
+                    update_params={"default": {"source": "paper Table 3 (no meta-learned update parameters)"}},
+                    summary=described)
+        return model, card, described
+    path = find_initialization(packaged_folder(spec) if spec in PACKAGED else spec)
+    config, state, extra = read_initialization(path)
+    card = card_for(path, config, extra)
+    if size and size != card.size:
+        card.size = size
+    if model_config is not None:
+        config = replace(config, dropout=model_config.dropout, channels_last=model_config.channels_last)
+    model, described = load_initialization(str(path), config)
+    if spec in PACKAGED:
+        described = f"the packaged {spec!r} initialization ({config.variant}, {config.encoder}, {card.size} px)"
+    return model, card, described
+
+
+def save_pretrained(folder: str | Path, model: nn.Module, card: Card) -> Path:
+    """`model.safetensors` + `card.json` + `README.md` in `folder` (what `from_pretrained` and `--init` read)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = folder / WEIGHTS_FILE
+    save_initialization(weights, model, {"size": card.size, "name": card.name})
+    card.model = asdict(model.config)
+    card.weights = {"file": WEIGHTS_FILE, "sha256": sha256(weights), "bytes": weights.stat().st_size}
+    if not card.fewshotseg_version:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            card.fewshotseg_version = version("fewshotseg")
+        except PackageNotFoundError:
+            card.fewshotseg_version = "unknown"
+    card.save(folder)
+    return folder
+
+
+def init_card(spec: str) -> Card:
+    """The card of an initialization (`general`, a folder or file); a minimal one for `random` / `imagenet`."""
+    if spec in ("random", "imagenet"):
+        return Card(name=spec, model={}, size=0,
+                    update_params={"default": {"source": "paper Table 3 (no meta-learned update parameters)"}})
+    path = find_initialization(spec)
+    config, _, extra = read_initialization(path)
+    return card_for(path, config, extra)
+
+
+def card_size(spec: str) -> int:
+    """The input size an initialization was trained at (its card, else its metadata); 0 when it has none."""
+    return int(init_card(spec).size)

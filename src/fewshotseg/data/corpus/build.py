@@ -327,10 +327,11 @@ def compose(comp: Compositor, target: CorpusClass, n: int, others: list[CorpusCl
     raise DataError(f"class {target.name}: could not place a visible object in 20 attempts")
 
 
-def make_corpus(out: str | Path, spec: CorpusSpec = CorpusSpec(), *, cache: str | Path | None = None,
+def make_corpus(out: str | Path, spec: CorpusSpec | None = None, *, cache: str | Path | None = None,
                 debs: str | Path | None = None, packages: list[str] | None = None, overwrite: bool = False,
                 progress=print) -> dict:
     """Build the corpus into `out`; returns the MANIFEST's summary."""
+    spec = spec or CorpusSpec()
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise DataError(f"{out}: folder exists and is not empty; choose a new --out or pass --overwrite")

@@ -1,0 +1,286 @@
+"""`FewShotSegmenter`: segment a new kind of object from a handful of labelled examples.
+
+    from fewshotseg import FewShotSegmenter
+
+    seg = FewShotSegmenter.from_pretrained("general")    # the shipped initialization, or a folder / run folder
+    seg.fit(["a.jpg", "b.jpg"], ["a_mask.png", "b_mask.png"])
+    for p in seg.predict(["new.jpg"]):
+        p.mask          # (H, W) bool at the image's own size
+        p.probability   # (H, W) float32 foreground probability
+    seg.save_pretrained("my-segmenter")                  # the adapted network, with its card
+
+Images may be paths, PIL images or numpy arrays ((H, W, 3) uint8, or float in [0, 1]); masks paths, PIL images or
+(H, W) arrays (bool, {0, 1} or {0, 255}). Photos are turned upright by their EXIF orientation (masks too, see
+`_oriented_mask`), resized once to the network's square input size, and the predicted probability map is resized back
+to each image's own size before thresholding.
+
+How U adapts the initialization comes from the initialization's card (its update parameters for the number of
+support images given), unless `update_params` says otherwise.
+
+BatchNorm at prediction (`stats`):
+* ``"support"`` (default): after adapting, the BatchNorm statistics are recomputed exactly from the support images
+  (one pass, no augmentation), and every query is normalised with them. A query's mask then does not depend on
+  which other images are predicted with it, nor on how many (one query alone is never normalised by itself).
+* ``"query-batch"``: the statistics of the images of one `predict` call, all together (the transductive setting
+  of meta-training and `evaluate`); depends on the batch.
+* ``"running"``: the running statistics U left (the paper's policy).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torch import nn
+
+from fewshotseg.data.images import binarize_mask, read_image, read_mask
+from fewshotseg.data.tasks import TaskTensors, episode_rng
+from fewshotseg.errors import UserError
+from fewshotseg.meta_learning.update_routine import Learner, UpdateParams
+from fewshotseg.models.efficientlab import ModelConfig
+from fewshotseg.runs.card import Card
+from fewshotseg.runs.device import choose_device
+from fewshotseg.runs.initialization import resolve_pretrained, save_pretrained
+
+log = logging.getLogger(__name__)
+
+ImageLike = str | Path | Image.Image | np.ndarray
+STATS = ("support", "query-batch", "running")
+
+
+@dataclass
+class Prediction:
+    mask: np.ndarray  # (H, W) bool at the input's own (upright) size
+    probability: np.ndarray  # (H, W) float32 foreground probability
+
+
+class FewShotSegmenter:
+    """An initialization plus the update routine U that adapts it; `fit` adapts, `predict` segments."""
+
+    def __init__(self, model: nn.Module, card: Card, *, device: str | torch.device = "cpu", described: str = ""):
+        self.device = torch.device(device)
+        self.card = card
+        self.size = int(card.size)
+        self.described = described or card.name
+        self.init = model.to(self.device).eval()
+        self._learner: Learner | None = None
+        self.params: UpdateParams | None = None
+        self.params_source = ""
+        self.stats = "support"
+
+    # ------------------------------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_pretrained(cls, spec: str | Path = "general", *, device: str = "auto", size: int = 0,
+                        model_config: ModelConfig | None = None) -> FewShotSegmenter:
+        """`general` (shipped with the package), a folder with `card.json` (`save_pretrained`'s), a run folder
+        or `model.safetensors`, or `imagenet` / `random` (architecture from `model_config`)."""
+        model, card, described = resolve_pretrained(str(spec), model_config=model_config, size=size)
+        return cls(model, card, device=choose_device(device), described=described)
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Write the current network (adapted, after `fit`) with a card that says how it was made."""
+        model = self._learner.model if self._learner is not None else self.init
+        card = copy.deepcopy(self.card)
+        if self._learner is not None and self.params is not None:
+            card.name = Path(folder).name
+            card.summary = f"{self.card.name} adapted with U to {self._fitted} labelled image(s)."
+            card.training = {**card.training, "adapted_from": self.described, "adapted_with": self.params_source}
+            card.metrics = []
+        return save_pretrained(folder, model, card)
+
+    # ------------------------------------------------------------------------------------------ U
+
+    def update_params_for(self, shots: int, *, preset: str = "card", file: str | Path | None = None,
+                          **overrides: Any) -> tuple[UpdateParams, str]:
+        """U's hyperparameters for `shots` support images and where they came from: the card (default), the paper's
+        Table 3 (`preset="paper"`), or a file written by `tune`; `overrides` replace single fields."""
+        from fewshotseg.config import resolve_card_update_params
+
+        return resolve_card_update_params(self.card, shots, preset=preset, file=file, **overrides)
+
+    def fit(self, images: list[ImageLike], masks: list[ImageLike], *, seed: int = 0,
+            update_params: UpdateParams | None = None, stats: str = "support", names: list[str] | None = None,
+            progress=None) -> FewShotSegmenter:
+        """Adapt the initialization to labelled examples with U (the card's update parameters for this many shots
+        unless `update_params` is given). Support pairs without foreground are refused with their names."""
+        if stats not in STATS:
+            raise UserError(f"stats {stats!r}: choose one of {', '.join(STATS)}")
+        if len(images) != len(masks):
+            raise UserError(f"{len(images)} support image(s) but {len(masks)} mask(s): give one mask per image")
+        if not images:
+            raise UserError("no support image: give at least one labelled image")
+        names = names or [_name(x, i) for i, x in enumerate(images)]
+        xs, ys, empty = [], [], []
+        for name, image, mask in zip(names, images, masks, strict=True):
+            rgb, m = read_pair(image, mask, name)
+            if not m.any():
+                empty.append(name)
+                continue
+            xs.append(_resize_image(rgb, self.size))
+            ys.append(np.asarray(Image.fromarray(m.astype(np.uint8)).resize((self.size, self.size), Image.NEAREST)))
+        if empty:
+            raise UserError(f"support mask(s) without any foreground: {', '.join(empty)}; every support image needs "
+                            "the object marked in its mask (or leave that image out)")
+        if update_params is None:
+            update_params, source = self.update_params_for(len(xs))
+        else:
+            source = "given"
+        self.params, self.params_source, self.stats = update_params, source, stats
+        task = TaskTensors.from_arrays(np.stack(xs), np.stack(ys))
+        if self._learner is None:
+            self._learner = Learner(copy.deepcopy(self.init), self.device)
+        self._learner.adapt(self.init, task, update_params, episode_rng(seed, 10), on_step=progress)
+        if stats == "support":
+            support_statistics_(self._learner.model, task.images.to(self.device))
+        self._fitted = len(xs)
+        return self
+
+    # ------------------------------------------------------------------------------------------ prediction
+
+    @torch.no_grad()
+    def predict(self, images: list[ImageLike], *, threshold: float = 0.5, batch_size: int = 16) -> list[Prediction]:
+        """One `Prediction` per image, at the image's own (upright) size."""
+        if self._learner is None:
+            raise UserError("predict before fit: adapt the segmenter to labelled examples first (fit)")
+        rgbs = [load_image(x, _name(x, i)) for i, x in enumerate(images)]
+        if not rgbs:
+            return []
+        small = torch.from_numpy(np.stack([_resize_image(x, self.size) for x in rgbs])).permute(0, 3, 1, 2)
+        small = small.float().div_(255)
+        probs = self._probabilities(small, batch_size)
+        out = []
+        for rgb, p in zip(rgbs, probs, strict=True):
+            h, w = rgb.shape[:2]
+            full = np.asarray(Image.fromarray(p.numpy().astype(np.float32), mode="F").resize((w, h), Image.BILINEAR))
+            out.append(Prediction(full > threshold, full))
+        return out
+
+    def _probabilities(self, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+        model = self._learner.model
+        model.eval()
+        if self.stats == "query-batch":
+            saved = {k: v.clone() for k, v in model.state_dict().items()}
+            for m in _bn(model):
+                m.train()
+            probs = model(images.to(self.device)).softmax(1)[:, 1].float().cpu()
+            model.load_state_dict(saved)
+            model.eval()
+            return probs
+        chunks = [model(images[i:i + batch_size].to(self.device)).softmax(1)[:, 1].float().cpu()
+                  for i in range(0, len(images), batch_size)]
+        return torch.cat(chunks)
+
+    @property
+    def model(self) -> nn.Module:
+        return self._learner.model if self._learner is not None else self.init
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def _bn(model: nn.Module):
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+@torch.no_grad()
+def support_statistics_(model: nn.Module, images: torch.Tensor) -> None:
+    """Set every BatchNorm's running statistics to the exact statistics of `images` (one pass, dropout off)."""
+    model.eval()
+    bns = _bn(model)
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average: after one batch, exactly that batch's statistics
+        m.train()
+    model(images)
+    for m, momentum in zip(bns, momenta, strict=True):
+        m.momentum = momentum
+    model.eval()
+
+
+def _name(x: ImageLike, i: int) -> str:
+    return str(x) if isinstance(x, (str, Path)) else f"image {i + 1}"
+
+
+def load_image(x: ImageLike, name: str) -> np.ndarray:
+    """(H, W, 3) uint8 RGB, upright by its EXIF orientation."""
+    if isinstance(x, (str, Path)):
+        return read_image(x, exif=True)
+    if isinstance(x, Image.Image):
+        return np.asarray(ImageOps.exif_transpose(x).convert("RGB"))
+    if isinstance(x, np.ndarray):
+        a = x
+        if a.ndim == 2:
+            a = np.repeat(a[..., None], 3, axis=2)
+        if a.ndim != 3 or a.shape[2] not in (3, 4):
+            raise UserError(f"{name}: an image array must be (H, W, 3) or (H, W); got shape {x.shape}")
+        a = a[..., :3]
+        if a.dtype != np.uint8:
+            if not np.issubdtype(a.dtype, np.floating) or a.min() < 0 or a.max() > 1:
+                raise UserError(f"{name}: a non-uint8 image array must be float in [0, 1] (got {a.dtype})")
+            a = (a * 255).round().astype(np.uint8)
+        return np.ascontiguousarray(a)
+    raise UserError(f"{name}: expected a path, a PIL image or a numpy array, got {type(x).__name__}")
+
+
+def read_pair(image: ImageLike, mask: ImageLike, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(upright (H, W, 3) uint8 image, (H, W) bool mask on the same grid) of one labelled example."""
+    rgb = load_image(image, name)
+    return rgb, _oriented_mask(mask, rgb.shape[:2], image, name)
+
+
+def _oriented_mask(mask: ImageLike, shape: tuple[int, int], image: ImageLike, name: str) -> np.ndarray:
+    """(H, W) bool mask on the upright image's grid.
+
+    A mask file with its own EXIF orientation is turned by it. A mask without one is taken as drawn on the upright
+    picture (what a viewer or labelling tool shows) when its size is the upright image's; when instead its size is
+    the image's stored pixel grid, the image's EXIF orientation is applied to it too."""
+    if isinstance(mask, (str, Path)):
+        m = read_mask(mask, exif=True).astype(bool)
+    elif isinstance(mask, Image.Image):
+        m = binarize_mask(np.asarray(ImageOps.exif_transpose(mask).convert("L")), name).astype(bool)
+    elif isinstance(mask, np.ndarray):
+        if mask.ndim == 3:
+            mask = mask.max(axis=2)
+        if mask.ndim != 2:
+            raise UserError(f"{name}: a mask array must be (H, W); got shape {mask.shape}")
+        m = mask.astype(bool) if mask.dtype == bool else binarize_mask(mask.astype(np.uint8), name).astype(bool)
+    else:
+        raise UserError(f"mask of {name}: expected a path, a PIL image or a numpy array, got {type(mask).__name__}")
+    if m.shape == shape:
+        return m
+    if m.shape == shape[::-1] and isinstance(image, (str, Path, Image.Image)):
+        turned = _apply_orientation(m, image)
+        if turned.shape == shape:
+            return turned
+    raise UserError(f"{name}: mask is {m.shape[1]}x{m.shape[0]} px but the image is {shape[1]}x{shape[0]} px; "
+                    "a mask must have its image's size")
+
+
+def _apply_orientation(mask: np.ndarray, image: str | Path | Image.Image) -> np.ndarray:
+    """Turn a mask drawn on the image's stored pixel grid the way the image's EXIF orientation turns the image."""
+    im = Image.open(image) if isinstance(image, (str, Path)) else image
+    try:
+        orientation = im.getexif().get(0x0112, 1)
+    finally:
+        if im is not image:
+            im.close()
+    pil = Image.fromarray(mask.astype(np.uint8) * 255)
+    method = {2: Image.FLIP_LEFT_RIGHT, 3: Image.ROTATE_180, 4: Image.FLIP_TOP_BOTTOM, 5: Image.TRANSPOSE,
+              6: Image.ROTATE_270, 7: Image.TRANSVERSE, 8: Image.ROTATE_90}.get(orientation)
+    return (np.asarray(pil.transpose(method)) > 127) if method is not None else mask
+
+
+def _resize_image(rgb: np.ndarray, size: int) -> np.ndarray:
+    if rgb.shape[:2] == (size, size):
+        return rgb
+    return np.asarray(Image.fromarray(rgb).resize((size, size), Image.BILINEAR))
+
+
