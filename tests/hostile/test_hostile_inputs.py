@@ -69,9 +69,6 @@ def folder(name: str) -> Callable:
     return setup
 
 
-ADAPT_REFUSALS = "adapt's own refusals (an --out that is the support or query folder) are not in adapt.py yet"
-
-
 def copy_adapt_folders(tmp: Path, world: World) -> None:
     import shutil
 
@@ -319,9 +316,9 @@ CASES = [
     Case("qs-test-tasks-zero", QS + " --test-tasks 0", "--test-tasks"),
     # --- adapt ----------------------------------------------------------------------------------------------------
     Case("ad-out-is-the-support", AD.replace("{support}", "{tmp}/support").replace("{run}", "{tmp}/support"),
-         ("--out", "support"), setup=copy_adapt_folders, xfail=ADAPT_REFUSALS),
+         ("--out", "support"), setup=copy_adapt_folders),
     Case("ad-out-is-the-query", AD.replace("{query}", "{tmp}/query").replace("{run}", "{tmp}/query"),
-         ("--out", "query"), setup=copy_adapt_folders, xfail=ADAPT_REFUSALS),
+         ("--out", "query"), setup=copy_adapt_folders),
     Case("ad-support-missing", AD.replace("{support}", "{tmp}/nowhere"), "nowhere"),
     Case("ad-support-empty", AD.replace("{support}", "{tmp}/empty"), "empty", setup=folder("empty")),
     Case("ad-query-missing", AD.replace("{query}", "{tmp}/nowhere"), "nowhere"),
