@@ -24,6 +24,7 @@ LAYERS: list[set[str]] = [
     {"tuning"},  # UHO
     {"training"},  # the two training loops, their budget and checkpoints
     {"adapt", "segmenter", "quickstart"},  # applications built on the library
+    {"app"},  # the web page (`fewshotseg serve`) over segmenter and adapt
     {"cli", "__main__"},  # the only place that knows argparse
 ]
 ROOT_NAMES_ALLOWED_BELOW = {"__version__"}

@@ -418,6 +418,45 @@ def run_adapt(args: argparse.Namespace) -> int:
     return 1 if summary["failed"] else 0
 
 
+def add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="a web page to label, adapt and segment your own images (extra: app)",
+                       description="Serve one page: upload support images, paint or upload their masks, adapt an "
+                       "initialization with U and segment query images; download masks, weights and ONNX. "
+                       "Needs the app extra: pip install 'fewshotseg[app]'.")
+    p.add_argument("--init", dest="inits", action="append", default=None, metavar="INIT",
+                   help="an initialization offered in the page (repeatable; the first is the default): a folder "
+                   "with card.json, a run folder, model.safetensors, imagenet or random [default: general]")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (others than 127.0.0.1 are warned "
+                   "about: anyone who reaches it can use the page) [default: 127.0.0.1]")
+    p.add_argument("--port", type=at_least(1, 65535), default=7860, help="[default: 7860]")
+    p.add_argument("--auth", default="", metavar="USER:PASS", help="ask for this user name and password")
+    p.add_argument("--max-image-side", type=at_least(16), default=4096, metavar="N",
+                   help="largest image side accepted, in pixels [default: 4096]")
+    p.add_argument("--max-images", type=at_least(1), default=20, metavar="N",
+                   help="support images, and query images, per session [default: 20]")
+    p.add_argument("--max-file-mb", type=at_least(1), default=20, metavar="MB",
+                   help="largest uploaded file [default: 20]")
+    p.add_argument("--concurrency", type=at_least(1), default=1, metavar="N",
+                   help="adaptations run at once; others wait in a queue that shows their position [default: 1]")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto [default: cpu]")
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        from fewshotseg.errors import UserError
+
+        raise UserError("serve needs the app extra: pip install 'fewshotseg[app]'") from None
+    from fewshotseg.app.serve import ServeOptions, serve
+    from fewshotseg.app.workspace import Limits
+
+    limits = Limits(max_image_side=args.max_image_side, max_images=args.max_images, max_file_mb=args.max_file_mb)
+    serve(ServeOptions(inits=args.inits or ["general"], host=args.host, port=args.port, auth=args.auth,
+                       limits=limits, concurrency=args.concurrency, device=args.device))
+    return 0
+
+
 def add_quickstart(sub: argparse._SubParsersAction) -> None:
     from fewshotseg.quickstart import QuickstartConfig
 
@@ -439,6 +478,7 @@ def run_quickstart(args: argparse.Namespace) -> int:
 VERBS = {
     "quickstart": (add_quickstart, run_quickstart),
     "adapt": (add_adapt, run_adapt),
+    "serve": (add_serve, run_serve),
     "report": (add_report, run_report),
     "tune": (add_tune, run_tune),
     "fp-k": (add_fp_k, run_fp_k),

@@ -1,0 +1,305 @@
+"""`fewshotseg serve`: the web page over `Workspace`, built with Gradio (the `app` extra).
+
+One page, three steps: support images with a mask each (uploaded, or painted with a brush and an eraser on the
+image), the initialization and its update parameters, then Adapt -> query overlays and downloads.
+
+Sessions: each browser tab gets its own `Workspace` (in a `gr.State`, so two users never share images, masks or
+weights), whose temporary folder is removed when the tab closes (`demo.unload`) or, at the latest, when Gradio
+expires the state (its `delete_callback`). Work that runs the network (Adapt, Segment, ONNX) goes through one queue
+with `concurrency` slots (one by default: one adaptation at a time on a small CPU budget); waiting pages see their
+position in it. Every handler turns a `UserError` into a message in the page; any other exception is logged and shown
+as a one-line internal error, and the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+
+from fewshotseg.app.workspace import IMAGE_SUFFIXES, Initialization, Limits, Workspace
+from fewshotseg.errors import UserError
+
+log = logging.getLogger(__name__)
+
+WORK = "network"  # the concurrency id shared by every event that runs the network
+INTRO = """# fewshotseg — segment your own images
+1. **Support images**: upload a few photos of the object. Pick each in *Image to label* and either paint the object
+   with the brush (then *Use painted mask*) or upload its mask.
+2. **Initialization and update parameters**: the defaults are the initialization's own for this many pairs.
+3. **Adapt**: fine-tunes the network on your pairs and segments the query images; download the masks, the adapted
+   weights or an ONNX export."""
+
+
+class Sessions:
+    """Every open session's workspace, so that a closing tab removes its folder at once (`demo.unload`)."""
+
+    def __init__(self, root: Path, limits: Limits):
+        self.root, self.limits = root, limits
+        self.by_hash: dict[str, Workspace] = {}
+        self.lock = threading.Lock()
+
+    def get(self, ws: Workspace | None, request: gr.Request | None) -> Workspace:
+        if ws is not None and not ws.closed:
+            return ws
+        ws = Workspace(self.root, self.limits)
+        key = getattr(request, "session_hash", None)
+        if key:
+            with self.lock:
+                old = self.by_hash.pop(key, None)
+                self.by_hash[key] = ws
+            if old is not None and old is not ws:
+                old.close()
+        return ws
+
+    def end(self, request: gr.Request) -> None:
+        with self.lock:
+            ws = self.by_hash.pop(getattr(request, "session_hash", None) or "", None)
+        if ws is not None:
+            ws.close()
+
+    def close_all(self) -> None:
+        with self.lock:
+            open_ones, self.by_hash = list(self.by_hash.values()), {}
+        for ws in open_ones:
+            ws.close()
+
+
+def shown(fn):
+    """Run a handler under its session's lock; a UserError becomes a message in the page (gr.Error), anything else
+    a logged one-line internal error: no input crashes the server."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except UserError as err:
+            raise gr.Error(str(err), duration=None) from None
+        except Exception as err:
+            log.exception("internal error in %s", fn.__name__)
+            raise gr.Error(f"internal error ({type(err).__name__}: {str(err)[:200]}); the server log has the "
+                           "details", duration=None) from None
+    return wrapper
+
+
+def _paths(files) -> list[str]:
+    if files is None:
+        return []
+    files = files if isinstance(files, list) else [files]
+    return [f if isinstance(f, str) else getattr(f, "name", str(f)) for f in files]
+
+
+def _pairs_text(ws: Workspace) -> str:
+    done = ws.labelled()
+    if not ws.support:
+        return "**0 labelled pairs** — upload support images"
+    lines = [f"**{len(done)} labelled pair{'s' if len(done) != 1 else ''}** of {len(ws.support)} support image(s)"]
+    lines += [f"- {p.name}: {p.mask_source + ' mask' if p.mask is not None else 'no mask yet'}" for p in ws.support]
+    return "\n".join(lines)
+
+
+def _support_gallery(ws: Workspace):
+    from fewshotseg.adapt import overlay
+
+    return [(overlay(p.rgb, p.mask), f"{p.name} ({p.mask_source})") for p in ws.labelled()]
+
+
+def _editor_value(ws: Workspace, name: str | None):
+    """The chosen image as the editor's background, with its current mask as a red layer."""
+    if not name or name not in {p.name for p in ws.support}:
+        return None
+    p = ws.pair(name)
+    layer = np.zeros((*p.rgb.shape[:2], 4), np.uint8)
+    if p.mask is not None:
+        layer[p.mask] = (255, 0, 0, 150)  # translucent: the object shows through
+    return {"background": p.rgb, "layers": [layer], "composite": None}
+
+
+def painted_mask(value) -> np.ndarray:
+    """(H, W) bool of what was painted (brush strokes left after erasing) in the editor's layers."""
+    layers = [np.asarray(x) for x in (value or {}).get("layers") or [] if x is not None]
+    if not layers:
+        raise UserError("nothing painted: pick a support image, choose the brush and paint over the object")
+    mask = np.zeros(layers[0].shape[:2], bool)
+    for layer in layers:
+        if layer.shape[:2] == mask.shape:
+            mask |= layer[..., 3] > 0 if layer.ndim == 3 and layer.shape[2] == 4 else layer.reshape(*mask.shape, -1).any(2)
+    return mask
+
+
+def build_page(inits: list[Initialization], limits: Limits, root: Path, *, concurrency: int = 1) -> gr.Blocks:
+    """The page over `inits` (the first is the default); each session's files live under `root`."""
+    sessions = Sessions(root, limits)
+    by_label = {i.label: i for i in inits}
+    lr0, steps0, source0 = inits[0].default_params(1)
+    types = list(IMAGE_SUFFIXES)
+
+    with gr.Blocks(title="fewshotseg", delete_cache=(600, 3600)) as demo:
+        state = gr.State(None, delete_callback=lambda ws: ws.close() if ws is not None else None)
+        gr.Markdown(INTRO)
+        with gr.Row():
+            with gr.Column(scale=3):
+                gr.Markdown("### 1. Support images")
+                support_files = gr.File(label="Support images (several)", file_count="multiple", file_types=types,
+                                        elem_id="support-files")
+                with gr.Row():
+                    pick = gr.Dropdown(label="Image to label", choices=[], value=None, interactive=True,
+                                       elem_id="pick")
+                    remove = gr.Button("Remove this image", size="sm", elem_id="remove")
+                editor = gr.ImageEditor(label="Paint the object (brush) — erase mistakes (eraser)", sources=(),
+                                        type="numpy", image_mode="RGBA", format="png", layers=False,
+                                        transforms=(), brush=gr.Brush(colors=[("#ff0000", 0.6)], color_mode="fixed"),
+                                        eraser=gr.Eraser(), canvas_size=(480, 360), elem_id="editor")
+                with gr.Row():
+                    use_painted = gr.Button("Use painted mask", elem_id="use-painted")
+                    mask_file = gr.File(label="…or upload its mask (PNG at the image's size)", file_types=types,
+                                        elem_id="mask-file", height=130)
+                pairs_md = gr.Markdown("**0 labelled pairs** — upload support images", elem_id="pairs")
+                support_gallery = gr.Gallery(label="Labelled pairs", columns=4, height=180, elem_id="support-gallery")
+            with gr.Column(scale=2):
+                gr.Markdown("### 2. Initialization and update parameters")
+                init = gr.Dropdown(label="Initialization", choices=list(by_label), value=inits[0].label,
+                                   elem_id="init")
+                init_md = gr.Markdown(f"{inits[0].segmenter.described}; U's defaults from {source0}",
+                                      elem_id="init-info")
+                with gr.Row():
+                    lr = gr.Number(label="Learning rate (lr)", value=lr0, minimum=0, elem_id="lr")
+                    steps = gr.Number(label="Steps", value=steps0, precision=0, minimum=1, elem_id="steps")
+                    seed = gr.Number(label="Seed", value=0, precision=0, elem_id="seed")
+                gr.Markdown("### 3. Adapt and segment")
+                query_files = gr.File(label="Query images (several)", file_count="multiple", file_types=types,
+                                      elem_id="query-files")
+                with gr.Row():
+                    adapt_btn = gr.Button("Adapt", variant="primary", elem_id="adapt")
+                    segment_btn = gr.Button("Segment queries", elem_id="segment")
+                status = gr.Markdown("", elem_id="status")
+                gallery = gr.Gallery(label="Overlays (object tinted red)", columns=3, height=260, elem_id="overlays")
+                with gr.Row():
+                    zip_dl = gr.DownloadButton("Masks (zip)", visible=False, elem_id="download-zip")
+                    weights_dl = gr.DownloadButton("Adapted weights (safetensors)", visible=False,
+                                                   elem_id="download-weights")
+                    onnx_btn = gr.Button("Export ONNX", visible=False, elem_id="export-onnx")
+                    onnx_dl = gr.DownloadButton("ONNX", visible=False, elem_id="download-onnx")
+
+        # ------------------------------------------------------------------ handlers (one per control)
+
+        def support_view(ws: Workspace, chosen: str | None):
+            names = [p.name for p in ws.support]
+            chosen = chosen if chosen in names else (names[0] if names else None)
+            return (ws, gr.Dropdown(choices=names, value=chosen), _editor_value(ws, chosen), _pairs_text(ws),
+                    _support_gallery(ws))
+
+        def params_for(ws: Workspace, label: str):
+            i = by_label[label]
+            lr_, steps_, source = i.default_params(len(ws.support))
+            return lr_, steps_, f"{i.segmenter.described}; U's defaults from {source}"
+
+        support_outs = [state, pick, editor, pairs_md, support_gallery]
+
+        @shown
+        def on_support(files, ws, label, request: gr.Request):
+            ws = sessions.get(ws, request)
+            with ws.lock:
+                added = ws.add_support(_paths(files))
+                return (*support_view(ws, added[0] if added else None), *params_for(ws, label), None)
+
+        @shown
+        def on_pick(name, ws, request: gr.Request):
+            ws = sessions.get(ws, request)
+            return _editor_value(ws, name)
+
+        @shown
+        def on_remove(name, ws, label, request: gr.Request):
+            ws = sessions.get(ws, request)
+            with ws.lock:
+                if name:
+                    ws.remove_support(name)
+                return (*support_view(ws, None), *params_for(ws, label))
+
+        @shown
+        def on_painted(name, value, ws, request: gr.Request):
+            ws = sessions.get(ws, request)
+            with ws.lock:
+                ws.set_mask(name or "", painted_mask(value), "painted")
+                return support_view(ws, name)
+
+        @shown
+        def on_mask_file(file, name, ws, request: gr.Request):
+            ws = sessions.get(ws, request)
+            if not file:
+                return (*support_view(ws, name), None)
+            with ws.lock:
+                ws.set_mask(name or "", _paths(file)[0], "uploaded")
+                return (*support_view(ws, name), None)
+
+        @shown
+        def on_init(label, ws, request: gr.Request):
+            ws = sessions.get(ws, request)
+            return params_for(ws, label)
+
+        @shown
+        def on_queries(files, ws, request: gr.Request):
+            ws = sessions.get(ws, request)
+            with ws.lock:
+                ws.clear_queries()
+                added = ws.add_queries(_paths(files))
+            return ws, f"{len(added)} query image(s) ready" if added else ""
+
+        def results(ws: Workspace, text: str):
+            shown_ = [(o, n) for n, o, _ in ws.results]
+            has = bool(ws.results)
+            return (ws, text, shown_, gr.DownloadButton(value=str(ws.masks_zip()) if has else None, visible=has),
+                    gr.DownloadButton(value=str(ws.weights()), visible=True), gr.Button(visible=True),
+                    gr.DownloadButton(visible=False))
+
+        result_outs = [state, status, gallery, zip_dl, weights_dl, onnx_btn, onnx_dl]
+
+        @shown
+        def on_adapt(ws, label, lr_, steps_, seed_, request: gr.Request, progress=gr.Progress()):  # noqa: B008
+            ws = sessions.get(ws, request)
+            with ws.lock:
+                total = int(steps_ or 0)
+                progress(0, desc="adapting")
+                text = ws.adapt(by_label[label], lr=lr_, steps=total, seed=int(seed_ or 0),
+                                progress=lambda t: progress((t, total), desc="adapting (U)", unit="steps"))
+                if ws.queries:
+                    progress(1.0, desc="segmenting the queries")
+                    ws.segment()
+                    text += f"; segmented {len(ws.results)} query image(s)"
+                else:
+                    text += "; now upload query images and press Segment queries"
+                return results(ws, text)
+
+        @shown
+        def on_segment(ws, request: gr.Request):
+            ws = sessions.get(ws, request)
+            with ws.lock:
+                ws.segment()
+                return results(ws, f"segmented {len(ws.results)} query image(s)")
+
+        @shown
+        def on_onnx(ws, request: gr.Request):
+            ws = sessions.get(ws, request)
+            with ws.lock:
+                return gr.DownloadButton(value=str(ws.onnx()), visible=True)
+
+        support_files.upload(on_support, [support_files, state, init],
+                             [*support_outs, lr, steps, init_md, support_files])
+        pick.input(on_pick, [pick, state], [editor])
+        remove.click(on_remove, [pick, state, init], [*support_outs, lr, steps, init_md])
+        use_painted.click(on_painted, [pick, editor, state], support_outs)
+        mask_file.upload(on_mask_file, [mask_file, pick, state], [*support_outs, mask_file])
+        init.input(on_init, [init, state], [lr, steps, init_md])
+        query_files.upload(on_queries, [query_files, state], [state, status])
+        adapt_btn.click(on_adapt, [state, init, lr, steps, seed], result_outs, concurrency_limit=concurrency,
+                        concurrency_id=WORK)
+        segment_btn.click(on_segment, [state], result_outs, concurrency_limit=concurrency, concurrency_id=WORK)
+        onnx_btn.click(on_onnx, [state], [onnx_dl], concurrency_limit=concurrency, concurrency_id=WORK)
+        demo.unload(sessions.end)
+    demo.sessions = sessions  # type: ignore[attr-defined]  # the server closes them all on shutdown
+    return demo

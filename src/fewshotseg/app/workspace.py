@@ -1,0 +1,301 @@
+"""One browser session's work, without any web code: its support pairs, queries and adapted network, all in its own
+temporary folder.
+
+    ws = Workspace(root, Limits())
+    ws.add_support(["a.jpg", "b.jpg"])          # uploads, checked against the limits and copied into ws.folder
+    ws.set_mask("a.jpg", "a_mask.png")          # an uploaded mask ...
+    ws.set_mask("b.jpg", painted, "painted")    # ... or one painted in the page ((H, W) array, nonzero = object)
+    ws.add_queries(["c.jpg"])
+    ws.adapt(initialization, lr=0.005, steps=5, seed=0)
+    ws.segment()                                # -> [(name, overlay, mask)], and masks.zip
+    ws.close()                                  # removes the folder (the session ended)
+
+Everything the browser sends is read from the upload's own path (a file the web library wrote into the server's
+upload folder), checked (size, pixels, decodable), and copied into `folder` under a sanitised name; no name from the
+browser is ever used as a path outside it. Every mistake is a `UserError` whose message the page shows.
+
+Adapting is `FewShotSegmenter.fit` with the support statistics and the seed given, and each query is predicted alone,
+exactly as `fewshotseg adapt` does: the page's masks equal the command's for the same initialization, update
+parameters, seed and support pairs in the same order.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import shutil
+import tempfile
+import threading
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from fewshotseg.adapt import export_onnx, overlay
+from fewshotseg.data.dataset import DataError
+from fewshotseg.errors import UserError
+from fewshotseg.segmenter import FewShotSegmenter, load_image, read_pair
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+
+
+@dataclass
+class Limits:
+    """What one upload and one session may hold; `serve`'s flags set them."""
+
+    max_image_side: int = 4096  # pixels along either side of one image
+    max_images: int = 20  # support images, and separately query images, per session
+    max_file_mb: float = 20.0  # bytes of one uploaded file
+
+
+@dataclass
+class Initialization:
+    """An initialization loaded once by the server and copied for each session that adapts it."""
+
+    label: str
+    segmenter: FewShotSegmenter
+
+    def fresh(self) -> FewShotSegmenter:
+        s = self.segmenter
+        return FewShotSegmenter(copy.deepcopy(s.init), copy.deepcopy(s.card), device=s.device, described=s.described)
+
+    def default_params(self, shots: int) -> tuple[float, int, str]:
+        """(lr, steps, where they come from) of the initialization's own update parameters for `shots` pairs."""
+        params, source = self.segmenter.update_params_for(max(shots, 1))
+        return params.lr, params.steps, source
+
+
+@dataclass
+class Pair:
+    name: str  # sanitised file name, unique within the session
+    path: Path  # the session's copy of the image
+    rgb: np.ndarray  # (H, W, 3) uint8, upright
+    mask: np.ndarray | None = None  # (H, W) bool on the upright grid
+    mask_source: str = ""  # "uploaded" or "painted"
+
+
+@dataclass
+class Workspace:
+    root: Path
+    limits: Limits = field(default_factory=Limits)
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.folder = Path(tempfile.mkdtemp(prefix="session-", dir=self.root))
+        self.support: list[Pair] = []
+        self.queries: list[Pair] = []
+        self.segmenter: FewShotSegmenter | None = None
+        self.settings: dict[str, Any] = {}
+        self.results: list[tuple[str, np.ndarray, np.ndarray]] = []  # (query name, overlay, mask)
+        self.lock = threading.Lock()  # one event at a time per session (two tabs of one session may click at once)
+        self.closed = False
+
+    # ------------------------------------------------------------------------------------------ uploads
+
+    def add_support(self, paths: list[str | Path]) -> list[str]:
+        """Add uploaded support images (without masks yet); returns their names in the session."""
+        added = self._add(paths, self.support, "support")
+        self._forget_adaptation()
+        return added
+
+    def add_queries(self, paths: list[str | Path]) -> list[str]:
+        return self._add(paths, self.queries, "query")
+
+    def remove_support(self, name: str) -> None:
+        self.support = [p for p in self.support if p.name != name]
+        self._forget_adaptation()
+
+    def clear_queries(self) -> None:
+        self.queries, self.results = [], []
+
+    def _add(self, paths: list[str | Path], into: list[Pair], kind: str) -> list[str]:
+        self._check_open()
+        paths = [Path(p) for p in paths or []]
+        if len(into) + len(paths) > self.limits.max_images:
+            raise UserError(f"at most {self.limits.max_images} {kind} images per session (this server's "
+                            f"--max-images); you have {len(into)} and added {len(paths)}")
+        taken = {p.name for p in into}
+        checked = [(self._checked_image(p), p) for p in paths]  # all or none: a bad file adds nothing
+        added = []
+        for rgb, src in checked:
+            name = _unique(_safe_name(src.name), taken)
+            taken.add(name)
+            dest = self.folder / kind / name
+            dest.parent.mkdir(exist_ok=True)
+            shutil.copyfile(src, dest)
+            into.append(Pair(name, dest, rgb))
+            added.append(name)
+        return added
+
+    def _checked_image(self, path: Path) -> np.ndarray:
+        """The upright pixels of one uploaded file, or a UserError naming it and the limit it breaks."""
+        shown = _safe_name(path.name)
+        size = path.stat().st_size
+        if size > self.limits.max_file_mb * 1e6:
+            raise UserError(f"{shown} is {size / 1e6:.1f} MB; this server takes files up to "
+                            f"{self.limits.max_file_mb:g} MB (--max-file-mb)")
+        try:
+            with Image.open(path) as im:  # reads the header only: the pixel limit is checked before decoding
+                w, h = im.size
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+            raise UserError(f"{shown} is not an image this page can read: upload JPEG or PNG photos") from None
+        side = self.limits.max_image_side
+        if max(w, h) > side:
+            raise UserError(f"{shown} is {w}x{h} px; this server takes images up to {side} px on a side "
+                            "(--max-image-side): downscale it first")
+        try:
+            return load_image(path, shown)
+        except DataError:
+            raise UserError(f"{shown} cannot be decoded (corrupt or truncated): re-export it as JPEG or PNG") from None
+
+    # ------------------------------------------------------------------------------------------ masks
+
+    def pair(self, name: str) -> Pair:
+        for p in self.support:
+            if p.name == name:
+                return p
+        raise UserError("choose a support image to label first (upload one, then pick it in the list)")
+
+    def set_mask(self, name: str, mask: str | Path | np.ndarray, source: str = "uploaded") -> None:
+        """Give the support image `name` its mask: an uploaded file (any of `adapt`'s mask formats, at the image's
+        size) or an (H, W) array painted in the page (nonzero = object; resized to the image if the canvas was)."""
+        self._check_open()
+        pair = self.pair(name)
+        if isinstance(mask, np.ndarray):
+            m = mask.astype(bool)
+            if m.shape != pair.rgb.shape[:2]:
+                h, w = pair.rgb.shape[:2]
+                m = np.asarray(Image.fromarray(m.astype(np.uint8) * 255).resize((w, h), Image.NEAREST)) > 127
+        else:
+            self._checked_image(Path(mask))
+            try:
+                _, m = read_pair(pair.rgb, Path(mask), f"mask of {name}")
+            except DataError as err:
+                raise UserError(f"the mask of {name}: {getattr(err, 'reason', err)}") from None
+        if not m.any():
+            how = "paint over the object with the brush" if source == "painted" else "upload a mask that marks it"
+            raise UserError(f"the {source} mask of {name} has no foreground: {how}")
+        pair.mask, pair.mask_source = m, source
+        self._forget_adaptation()
+
+    def labelled(self) -> list[Pair]:
+        return [p for p in self.support if p.mask is not None]
+
+    # ------------------------------------------------------------------------------------------ U and prediction
+
+    def adapt(self, init: Initialization, *, lr: float, steps: int, seed: int, progress=None) -> str:
+        """Adapt `init` to the labelled pairs (in upload order); returns a one-line summary."""
+        self._check_open()
+        if not self.support:
+            raise UserError("no support image yet: upload at least one image of the object and mark it")
+        unlabelled = [p.name for p in self.support if p.mask is None]
+        if unlabelled:
+            raise UserError(f"support image(s) without a mask: {', '.join(unlabelled)}; paint the object or "
+                            "upload its mask, or remove the image")
+        if steps is None or lr is None or steps < 1 or not lr > 0:
+            raise UserError("U needs a learning rate above 0 and at least 1 step")
+        seg = init.fresh()
+        params, source = seg.update_params_for(len(self.support), lr=float(lr), steps=int(steps))
+        seg.fit([p.rgb for p in self.support], [p.mask for p in self.support], seed=int(seed), update_params=params,
+                stats="support", names=[p.name for p in self.support], progress=progress)
+        seg.params_source = source
+        self.segmenter = seg
+        self.results = []
+        self.settings = {"init": init.label, "described": seg.described, "size": seg.size, "seed": int(seed),
+                         "stats": "support", "update_params": params.as_dict(), "update_params_source": source,
+                         "support": [p.name for p in self.support]}
+        return (f"adapted {seg.described} to {len(self.support)} pair(s): lr {params.lr:g}, {params.steps} steps, "
+                f"seed {int(seed)}")
+
+    def segment(self) -> list[tuple[str, np.ndarray, np.ndarray]]:
+        """(name, overlay, mask) per query, each predicted alone at its own size (as `fewshotseg adapt` does)."""
+        self._check_open()
+        if self.segmenter is None:
+            raise UserError("adapt first: label the support images, then press Adapt (queries are segmented by "
+                            "the adapted network)")
+        if not self.queries:
+            raise UserError("no query image yet: upload the images to segment")
+        self.results = []
+        for q in self.queries:
+            mask = self.segmenter.predict([q.rgb])[0].mask
+            self.results.append((q.name, overlay(q.rgb, mask), mask))
+        return self.results
+
+    # ------------------------------------------------------------------------------------------ downloads
+
+    def masks_zip(self) -> Path:
+        """masks/<query>_mask.png (0/255, each at its query's size), support/<image>_mask.png (the masks used,
+        painted ones included) and settings.json (what `fewshotseg adapt` needs to give the same masks)."""
+        if not self.results:
+            raise UserError("nothing to download yet: adapt, then segment query images")
+        path = self.folder / "downloads" / "masks.zip"
+        path.parent.mkdir(exist_ok=True)
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+            for name, _, mask in self.results:
+                z.writestr(f"masks/{Path(name).stem}_mask.png", _png(mask))
+            for p in self.support:
+                if p.mask is not None:
+                    z.writestr(f"support/{Path(p.name).stem}_mask.png", _png(p.mask))
+            z.writestr("settings.json", json.dumps(self.settings, indent=2) + "\n")
+        return path
+
+    def weights(self) -> Path:
+        """The adapted network's model.safetensors (its card.json and README.md are written beside it)."""
+        if self.segmenter is None:
+            raise UserError("adapt first: there are no adapted weights yet")
+        folder = self.segmenter.save_pretrained(self.folder / "downloads" / "adapted")
+        return folder / "model.safetensors"
+
+    def onnx(self) -> Path:
+        if self.segmenter is None:
+            raise UserError("adapt first: there is no adapted network to export yet")
+        path = self.folder / "downloads" / "adapted.onnx"
+        path.parent.mkdir(exist_ok=True)
+        try:
+            export_onnx(copy.deepcopy(self.segmenter.model).cpu(), self.segmenter.size, path)
+        except ImportError as err:
+            raise UserError(f"ONNX export needs the onnx extra: pip install 'fewshotseg[onnx]' ({err})") from None
+        return path
+
+    # ------------------------------------------------------------------------------------------ life
+
+    def close(self) -> None:
+        """Remove the session's folder and drop its images and network (the session ended)."""
+        self.closed = True
+        self.support, self.queries, self.results, self.segmenter = [], [], [], None
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise UserError("this session has ended: reload the page")
+
+    def _forget_adaptation(self) -> None:
+        self.segmenter, self.results = None, []
+
+
+def _safe_name(name: str) -> str:
+    """A file name from the browser reduced to letters, digits, '.', '-', '_' (no folders, no leading dot)."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name.replace("\\", "/")).name).lstrip(".")
+    return name[-100:] or "image"
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    stem, suffix = Path(name).stem, Path(name).suffix
+    n, out = 2, name
+    while out in taken or Path(out).stem in {Path(t).stem for t in taken}:
+        out = f"{stem}_{n}{suffix}"
+        n += 1
+    return out
+
+
+def _png(mask: np.ndarray) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(mask.astype(np.uint8) * 255).save(buf, format="PNG")
+    return buf.getvalue()
