@@ -37,7 +37,7 @@ from fewshotseg.meta_learning.meta_learner import MetaLearner
 from fewshotseg.meta_learning.meta_update import check_algorithm
 from fewshotseg.meta_learning.update_routine import Learner, UpdateParams
 from fewshotseg.runs.curves import Curves
-from fewshotseg.runs.initialization import load_initialization, model_state, save_initialization
+from fewshotseg.runs.initialization import load_initialization, model_state, save_initialization, write_run_card
 from fewshotseg.runs.run_dir import RunDir
 from fewshotseg.training import distributed
 from fewshotseg.training.budget import Budget
@@ -121,7 +121,9 @@ def meta_train(cfg: MetaTrainConfig, *, resume: bool = False, max_minutes: float
                                      "lower --inner-lr or --meta-step")
         record = {"iteration": it, "loss": loss, "meta_step": epsilon}
         extra_started = time.monotonic()
-        if val_episodes and (it % cfg.eval_interval == 0 or it == cfg.iterations):
+        # Under a time budget, one validation right after the warm-up measures what the final one will cost.
+        first_under_budget = budget is not None and it == start + budget.warmup
+        if val_episodes and (it % cfg.eval_interval == 0 or it == cfg.iterations or first_under_budget):
             est = validate(learner, model, val, val_episodes, params, ctx, seed=cfg.seed)
             record |= {"val_miou": est.mean, "val_ci95": est.half_width, "val_tasks": est.n}
             run.log(f"iteration {it}: validation mIoU {est} over {est.n} held-out tasks")
@@ -134,7 +136,7 @@ def meta_train(cfg: MetaTrainConfig, *, resume: bool = False, max_minutes: float
         curves.scalars(it, {"train/loss": loss, "train/epsilon": epsilon, "val/miou": record.get("val_miou"),
                             "train/step_seconds": time.monotonic() - step_started})
         if budget is not None:
-            if "val_miou" in record or it % cfg.checkpoint_interval == 0:
+            if "val_miou" in record or it % cfg.checkpoint_interval == 0:  # (checkpoint + validation at the end)
                 budget.record_final_cost(time.monotonic() - extra_started)  # what the last iteration will add
             fitted = int(ctx.broadcast(float(budget.fit(it, cfg.iterations, limit, start))))  # rank 0 decides
             if fitted != cfg.iterations:
@@ -147,6 +149,12 @@ def meta_train(cfg: MetaTrainConfig, *, resume: bool = False, max_minutes: float
     if ctx.is_main:
         save_initialization(out, model, {"algorithm": cfg.algorithm, "iterations": cfg.iterations, "data": cfg.data,
                                          "size": cfg.size})
+        write_run_card(run.path, model, size=cfg.size, update_params=cfg.update_params().as_dict(),
+                       source="meta-training's omega", summary=f"EfficientLab initialization meta-trained with "
+                       f"{cfg.algorithm} from {cfg.init} weights.",
+                       training={"algorithm": cfg.algorithm, "init": cfg.init, "data": cfg.data, "splits": cfg.splits,
+                                 "iterations": cfg.iterations, "meta_batch": cfg.meta_batch,
+                                 "meta_optimizer": f"{cfg.meta_optimizer} {cfg.meta_step:g} -> {cfg.meta_step_final:g}"})
         run.log(f"done: {cfg.iterations} meta-iterations in {time.monotonic() - started:.0f} s; "
                 f"initialization written to {out}")
     ctx.barrier()
