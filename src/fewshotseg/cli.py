@@ -308,6 +308,7 @@ def add_tune(sub: argparse._SubParsersAction) -> None:
 
 
 def run_tune(args: argparse.Namespace) -> int:
+    from fewshotseg.runs.initialization import record_tuned
     from fewshotseg.tuning.uho import TuneConfig, tune
 
     cfg = config_from_args(TuneConfig, args)
@@ -316,6 +317,11 @@ def run_tune(args: argparse.Namespace) -> int:
     params = result["update_params"]
     print(f"best: mean IoU {100 * result['objective']:.2f} % on validation tasks with lr {params['lr']:.3g}, "
           f"{params['steps']} steps (trial {result['trial']}); written to {cfg.run_dir}/update_params.json")
+    folder = record_tuned(cfg.init, cfg.shots, params, f"tune: {cfg.run_dir}/update_params.json",
+                          {"data": f"{cfg.data} ({cfg.split} classes)", "protocol": "UHO objective (validation)",
+                           "shots": cfg.shots, "mean_iou": result["objective"], "episodes": cfg.val_tasks})
+    if folder is not None:
+        print(f"{cfg.shots}-shot update parameters recorded in {folder}/card.json (adapt and evaluate use them)")
     return 0
 
 

@@ -246,3 +246,57 @@ def init_card(spec: str) -> Card:
 def card_size(spec: str) -> int:
     """The input size an initialization was trained at (its card, else its metadata); 0 when it has none."""
     return int(init_card(spec).size)
+
+
+def write_run_card(folder: str | Path, model: nn.Module, *, size: int, update_params: dict[str, Any], source: str,
+                   training: dict[str, Any], summary: str) -> Card:
+    """card.json + README.md beside a run's `model.safetensors`: meta-training's omega as the default U, what it
+    was trained on (and the corpus MANIFEST's summary when the data has one), and the last validation score of
+    `metrics.jsonl`."""
+    from fewshotseg.runs.provenance import environment
+    from fewshotseg.runs.run_dir import read_jsonl
+
+    folder = Path(folder)
+    data = Path(str(training.get("data", "")))
+    if (data / "MANIFEST.json").is_file():
+        try:
+            manifest = json.loads((data / "MANIFEST.json").read_text())
+            training["corpus"] = {k: manifest.get(k) for k in ("corpus_version", "splits", "spec")}
+            training["corpus"]["sources"] = [f"{s['package']} {s['version']}" for s in manifest.get("sources", [])]
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    env = environment()
+    training.setdefault("command", " ".join(env["command"]))
+    training.setdefault("git_commit", env["git_commit"])
+    metrics = []
+    rows = [r for r in read_jsonl(folder / "metrics.jsonl") if "val_miou" in r] if (folder / "metrics.jsonl").is_file() else []
+    if rows:
+        last = rows[-1]
+        metrics.append({"data": f"{training.get('data')} (validation classes)", "protocol": "paper, 5-shot",
+                        "shots": 5, "mean_iou": last["val_miou"], "ci95": last.get("val_ci95", 0.0),
+                        "episodes": last.get("val_tasks"), "iteration": last.get("iteration")})
+    weights = folder / WEIGHTS_FILE
+    card = Card(name=folder.name, model=asdict(model.config), size=size,
+                update_params={"default": {**update_params, "source": source}}, summary=summary,
+                training=training, metrics=metrics,
+                weights={"file": WEIGHTS_FILE, "sha256": sha256(weights), "bytes": weights.stat().st_size})
+    card.save(folder)
+    return card
+
+
+def record_tuned(spec: str, shots: int, values: dict[str, Any], source: str, metric: dict[str, Any]) -> Path | None:
+    """Put a `tune` result into the card of the initialization it was tuned for (the replaced entry goes to the
+    card's history); returns the card's folder, or None for `random`, `imagenet` and packaged initializations,
+    whose cards are not changed."""
+    if spec in ("random", "imagenet") or spec in PACKAGED:
+        return None
+    path = find_initialization(spec)
+    config, _, extra = read_initialization(path)
+    card = card_for(path, config, extra)
+    if not card.weights and path.name == WEIGHTS_FILE:
+        card.weights = {"file": WEIGHTS_FILE, "sha256": sha256(path), "bytes": path.stat().st_size}
+    card.set_update_params(shots, values, source)
+    card.metrics = [m for m in card.metrics if not (m.get("protocol") == metric.get("protocol")
+                                                    and m.get("shots") == metric.get("shots"))] + [metric]
+    card.save(path.parent)
+    return path.parent

@@ -25,7 +25,12 @@ from fewshotseg.data.dataset import IGNORE
 from fewshotseg.data.tasks import TaskTensors, episode_rng, torch_generator
 from fewshotseg.models.losses import l2_parameters, segmentation_loss
 from fewshotseg.runs.curves import Curves
-from fewshotseg.runs.initialization import load_initialization, model_state, save_initialization
+from fewshotseg.runs.initialization import (
+    load_initialization,
+    model_state,
+    save_initialization,
+    write_run_card,
+)
 from fewshotseg.runs.run_dir import RunDir
 from fewshotseg.training import distributed
 from fewshotseg.training.budget import Budget
@@ -147,6 +152,12 @@ def joint_train(cfg: JointTrainConfig, *, resume: bool = False) -> Path:
     if ctx.is_main:
         save_initialization(out, model, {"joint_trained_classes": len(train.names), "steps": total,
                                          "epochs": total / steps_per_epoch, "data": cfg.data, "size": cfg.size})
+        write_run_card(run.path, model, size=cfg.size, update_params={},
+                       source="paper Table 3 (joint training has no update routine of its own; tune sets one)",
+                       summary=f"Joint-trained baseline: all {len(train.names)} training classes plus background as "
+                       "one multi-class problem; adapted with a fresh two-class head.",
+                       training={"algorithm": "joint", "init": cfg.init, "data": cfg.data, "splits": cfg.splits,
+                                 "steps": total, "epochs": round(total / steps_per_epoch, 4)})
         run.log(f"done: {total} steps ({total / steps_per_epoch:.2f} epochs) in {time.monotonic() - started:.0f} s; "
                 f"initialization written to {out}")
     distributed.Context.barrier(ctx)

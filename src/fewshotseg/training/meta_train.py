@@ -37,7 +37,12 @@ from fewshotseg.meta_learning.meta_learner import MetaLearner
 from fewshotseg.meta_learning.meta_update import check_algorithm
 from fewshotseg.meta_learning.update_routine import Learner, UpdateParams
 from fewshotseg.runs.curves import Curves
-from fewshotseg.runs.initialization import load_initialization, model_state, save_initialization, write_run_card
+from fewshotseg.runs.initialization import (
+    load_initialization,
+    model_state,
+    save_initialization,
+    write_run_card,
+)
 from fewshotseg.runs.run_dir import RunDir
 from fewshotseg.training import distributed
 from fewshotseg.training.budget import Budget

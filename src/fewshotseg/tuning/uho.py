@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 
-from fewshotseg.config import ModelFields, option, resolve_update_params
+from fewshotseg.config import ModelFields, init_update_params, option
 from fewshotseg.data.tasks import TaskTensors, episode_rng
 from fewshotseg.errors import UserError
 from fewshotseg.evaluation import jobs
@@ -70,7 +70,7 @@ class TuneConfig(ModelFields):
     splits: str = option("auto", "class split scheme (see meta-train)")
     split: str = option("val", "which classes to tune on")
     fold: int = option(-1, "PASCAL-5i / COCO-20i fold (0-3): tune on its training classes' evaluation images")
-    size: int = option(224, "square image size in pixels")
+    size: int = option(0, "square image size in pixels (0: the initialization's own, from its card; else 224)")
     seed: int = option(0, "seed of the episodes and the sampler")
     workers: int = option(1, "processes running the validation tasks of a trial in parallel (CPU)")
     device: str = option("auto", "cpu, cuda or auto")
@@ -242,6 +242,10 @@ def tune(cfg: TuneConfig, *, progress: bool = True, pool: Pool | None = None) ->
     if unknown or not search:
         raise ValueError(f"unknown --search entries {unknown}; choose from {', '.join(SEARCH_SPACE)}")
     run = RunDir(cfg.run_dir)
+    if not cfg.size:
+        from fewshotseg.runs.initialization import card_size
+
+        cfg = replace(cfg, size=card_size(cfg.init) or 224)
     fold = cfg.fold if cfg.fold >= 0 else None
     dataset = load_split(cfg.data, cfg.size, cfg.split, splits=cfg.splits, fold=fold)
     data_key = (cfg.data, cfg.split, cfg.splits, fold)  # what each worker loads
@@ -251,7 +255,8 @@ def tune(cfg: TuneConfig, *, progress: bool = True, pool: Pool | None = None) ->
         raise ValueError(f"--shots {cfg.shots}: no {cfg.split} class of {cfg.data} has the {cfg.shots} + 5 images a "
                          "task needs (support + query); use fewer shots or more images per class")
     episodes = paper_episodes(dataset.subset(names), names, cfg.shots, splits=1, seed=cfg.seed)
-    base = resolve_update_params(cfg.update_params or None)
+    base, base_source = init_update_params(cfg.init, cfg.shots, file=cfg.update_params or None)
+    run.log(f"U's other settings (and the BatchNorm policy) from {base_source}")
 
     init_path = run.file("init.safetensors")  # seeded: a resumed study rewrites the same network
     described = write_for_workers(cfg.init, cfg.model_config(dropout=base.dropout), init_path, seed=cfg.seed)
