@@ -10,6 +10,8 @@ stays fast):
   `paper_episodes`, `Episode`, `make_synthetic`, `SyntheticSpec`
 * evaluation: `evaluate_initialization` returning an `EvaluationResult` of `ClassResult`s
 * initialization files: `save_initialization`, `read_initialization`, `load_initialization`
+* for practitioners: `FewShotSegmenter` (`from_pretrained("general")`, `fit`, `predict`, `save_pretrained`),
+  `Prediction`, and the initialization card `Card`; the corpus builder `make_corpus`, `CorpusSpec`
 """
 
 from __future__ import annotations
@@ -42,6 +44,11 @@ _EXPORTS: dict[str, str] = {
     "save_initialization": "fewshotseg.runs.initialization",
     "read_initialization": "fewshotseg.runs.initialization",
     "load_initialization": "fewshotseg.runs.initialization",
+    "FewShotSegmenter": "fewshotseg.segmenter",
+    "Prediction": "fewshotseg.segmenter",
+    "Card": "fewshotseg.runs.card",
+    "make_corpus": "fewshotseg.data.corpus",
+    "CorpusSpec": "fewshotseg.data.corpus",
 }
 
 __all__ = ["__version__", *_EXPORTS]
