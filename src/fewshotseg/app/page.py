@@ -205,8 +205,10 @@ def build_page(inits: list[Initialization], limits: Limits, root: Path, *, concu
         def on_support(files, ws, label, request: gr.Request):
             ws = sessions.get(ws, request)
             with ws.lock:
-                added = ws.add_support(_paths(files))
-                return (*support_view(ws, added[0] if added else None), *params_for(ws, label), None)
+                added, refused = ws.add_support(_paths(files))
+            for message in refused:
+                gr.Warning(message, duration=None)
+            return (*support_view(ws, added[0] if added else None), *params_for(ws, label), None)
 
         @shown
         def on_pick(name, ws, request: gr.Request):
@@ -247,7 +249,9 @@ def build_page(inits: list[Initialization], limits: Limits, root: Path, *, concu
             ws = sessions.get(ws, request)
             with ws.lock:
                 ws.clear_queries()
-                added = ws.add_queries(_paths(files))
+                added, refused = ws.add_queries(_paths(files))
+            for message in refused:
+                gr.Warning(message, duration=None)
             return ws, f"{len(added)} query image(s) ready" if added else ""
 
         def results(ws: Workspace, text: str):

@@ -12,7 +12,8 @@ temporary folder.
 
 Everything the browser sends is read from the upload's own path (a file the web library wrote into the server's
 upload folder), checked (size, pixels, decodable), and copied into `folder` under a sanitised name; no name from the
-browser is ever used as a path outside it. Every mistake is a `UserError` whose message the page shows.
+browser is ever used as a path outside it. A file that is not a readable image, or breaks a limit, is refused with
+a message (the others of the same upload are kept); every other mistake is a `UserError`; the page shows both.
 
 Adapting is `FewShotSegmenter.fit` with the support statistics and the seed given, and each query is predicted alone,
 exactly as `fewshotseg adapt` does: the page's masks equal the command's for the same initialization, update
@@ -97,13 +98,15 @@ class Workspace:
 
     # ------------------------------------------------------------------------------------------ uploads
 
-    def add_support(self, paths: list[str | Path]) -> list[str]:
-        """Add uploaded support images (without masks yet); returns their names in the session."""
-        added = self._add(paths, self.support, "support")
-        self._forget_adaptation()
-        return added
+    def add_support(self, paths: list[str | Path]) -> tuple[list[str], list[str]]:
+        """Add uploaded support images (without masks yet): (their names in the session, a message per file
+        refused)."""
+        added, refused = self._add(paths, self.support, "support")
+        if added:
+            self._forget_adaptation()
+        return added, refused
 
-    def add_queries(self, paths: list[str | Path]) -> list[str]:
+    def add_queries(self, paths: list[str | Path]) -> tuple[list[str], list[str]]:
         return self._add(paths, self.queries, "query")
 
     def remove_support(self, name: str) -> None:
@@ -113,16 +116,22 @@ class Workspace:
     def clear_queries(self) -> None:
         self.queries, self.results = [], []
 
-    def _add(self, paths: list[str | Path], into: list[Pair], kind: str) -> list[str]:
+    def _add(self, paths: list[str | Path], into: list[Pair], kind: str) -> tuple[list[str], list[str]]:
+        """Copy the readable images into the session; a file that is not one (or breaks a limit) is refused with
+        a message and the others are kept. Over the count limit nothing is added."""
         self._check_open()
         paths = [Path(p) for p in paths or []]
         if len(into) + len(paths) > self.limits.max_images:
             raise UserError(f"at most {self.limits.max_images} {kind} images per session (this server's "
                             f"--max-images); you have {len(into)} and added {len(paths)}")
         taken = {p.name for p in into}
-        checked = [(self._checked_image(p), p) for p in paths]  # all or none: a bad file adds nothing
-        added = []
-        for rgb, src in checked:
+        added, refused = [], []
+        for src in paths:
+            try:
+                rgb = self._checked_image(src)
+            except UserError as err:
+                refused.append(str(err))
+                continue
             name = _unique(_safe_name(src.name), taken)
             taken.add(name)
             dest = self.folder / kind / name
@@ -130,7 +139,7 @@ class Workspace:
             shutil.copyfile(src, dest)
             into.append(Pair(name, dest, rgb))
             added.append(name)
-        return added
+        return added, refused
 
     def _checked_image(self, path: Path) -> np.ndarray:
         """The upright pixels of one uploaded file, or a UserError naming it and the limit it breaks."""

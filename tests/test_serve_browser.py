@@ -1,0 +1,214 @@
+"""`fewshotseg serve` in a real browser: Playwright drives Debian's chromium (headless) against a server on
+127.0.0.1 in this process. Deselect with `-m "not browser"`; CI runs them (.ci/run installs chromium).
+
+Every wait is bounded (WAIT ms, or ADAPT ms around the network's work), so a broken page fails, never hangs."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import socket
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REAL_PHOTOS
+
+pytest.importorskip("gradio")
+sync_api = pytest.importorskip("playwright.sync_api")
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+WAIT = 20_000  # ms for a page reaction
+ADAPT = 120_000  # ms for an adaptation (a few steps of a tiny network; two pages share one queue slot)
+STEPS = 2
+DUCK, CAT = REAL_PHOTOS / "duck_toy", REAL_PHOTOS / "cat"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_init(tmp_path_factory) -> Path:
+    import torch
+
+    from fewshotseg.models.efficientlab import ModelConfig
+    from fewshotseg.segmenter import FewShotSegmenter
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("init") / "tiny"
+    FewShotSegmenter.from_pretrained("random", model_config=ModelConfig(encoder="tinynet_e"), size=64,
+                                     device="cpu").save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def server(tiny_init):
+    from fewshotseg.app.serve import ServeOptions, serve
+    from fewshotseg.app.workspace import Limits
+
+    demo, url, close = serve(ServeOptions(inits=[str(tiny_init)], port=free_port(),
+                                          limits=Limits(max_image_side=1000, max_images=4)), block=False)
+    yield url, demo
+    close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if CHROMIUM is None:
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium; .ci/run does it)")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True)
+        yield b
+        b.close()
+
+
+def open_page(browser, url):
+    context = browser.new_context(viewport={"width": 1400, "height": 1100}, accept_downloads=True)
+    page = context.new_page()
+    page.set_default_timeout(WAIT)
+    page.goto(url, timeout=WAIT)
+    page.wait_for_selector("#support-files input[type=file]", state="attached")
+    return context, page
+
+
+def wait_text(page, selector: str, text: str, timeout: int = WAIT) -> None:
+    page.wait_for_function("([s, t]) => (document.querySelector(s)?.innerText || '').includes(t)",
+                           arg=[selector, text], timeout=timeout)
+
+
+def upload(page, selector: str, files) -> None:
+    page.locator(f"{selector} input[type=file]").set_input_files([str(f) for f in files])
+
+
+def paint(page) -> None:
+    """Brush strokes across the middle of the image, then an eraser stroke through them (mouse events)."""
+    page.locator("#editor button[aria-label='Brush']").first.click()
+    box = page.locator("#editor canvas").first.bounding_box()
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(cx - 50, cy - 40)
+    page.mouse.down()
+    for k in range(11):
+        page.mouse.move(cx - 50 + 10 * k, cy - 40 + 80 * (k % 2), steps=5)
+    page.mouse.up()
+    page.locator("#editor button[aria-label='Erase']").first.click()
+    page.mouse.move(cx - 60, cy)
+    page.mouse.down()
+    page.mouse.move(cx + 60, cy, steps=8)
+    page.mouse.up()
+
+
+def pick(page, name: str) -> None:
+    page.locator("#pick input").click()
+    page.get_by_role("option", name=name).click()
+
+
+def download_zip(page) -> zipfile.ZipFile:
+    with page.expect_download(timeout=WAIT) as download:
+        page.locator("#download-zip").click()
+    return zipfile.ZipFile(io.BytesIO(Path(download.value.path()).read_bytes()))
+
+
+def label_and_adapt(page, support, mask_file, queries) -> None:
+    """Upload support images; paint the first one's mask, upload the second's; upload queries; Adapt."""
+    upload(page, "#support-files", support)
+    wait_text(page, "#pairs", f"of {len(support)} support image(s)")
+    paint(page)
+    page.locator("#use-painted").click()
+    wait_text(page, "#pairs", "painted mask")
+    pick(page, Path(support[1]).name)
+    upload(page, "#mask-file", [mask_file])
+    wait_text(page, "#pairs", "2 labelled pairs")
+    upload(page, "#query-files", queries)
+    wait_text(page, "#status", f"{len(queries)} query image(s) ready")
+    page.locator("#steps input").fill(str(STEPS))
+
+
+def png(z: zipfile.ZipFile, name: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(z.read(name))))
+
+
+def test_page_masks_equal_fewshotseg_adapt(server, browser, tiny_init, tmp_path):
+    from fewshotseg.cli import main
+
+    url, _ = server
+    context, page = open_page(browser, url)
+    try:
+        label_and_adapt(page, [DUCK / "1.jpg", DUCK / "2.jpg"], DUCK / "2.png", [DUCK / "3.jpg", CAT / "1.jpg"])
+        page.locator("#adapt").click()
+        page.wait_for_selector("#overlays img", timeout=ADAPT)
+        wait_text(page, "#status", "segmented 2 query image(s)")
+        z = download_zip(page)
+    finally:
+        context.close()
+    assert sorted(z.namelist()) == ["masks/1_mask.png", "masks/3_mask.png", "settings.json", "support/1_mask.png",
+                                    "support/2_mask.png"]
+    painted = png(z, "support/1_mask.png") > 0
+    assert 0.005 < painted.mean() < 0.5  # the brush strokes, less the eraser's
+    from fewshotseg.data.images import read_mask
+
+    np.testing.assert_array_equal(png(z, "support/2_mask.png") > 0, read_mask(DUCK / "2.png").astype(bool))
+
+    # `fewshotseg adapt` on the same pairs (the painted mask from the zip), parameters and seed
+    support, query, out = tmp_path / "support", tmp_path / "query", tmp_path / "out"
+    support.mkdir()
+    query.mkdir()
+    for n in (1, 2):
+        shutil.copy(DUCK / f"{n}.jpg", support / f"{n}.jpg")
+        (support / f"{n}_mask.png").write_bytes(z.read(f"support/{n}_mask.png"))
+    shutil.copy(DUCK / "3.jpg", query / "3.jpg")
+    shutil.copy(CAT / "1.jpg", query / "1.jpg")
+    code = main(["adapt", "--init", str(tiny_init), "--support", str(support), "--query", str(query), "--out",
+                 str(out), "--u-lr", "0.005", "--u-steps", str(STEPS), "--seed", "0", "--stats", "support"])
+    assert code == 0
+    for name in ("1", "3"):
+        page_mask = png(z, f"masks/{name}_mask.png")
+        assert page_mask.shape == np.asarray(Image.open(query / f"{name}.jpg")).shape[:2]
+        np.testing.assert_array_equal(page_mask, np.asarray(Image.open(out / f"{name}_mask.png")))
+
+
+def test_bad_input_is_shown_and_two_pages_adapt_concurrently(server, browser, tmp_path):
+    url, _ = server
+    (tmp_path / "notes.jpg").write_text("this is not a photo")
+    a_context, a = open_page(browser, url)
+    b_context, b = open_page(browser, url)
+    try:
+        upload(a, "#support-files", [tmp_path / "notes.jpg"])
+        a.get_by_text("notes.jpg is not an image").first.wait_for(timeout=WAIT)
+        a.locator("#segment").click()
+        a.get_by_text("adapt first").first.wait_for(timeout=WAIT)
+        upload(a, "#support-files", [DUCK / "1.jpg"])
+        wait_text(a, "#pairs", "of 1 support image(s)")
+        a.locator("#adapt").click()
+        a.get_by_text("without a mask: 1.jpg").first.wait_for(timeout=WAIT)
+        a.locator("#use-painted").click()  # nothing painted yet
+        a.get_by_text("no foreground").first.wait_for(timeout=WAIT)
+        a.locator("#remove").click()
+        wait_text(a, "#pairs", "0 labelled pairs")
+
+        # the server still serves: two pages with their own images adapt at once and each gets its own masks
+        label_and_adapt(a, [DUCK / "1.jpg", DUCK / "2.jpg"], DUCK / "2.png", [DUCK / "3.jpg"])
+        label_and_adapt(b, [CAT / "1.jpg", CAT / "2.jpg"], CAT / "2.png", [CAT / "3.jpg", DUCK / "3.jpg"])
+        a.locator("#adapt").click()
+        b.locator("#adapt").click()
+        for page in (a, b):
+            page.wait_for_selector("#overlays img", timeout=ADAPT)
+        wait_text(a, "#status", "segmented 1 query image(s)")
+        wait_text(b, "#status", "segmented 2 query image(s)")
+        za, zb = download_zip(a), download_zip(b)
+    finally:
+        a_context.close()
+        b_context.close()
+    assert "masks/3_mask.png" in za.namelist() and "masks/3_2_mask.png" not in za.namelist()
+    assert {"masks/3_mask.png", "masks/3_2_mask.png"} <= set(zb.namelist())  # two queries named 3.jpg: renamed
+    from fewshotseg.data.images import read_mask
+
+    np.testing.assert_array_equal(png(za, "support/2_mask.png") > 0, read_mask(DUCK / "2.png").astype(bool))
+    np.testing.assert_array_equal(png(zb, "support/2_mask.png") > 0, read_mask(CAT / "2.png").astype(bool))

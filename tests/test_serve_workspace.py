@@ -1,0 +1,159 @@
+"""`fewshotseg serve` without a browser: one session's workspace, its bad-input messages and its cleanup; the
+server's launch checks (missing shipped initialization, --auth, --host warning)."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REAL_PHOTOS
+
+pytest.importorskip("gradio")
+
+DUCK = REAL_PHOTOS / "duck_toy"
+
+
+@pytest.fixture(scope="module")
+def tiny_init(tmp_path_factory):
+    """A tiny initialization folder (tinynet_e, 64 px) written by save_pretrained."""
+    import torch
+
+    from fewshotseg.models.efficientlab import ModelConfig
+    from fewshotseg.segmenter import FewShotSegmenter
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("init") / "tiny"
+    FewShotSegmenter.from_pretrained("random", model_config=ModelConfig(encoder="tinynet_e"), size=64,
+                                     device="cpu").save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture()
+def ws(tmp_path):
+    from fewshotseg.app.workspace import Limits, Workspace
+
+    w = Workspace(tmp_path / "sessions", Limits(max_image_side=400, max_images=3, max_file_mb=1))
+    yield w
+    w.close()
+
+
+def test_bad_inputs_are_clear_messages(ws, tmp_path):
+    from fewshotseg.errors import UserError
+
+    text = tmp_path / "notes.jpg"
+    text.write_text("not an image")
+    big = tmp_path / "big.png"
+    Image.new("RGB", (401, 20)).save(big)
+    added, refused = ws.add_support([text, big])
+    assert added == [] and len(refused) == 2
+    assert "notes.jpg is not an image" in refused[0] and "401x20 px" in refused[1] and "up to 400 px" in refused[1]
+    with pytest.raises(UserError, match="at most 3 support images"):
+        ws.add_support([DUCK / "1.jpg"] * 4)
+    with pytest.raises(UserError, match="no support image"):
+        ws.adapt(None, lr=0.01, steps=1, seed=0)
+    added, refused = ws.add_support([DUCK / "1.jpg", text, DUCK / "2.jpg"])  # the readable ones are kept
+    assert added == ["1.jpg", "2.jpg"] and len(refused) == 1
+    with pytest.raises(UserError, match="painted mask of 1.jpg has no foreground"):
+        ws.set_mask("1.jpg", np.zeros((10, 10), bool), "painted")
+    with pytest.raises(UserError, match="without a mask: 1.jpg, 2.jpg"):
+        ws.adapt(None, lr=0.01, steps=1, seed=0)
+    with pytest.raises(UserError, match="mask is 224x224 px but the image is 320x320 px"):
+        ws.set_mask("1.jpg", REAL_PHOTOS / "eiffel_tower" / "1.png")  # another image's mask
+    with pytest.raises(UserError, match="adapt first"):
+        ws.segment()
+    with pytest.raises(UserError, match="nothing to download"):
+        ws.masks_zip()
+
+
+def test_names_from_the_browser_never_leave_the_session_folder(ws, tmp_path):
+    evil = tmp_path / "..%2F..%2Fetc passwd.png"
+    Image.open(DUCK / "1.jpg").save(evil)
+    names, _ = ws.add_support([evil, evil])
+    assert names == ["_2F.._2Fetc_passwd.png", "_2F.._2Fetc_passwd_2.png"]
+    for p in ws.support:
+        assert p.path.parent.parent == ws.folder and p.path.is_file()
+
+
+def test_adapt_segment_and_downloads_equal_the_segmenter(ws, tiny_init):
+    from fewshotseg.app.serve import load_initializations
+    from fewshotseg.segmenter import FewShotSegmenter
+
+    (init,) = load_initializations([str(tiny_init)], "cpu")
+    ws.add_support([DUCK / "1.jpg", DUCK / "2.jpg"])
+    painted = np.zeros((320, 320), bool)  # the duck photos are 320x320 px
+    painted[60:200, 90:250] = True
+    ws.set_mask("1.jpg", painted, "painted")
+    ws.set_mask("2.jpg", DUCK / "2.png")
+    ws.add_queries([DUCK / "3.jpg"])
+    ws.adapt(init, lr=0.01, steps=2, seed=3)
+    ((name, over, mask),) = ws.segment()
+    assert name == "3.jpg" and over.shape[:2] == mask.shape == Image.open(DUCK / "3.jpg").size[::-1]
+
+    seg = FewShotSegmenter.from_pretrained(tiny_init, device="cpu")
+    params, _ = seg.update_params_for(2, lr=0.01, steps=2)
+    seg.fit([DUCK / "1.jpg", DUCK / "2.jpg"], [painted, DUCK / "2.png"], seed=3, update_params=params)
+    np.testing.assert_array_equal(mask, seg.predict([DUCK / "3.jpg"])[0].mask)
+
+    with zipfile.ZipFile(ws.masks_zip()) as z:
+        assert sorted(z.namelist()) == ["masks/3_mask.png", "settings.json", "support/1_mask.png",
+                                        "support/2_mask.png"]
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(z.read("support/1_mask.png")))) > 0, painted)
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(z.read("masks/3_mask.png")))) > 0, mask)
+    assert ws.weights().name == "model.safetensors" and (ws.weights().parent / "card.json").is_file()
+
+
+def test_a_session_ending_removes_its_folder(tmp_path):
+    from fewshotseg.app.page import Sessions
+    from fewshotseg.app.workspace import Limits
+
+    class Request:
+        session_hash = "abc"
+
+    sessions = Sessions(tmp_path, Limits())
+    ws = sessions.get(None, Request())
+    ws.add_support([DUCK / "1.jpg"])
+    assert ws.folder.is_dir() and sessions.get(ws, Request()) is ws
+    sessions.end(Request())
+    assert not ws.folder.exists() and ws.closed
+
+
+def test_painted_mask_reads_the_brush_layer():
+    from fewshotseg.app.page import painted_mask
+    from fewshotseg.errors import UserError
+
+    layer = np.zeros((4, 5, 4), np.uint8)
+    layer[1:3, 2, :] = (255, 0, 0, 153)
+    np.testing.assert_array_equal(painted_mask({"layers": [layer]}), layer[..., 3] > 0)
+    with pytest.raises(UserError, match="nothing painted"):
+        painted_mask({"background": layer, "layers": []})
+
+
+def test_serve_without_the_shipped_initialization_says_to_pass_init(monkeypatch, capsys):
+    import fewshotseg.runs.initialization as initialization
+    from fewshotseg.cli import main
+
+    def missing(name):
+        raise initialization.UnreadableWeights(f"the packaged initialization {name!r} is missing")
+
+    monkeypatch.setattr(initialization, "packaged_folder", missing)
+    assert main(["serve", "--port", "1"]) == 2
+    assert "pass --init FOLDER" in capsys.readouterr().err
+
+
+def test_auth_and_host_checks(capsys):
+    from fewshotseg.app.serve import parse_auth
+    from fewshotseg.cli import main
+    from fewshotseg.errors import SettingError
+
+    assert parse_auth("ann:s3c:ret") == ("ann", "s3c:ret") and parse_auth("") is None
+    with pytest.raises(SettingError, match="USER:PASS"):
+        parse_auth("ann")
+    assert main(["serve", "--auth", "nopassword", "--init", "random"]) == 2
+    assert "--auth USER:PASS" in capsys.readouterr().err
+    assert main(["serve", "--host", "0.0.0.0", "--init", str(REAL_PHOTOS / "no-such-init")]) == 2
+    err = capsys.readouterr().err
+    assert "warning: listening on 0.0.0.0" in err and "without a password" in err and "no-such-init" in err
