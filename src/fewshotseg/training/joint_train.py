@@ -4,9 +4,12 @@
                    1..C = the pair's class; loss = CE - ln(dice over all C+1 channels) + L2 (the EfficientLab loss)
                    lr decays linearly from `lr` to `lr_final` over all steps (paper: 200 epochs, batch 8, 0.005)
 
-The result is used as an initialization with a fresh two-class head (training/initialization.py). Under torchrun
-each rank computes an equal slice of every batch and DistributedDataParallel averages the gradients, so the
-update equals the one-process update on the whole batch (BN statistics are per slice).
+The result is used as an initialization with a fresh two-class head (runs/initialization.py). Under torchrun
+each rank computes an equal slice of every batch and DistributedDataParallel averages the gradients. The batches
+are the same as in one process, but a multi-process run is not the same computation: BatchNorm normalises each
+slice with its own statistics, each rank draws its slice's augmentation (and dropout masks) from a generator seeded
+by (seed, step, rank), and the logged loss and IoU are rank 0's slice. Runs are reproducible for a given number of
+processes, not across process counts.
 """
 
 from __future__ import annotations
