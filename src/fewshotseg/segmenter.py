@@ -124,7 +124,7 @@ class FewShotSegmenter:
                 empty.append(name)
                 continue
             xs.append(_resize_image(rgb, self.size))
-            ys.append(np.asarray(Image.fromarray(m.astype(np.uint8)).resize((self.size, self.size), Image.NEAREST)))
+            ys.append(np.asarray(Image.fromarray(m.astype(np.uint8)).resize((self.size, self.size), Image.Resampling.NEAREST)))
         if empty:
             raise UserError(f"support mask(s) without any foreground: {', '.join(empty)}; every support image needs "
                             "the object marked in its mask (or leave that image out)")
@@ -158,7 +158,7 @@ class FewShotSegmenter:
         out = []
         for rgb, p in zip(rgbs, probs, strict=True):
             h, w = rgb.shape[:2]
-            full = np.asarray(Image.fromarray(p.numpy().astype(np.float32), mode="F").resize((w, h), Image.BILINEAR))
+            full = np.asarray(Image.fromarray(p.numpy().astype(np.float32), mode="F").resize((w, h), Image.Resampling.BILINEAR))
             out.append(Prediction(full > threshold, full))
         return out
 
@@ -247,11 +247,10 @@ def _oriented_mask(mask: ImageLike, shape: tuple[int, int], image: ImageLike, na
     elif isinstance(mask, Image.Image):
         m = binarize_mask(np.asarray(ImageOps.exif_transpose(mask).convert("L")), name).astype(bool)
     elif isinstance(mask, np.ndarray):
-        if mask.ndim == 3:
-            mask = mask.max(axis=2)
-        if mask.ndim != 2:
+        values = mask.max(axis=2) if mask.ndim == 3 else mask
+        if values.ndim != 2:
             raise UserError(f"{name}: a mask array must be (H, W); got shape {mask.shape}")
-        m = mask.astype(bool) if mask.dtype == bool else binarize_mask(mask.astype(np.uint8), name).astype(bool)
+        m = values.astype(bool) if values.dtype == bool else binarize_mask(values.astype(np.uint8), name).astype(bool)
     else:
         raise UserError(f"mask of {name}: expected a path, a PIL image or a numpy array, got {type(mask).__name__}")
     if m.shape == shape:
@@ -273,14 +272,14 @@ def _apply_orientation(mask: np.ndarray, image: str | Path | Image.Image) -> np.
         if im is not image:
             im.close()
     pil = Image.fromarray(mask.astype(np.uint8) * 255)
-    method = {2: Image.FLIP_LEFT_RIGHT, 3: Image.ROTATE_180, 4: Image.FLIP_TOP_BOTTOM, 5: Image.TRANSPOSE,
-              6: Image.ROTATE_270, 7: Image.TRANSVERSE, 8: Image.ROTATE_90}.get(orientation)
+    method = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+              6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}.get(orientation)
     return (np.asarray(pil.transpose(method)) > 127) if method is not None else mask
 
 
 def _resize_image(rgb: np.ndarray, size: int) -> np.ndarray:
     if rgb.shape[:2] == (size, size):
         return rgb
-    return np.asarray(Image.fromarray(rgb).resize((size, size), Image.BILINEAR))
+    return np.asarray(Image.fromarray(rgb).resize((size, size), Image.Resampling.BILINEAR))
 
 
