@@ -158,12 +158,13 @@ class FewShotSegmenter:
         out = []
         for rgb, p in zip(rgbs, probs, strict=True):
             h, w = rgb.shape[:2]
-            full = np.asarray(Image.fromarray(p.numpy().astype(np.float32), mode="F").resize((w, h), Image.Resampling.BILINEAR))
+            full = np.asarray(Image.fromarray(p.numpy().astype(np.float32), mode="F").resize(
+                (w, h), Image.Resampling.BILINEAR))
             out.append(Prediction(full > threshold, full))
         return out
 
     def _probabilities(self, images: torch.Tensor, batch_size: int) -> torch.Tensor:
-        model = self._learner.model
+        model = self.model
         model.eval()
         if self.stats == "query-batch":
             saved = {k: v.clone() for k, v in model.state_dict().items()}
