@@ -26,6 +26,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 WAIT = 20_000  # ms for a page reaction
 ADAPT = 120_000  # ms for an adaptation (a few steps of a tiny network; two pages share one queue slot)
 STEPS = 2
+LONG_STEPS = 60  # an adaptation that lasts seconds, so that another page's click finds it running
 DUCK, CAT = REAL_PHOTOS / "duck_toy", REAL_PHOTOS / "cat"
 
 
@@ -95,13 +96,13 @@ def paint(page) -> None:
     cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
     page.mouse.move(cx - 50, cy - 40)
     page.mouse.down()
-    for k in range(11):
-        page.mouse.move(cx - 50 + 10 * k, cy - 40 + 80 * (k % 2), steps=5)
+    for k in range(1, 5):  # a zigzag; each mouse event redraws the canvas (slow in software rendering)
+        page.mouse.move(cx - 50 + 25 * k, cy - 40 + 80 * (k % 2), steps=2)
     page.mouse.up()
     page.locator("#editor button[aria-label='Erase']").first.click()
     page.mouse.move(cx - 60, cy)
     page.mouse.down()
-    page.mouse.move(cx + 60, cy, steps=8)
+    page.mouse.move(cx + 60, cy, steps=2)
     page.mouse.up()
 
 
@@ -151,7 +152,9 @@ def test_page_masks_equal_fewshotseg_adapt(server, browser, tiny_init, tmp_path)
     assert sorted(z.namelist()) == ["masks/1_mask.png", "masks/3_mask.png", "settings.json", "support/1_mask.png",
                                     "support/2_mask.png"]
     painted = png(z, "support/1_mask.png") > 0
-    assert 0.005 < painted.mean() < 0.5  # the brush strokes, less the eraser's
+    assert 0.005 < painted.mean() < 0.5  # the brush's zigzag ...
+    h, w = painted.shape  # ... cut in two by the eraser's stroke through the middle of the image
+    assert painted[: h // 2 - 8].any() and painted[h // 2 + 8:].any() and not painted[h // 2 - 4: h // 2 + 4].any()
     from fewshotseg.data.images import read_mask
 
     np.testing.assert_array_equal(png(z, "support/2_mask.png") > 0, read_mask(DUCK / "2.png").astype(bool))
@@ -193,11 +196,15 @@ def test_bad_input_is_shown_and_two_pages_adapt_concurrently(server, browser, tm
         a.locator("#remove").click()
         wait_text(a, "#pairs", "0 labelled pairs")
 
-        # the server still serves: two pages with their own images adapt at once and each gets its own masks
+        # the server still serves: two pages with their own images adapt at once and each gets its own masks;
+        # one adaptation runs at a time, so the page that clicks second is shown its place in the queue
         label_and_adapt(a, [DUCK / "1.jpg", DUCK / "2.jpg"], DUCK / "2.png", [DUCK / "3.jpg"])
         label_and_adapt(b, [CAT / "1.jpg", CAT / "2.jpg"], CAT / "2.png", [CAT / "3.jpg", DUCK / "3.jpg"])
+        a.locator("#steps input").fill(str(LONG_STEPS))
         a.locator("#adapt").click()
+        a.get_by_text("adapting").first.wait_for(timeout=WAIT)  # a's adaptation holds the only slot ...
         b.locator("#adapt").click()
+        b.get_by_text("queue: 1/1").first.wait_for(timeout=WAIT)  # ... so b waits, first in line
         for page in (a, b):
             page.wait_for_selector("#overlays img", timeout=ADAPT)
         wait_text(a, "#status", "segmented 1 query image(s)")
