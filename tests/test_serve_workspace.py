@@ -48,9 +48,12 @@ def test_bad_inputs_are_clear_messages(ws, tmp_path):
     text.write_text("not an image")
     big = tmp_path / "big.png"
     Image.new("RGB", (401, 20)).save(big)
-    added, refused = ws.add_support([text, big])
-    assert added == [] and len(refused) == 2
+    heavy = tmp_path / "heavy.png"  # over the 1 MB limit: refused before any decoding
+    heavy.write_bytes(np.random.default_rng(0).integers(0, 256, 1_200_000, dtype=np.uint8).tobytes())
+    added, refused = ws.add_support([text, big, heavy])
+    assert added == [] and len(refused) == 3
     assert "notes.jpg is not an image" in refused[0] and "401x20 px" in refused[1] and "up to 400 px" in refused[1]
+    assert "heavy.png is 1.2 MB" in refused[2] and "up to 1 MB" in refused[2]
     with pytest.raises(UserError, match="at most 3 support images"):
         ws.add_support([DUCK / "1.jpg"] * 4)
     with pytest.raises(UserError, match="no support image"):
@@ -79,6 +82,8 @@ def test_names_from_the_browser_never_leave_the_session_folder(ws, tmp_path):
 
 
 def test_adapt_segment_and_downloads_equal_the_segmenter(ws, tiny_init):
+    import torch
+
     from fewshotseg.app.serve import load_initializations
     from fewshotseg.segmenter import FewShotSegmenter
 
@@ -104,6 +109,14 @@ def test_adapt_segment_and_downloads_equal_the_segmenter(ws, tiny_init):
         np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(z.read("support/1_mask.png")))) > 0, painted)
         np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(z.read("masks/3_mask.png")))) > 0, mask)
     assert ws.weights().name == "model.safetensors" and (ws.weights().parent / "card.json").is_file()
+    onnxruntime = pytest.importorskip("onnxruntime")
+    session = onnxruntime.InferenceSession(str(ws.onnx()))
+    x = np.asarray(Image.open(DUCK / "3.jpg").convert("RGB").resize((64, 64), Image.BILINEAR))  # network size
+    (probability,) = session.run(None, {"image": (x.astype(np.float32) / 255).transpose(2, 0, 1)[None]})
+    adapted = ws.segmenter.predict([x])[0].probability
+    np.testing.assert_allclose(probability[0], adapted, atol=1e-3)  # the adapted network, support statistics
+    assert np.abs(adapted - seg.init.eval()(torch.from_numpy(x).permute(2, 0, 1)[None].float() / 255)
+                  .softmax(1)[0, 1].detach().numpy()).max() > 1e-2  # (not the initialization)
 
 
 def test_a_session_ending_removes_its_folder(tmp_path):
