@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import shutil
 import socket
+import time
 import zipfile
 from pathlib import Path
 
@@ -178,7 +179,8 @@ def test_page_masks_equal_fewshotseg_adapt(server, browser, tiny_init, tmp_path)
 
 
 def test_bad_input_is_shown_and_two_pages_adapt_concurrently(server, browser, tmp_path):
-    url, _ = server
+    url, demo = server
+    before = set(demo.sessions.by_hash)
     (tmp_path / "notes.jpg").write_text("this is not a photo")
     a_context, a = open_page(browser, url)
     b_context, b = open_page(browser, url)
@@ -210,9 +212,15 @@ def test_bad_input_is_shown_and_two_pages_adapt_concurrently(server, browser, tm
         wait_text(a, "#status", "segmented 1 query image(s)")
         wait_text(b, "#status", "segmented 2 query image(s)")
         za, zb = download_zip(a), download_zip(b)
+        folders = [ws.folder for key, ws in demo.sessions.by_hash.items() if key not in before]
+        assert len(folders) == 2 and all(f.is_dir() for f in folders)  # one workspace per page
     finally:
         a_context.close()
         b_context.close()
+    deadline = time.monotonic() + 30  # closing a tab ends its session (Gradio's unload): its folder goes
+    while any(f.exists() for f in folders) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(f.exists() for f in folders)
     assert "masks/3_mask.png" in za.namelist() and "masks/3_2_mask.png" not in za.namelist()
     assert {"masks/3_mask.png", "masks/3_2_mask.png"} <= set(zb.namelist())  # two queries named 3.jpg: renamed
     from fewshotseg.data.images import read_mask
