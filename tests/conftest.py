@@ -42,3 +42,33 @@ def tiny_config():
     from fewshotseg.models.efficientlab import ModelConfig
 
     return ModelConfig(variant="efficientlab-3", encoder="tinynet_e")
+
+
+@pytest.fixture(scope="session")
+def all_foreground_init(tmp_path_factory) -> Path:
+    """A tinynet_e initialization that predicts foreground everywhere: zero head kernel, head bias (-50, +50).
+
+    The foreground logit leads by 100 at every pixel; a few steps of U at a small learning rate move the logits by
+    far less, so every query image is predicted all foreground and its IoU is its mask's foreground fraction: a
+    score a test computes by hand from the mask files."""
+    from fewshotseg.models.efficientlab import ModelConfig, build_model
+    from fewshotseg.runs.initialization import save_initialization
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(variant="efficientlab-3", encoder="tinynet_e"))
+    with torch.no_grad():
+        model.head[1].weight.zero_()
+        model.head[1].bias.copy_(torch.tensor([-50.0, 50.0]))
+    path = tmp_path_factory.mktemp("init") / "all-foreground.safetensors"
+    save_initialization(path, model)
+    return path
+
+
+def foreground_fraction(mask_file: Path) -> float:
+    """The foreground fraction of a mask file: 0/255 or 0/1, grayscale, RGB or palette indices; every nonzero
+    pixel is foreground."""
+    import numpy as np
+    from PIL import Image
+
+    values = np.asarray(Image.open(mask_file))
+    return float(((values.max(-1) if values.ndim == 3 else values) > 0).mean())

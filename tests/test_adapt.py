@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -68,15 +70,27 @@ def test_adapt_on_an_fss_style_class_folder_and_onnx_export(tmp_path):
     np.testing.assert_allclose(onnx_probs, torch_probs, atol=1e-3)  # fp32 conv chains: ~3e-4 apart
 
 
-def test_adapt_reports_an_unreadable_query_and_a_support_without_pairs(folders, tmp_path):
+def test_adapt_reports_an_unreadable_query_and_a_support_without_pairs(folders, all_foreground_init, tmp_path):
     from fewshotseg.cli import main
 
     support, query = folders
     (query / "broken.jpg").write_bytes(b"not a jpeg")
-    code = main(["adapt", "--init", "random", "--encoder", "tinynet_e", "--support", str(support), "--query",
-                 str(query), "--out", str(tmp_path / "o"), "--size", "32", "--u-steps", "1"])
+    out = tmp_path / "o"
+    # an initialization that predicts foreground everywhere: every written mask must be all 255 (foreground)
+    code = main(["adapt", "--init", str(all_foreground_init), "--support", str(support), "--query", str(query),
+                 "--out", str(out), "--size", "32", "--u-steps", "1"])
     assert code == 1  # the readable queries were written, the broken one reported
-    assert (tmp_path / "o" / "cat_mask.png").exists()
+    summary = json.loads((out / "adapt.json").read_text())
+    assert sorted(Path(q["query"]).name for q in summary["queries"]) == ["cat.jpg", "tower4.jpg"]
+    assert len(summary["failed"]) == 1 and "broken.jpg" in summary["failed"][0]
+    assert not list(out.glob("broken_*"))
+    for name in ("cat", "tower4"):
+        mask = np.asarray(Image.open(out / f"{name}_mask.png"))
+        assert mask.shape == np.asarray(Image.open(query / f"{name}.jpg")).shape[:2] and (mask == 255).all()
+        photo = np.asarray(Image.open(query / f"{name}.jpg").convert("RGB")).astype(float)
+        tinted = np.asarray(Image.open(out / f"{name}_overlay.png").convert("RGB")).astype(float)
+        assert np.abs(tinted - (photo / 2 + [127.5, 0, 0])).max() <= 0.5  # every pixel half-way to pure red
+    assert all(q["foreground_fraction"] == 1.0 for q in summary["queries"])
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "photo.jpg").write_bytes((query / "cat.jpg").read_bytes())

@@ -6,10 +6,14 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
+import torch
 
+from conftest import foreground_fraction
 from fewshotseg.evaluation.evaluate import EvaluateConfig, evaluate, recompute
 from fewshotseg.evaluation.protocols import Episode
 from fewshotseg.meta_learning.update_routine import UpdateParams
@@ -30,20 +34,58 @@ def test_paper_protocol_writes_raw_counts_that_reproduce_every_number(tiny_bench
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["size"] == 32 and saved["protocol"] == "paper" and "torch" in saved["versions"]
     assert recompute(tmp_path) == json.loads(json.dumps(saved["shots"]))
-    import numpy as np
-
     kept = np.load(tmp_path / "predictions.npz")
     assert kept["images"].shape[1:] == (3, 32, 32) and kept["probs"].shape == kept["masks"].shape
 
 
-def test_per_query_protocol_has_one_episode_per_query_image(tiny_benchmark, tmp_path):
-    cfg = EvaluateConfig(init="random", data=str(tiny_benchmark), run_dir=str(tmp_path), shots=[1], size=32,
-                         encoder="tinynet_e", max_tasks=2, protocol="per-query")
-    results = evaluate(cfg, params=FAST, progress=False)
+def test_per_query_protocol_has_one_episode_per_query_image(tiny_benchmark, all_foreground_init, tmp_path):
+    # An initialization that predicts foreground everywhere: each query's IoU is its mask's foreground fraction,
+    # so every reduction can be computed by hand from the mask files.
+    cfg = EvaluateConfig(init=str(all_foreground_init), data=str(tiny_benchmark), run_dir=str(tmp_path), shots=[1],
+                         size=32, encoder="tinynet_e", max_tasks=2, protocol="per-query")
+    results = evaluate(cfg, params=FAST, progress=False)["shots"]["1"]
     rows = [json.loads(line) for line in (tmp_path / "episodes.jsonl").read_text().splitlines()]
     assert len(rows) == 2 * 12  # every image of the 2 classes is the query once
     assert len({r["query"] for r in rows}) == 24
-    assert 0 <= results["shots"]["1"]["hsnet_miou"]["mean"] <= 1
+    classes = sorted({r["class"] for r in rows})
+    fractions = {c: [foreground_fraction(tiny_benchmark / c / f"{n}.png") for n in range(1, 13)] for c in classes}
+    for row in rows:
+        cls, number = row["class"], int(Path(row["query"]).stem)
+        assert row["iou"] == pytest.approx(fractions[cls][number - 1])  # |mask| / (32 * 32)
+        assert (row["fg_u"], row["bg_i"]) == (32 * 32, 0)  # the prediction covers the whole image
+    # class-pooled: sum of intersections over sum of unions; all unions are the image, so a class's IoU is the mean
+    # of its fractions, and mIoU the mean over the 2 classes
+    assert results["hsnet_miou"]["mean"] == pytest.approx(np.mean([np.mean(fractions[c]) for c in classes]))
+    # FB-IoU: foreground as above over all 24 images; background intersection 0
+    assert results["fb_iou"]["mean"] == pytest.approx(np.mean(list(fractions.values())) / 2)
+    # the all-foreground floor is, by definition, this very prediction
+    assert results["floors"]["all_foreground"]["hsnet_miou"]["mean"] == pytest.approx(results["hsnet_miou"]["mean"])
+
+
+def test_evaluate_initialization_scores_a_known_prediction(tiny_benchmark, tiny_dataset, all_foreground_init):
+    from fewshotseg.evaluation.protocols import paper_episodes
+    from fewshotseg.evaluation.results import evaluate_initialization
+    from fewshotseg.runs.initialization import load_initialization
+
+    model, _ = load_initialization(str(all_foreground_init), None)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    names = tiny_dataset.names[:2]
+    result = evaluate_initialization(model, tiny_dataset, classes=names, shots=1, splits=2, params=FAST)
+    # foreground everywhere: a split scores the mean foreground fraction of its 5 query images' masks
+    expected = {}
+    for episode in paper_episodes(tiny_dataset, names, 1, splits=2, seed=0):
+        start = tiny_dataset.offsets[episode.cls][0]
+        masks = [tiny_benchmark / Path(tiny_dataset.files[start + q]).with_suffix(".png") for q in episode.query]
+        expected[(episode.cls, episode.split)] = np.mean([foreground_fraction(m) for m in masks])
+    assert [c.name for c in result.classes] == names and result.tasks == 4
+    for c in result.classes:
+        assert c.split_ious == pytest.approx((expected[(c.name, 0)], expected[(c.name, 1)]))
+        assert c.mean_iou == pytest.approx(np.mean(c.split_ious))
+    values = list(expected.values())
+    half = 1.96 * np.std(values) / 2  # the paper's interval: population sigma over sqrt(4 task splits)
+    assert result.mean_iou == pytest.approx(np.mean(values))
+    assert (result.ci95_low, result.ci95_high) == pytest.approx((np.mean(values) - half, np.mean(values) + half))
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # the initialization is untouched
 
 
 def test_median_early_stopping_rule():

@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
+from conftest import foreground_fraction
 from fewshotseg.analysis.weight_distance import block_of, distances, group_blocks
+from fewshotseg.data.tasks import episode_rng, fp_k_prefixes
 from fewshotseg.evaluation.analyze_weights import AnalyzeConfig, analyze_weights
 from fewshotseg.evaluation.fp_k import FPKConfig, fp_k
+from fewshotseg.meta_learning.update_routine import UpdateParams
 
 
 @pytest.fixture(scope="module")
@@ -22,18 +26,33 @@ def many_pairs(tmp_path_factory):
     return out
 
 
-def test_fp_k_runs_every_k_for_every_init(many_pairs, tmp_path):
-    cfg = FPKConfig(data=str(many_pairs), run_dir=str(tmp_path), inits=["a=random", "b=random"], ks=[1, 2, 10, 12],
-                    repeats=2, test_images=10, max_tasks=2, patience=2, max_steps=4, size=32, encoder="tinynet_e")
+def test_fp_k_runs_every_k_for_every_init(many_pairs, all_foreground_init, tmp_path):
+    tuned = tmp_path / "tuned.json"
+    UpdateParams(lr=0.01, steps=3).save(tuned)
+    cfg = FPKConfig(data=str(many_pairs), run_dir=str(tmp_path / "run"), inits=["a=random", f"b={all_foreground_init}"],
+                    update_params=[f"b={tuned}"], ks=[1, 2, 10, 12], repeats=2, test_images=10, max_tasks=2,
+                    patience=2, max_steps=4, size=32, encoder="tinynet_e")
     summary = fp_k(cfg, progress=False)
-    rows = [json.loads(line) for line in (tmp_path / "fp_k.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "fp_k.jsonl").read_text().splitlines()]
     assert len(rows) == 2 * 2 * 2 * 4  # inits x tasks x repeats x ks
     assert set(summary) == {"a", "b"} and set(summary["a"]) == {"1", "2", "10", "12"}
-    small = [r for r in rows if r["k"] < 10]
-    assert all(r["steps"] == 5 for r in small)  # the default U below k = 10
+    # k < 10: U as given, the paper's Table 3 (lr 0.005, 5 steps) without a file, the tuned file's with one
+    small = {label: [r for r in rows if r["k"] < 10 and r["init"] == label] for label in ("a", "b")}
+    assert {(r["lr"], r["steps"]) for r in small["a"]} == {(0.005, 5)}
+    assert {(r["lr"], r["steps"]) for r in small["b"]} == {(0.01, 3)}
+    # k >= 10: early stopping at --lr chose the steps; b's prediction never changes, so its first step stays best
     large = [r for r in rows if r["k"] >= 10]
-    assert all(1 <= r["steps"] <= 4 for r in large)  # early stopping chose the steps
-    assert all(0 <= r["iou"] <= 1 for r in rows)
+    assert {r["lr"] for r in large} == {0.005} and all(1 <= r["steps"] <= 4 for r in large)
+    assert {r["steps"] for r in large if r["init"] == "b"} == {1}
+    # b predicts foreground everywhere: a row's IoU is the mean foreground fraction of its repeat's 10 test images
+    # (the last 10 of one shuffle, shared by every k) and never of the k training images
+    names = sorted({r["class"] for r in rows})
+    for row in (r for r in rows if r["init"] == "b"):
+        fractions = [foreground_fraction(many_pairs / row["class"] / f"{n}.png") for n in range(1, 23)]
+        _, test = fp_k_prefixes(episode_rng(0, 8, names.index(row["class"]), row["repeat"]), 22, cfg.ks, 10)
+        assert row["iou"] == pytest.approx(np.mean([fractions[i] for i in test]))
+    by_repeat = {(r["class"], r["repeat"]): r["iou"] for r in rows if r["init"] == "b"}
+    assert len(set(by_repeat.values())) == len(by_repeat)  # each repeat draws its own test set
 
 
 def test_fp_k_says_when_classes_are_too_small(tiny_benchmark, tmp_path):

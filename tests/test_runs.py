@@ -4,12 +4,15 @@ inline path computes."""
 from __future__ import annotations
 
 import re
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
+import fewshotseg
 from fewshotseg.runs.run_dir import RunDir
 
 
@@ -22,8 +25,14 @@ def test_config_records_versions_torch_build_command_and_commit(tmp_path, monkey
     assert env["packages"]["torch"].split("+")[0] == torch.__version__.split("+")[0]
     assert env["torch_build"]["cuda"] == torch.version.cuda
     assert env["command"] == ["fewshotseg", "meta-train", "--data", "x"]
-    # a commit (with +dirty for uncommitted changes) in a git checkout, None where there is none
-    assert env["git_commit"] is None or re.fullmatch(r"[0-9a-f]{40}(\+dirty)?", env["git_commit"])
+    # the commit of the checkout holding the package (with +dirty for uncommitted changes), None where there is none
+    package = Path(fewshotseg.__file__).parent
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=package, capture_output=True, text=True)
+    if head.returncode != 0:
+        assert env["git_commit"] is None
+    else:
+        assert re.fullmatch(r"[0-9a-f]{40}(\+dirty)?", env["git_commit"])
+        assert env["git_commit"].removesuffix("+dirty") == head.stdout.strip()
     assert not list(tmp_path.glob(".config.yaml.*"))  # written atomically, no temporary left behind
 
 

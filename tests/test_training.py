@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ import pytest
 import torch
 
 from fewshotseg.config import JointTrainConfig, MetaTrainConfig
+from fewshotseg.evaluation.results import evaluate_initialization
 from fewshotseg.runs.initialization import load_checkpoint, load_initialization, read_initialization
 from fewshotseg.runs.run_dir import read_jsonl
 
@@ -40,12 +42,12 @@ def assert_same_state(a: dict, b: dict) -> None:
         assert torch.equal(a[key], b[key]), key
 
 
-def test_meta_train_writes_a_complete_run_folder(tiny_benchmark, tmp_path):
+def test_meta_train_writes_a_complete_run_folder(tiny_benchmark, tiny_dataset, tmp_path):
     from fewshotseg.training.meta_train import meta_train
 
     cfg = MetaTrainConfig(data=str(tiny_benchmark), run_dir=str(tmp_path / "run"), size=32, encoder="tinynet_e",
-                          iterations=4, meta_batch=2, inner_steps=2, eval_interval=2, eval_tasks=2,
-                          checkpoint_interval=2, threads=1, algorithm="reptile")
+                          iterations=4, meta_batch=2, inner_lr=0.05, inner_steps=2, eval_interval=2, eval_tasks=5,
+                          checkpoint_interval=2, threads=1, algorithm="reptile")  # lr 0.05: U finds some foreground
     out = meta_train(cfg)
     run = tmp_path / "run"
     assert out == run / "model.safetensors"
@@ -53,7 +55,16 @@ def test_meta_train_writes_a_complete_run_folder(tiny_benchmark, tmp_path):
         assert (run / name).is_file(), name
     metrics = read_jsonl(run / "metrics.jsonl")
     assert [m["iteration"] for m in metrics] == [1, 2, 3, 4]
-    assert "val_miou" in metrics[1] and 0 <= metrics[1]["val_miou"] <= 1
+    assert [("val_miou" in m) for m in metrics] == [False, True, False, True]  # every eval_interval
+    # the last validation scores the final weights theta with meta-training's U on the 5 held-out validation
+    # classes, as evaluating the written initialization on those classes (one split each) does
+    val = sorted(json.loads((tiny_benchmark / "splits.json").read_text())["val"])
+    model, _ = load_initialization(str(out), None)
+    expected = evaluate_initialization(model, tiny_dataset, classes=val, shots=cfg.eval_shots, splits=1,
+                                       params=cfg.update_params(), seed=cfg.seed)
+    assert metrics[-1]["val_tasks"] == expected.tasks == 5
+    assert metrics[-1]["val_miou"] == pytest.approx(expected.mean_iou, abs=1e-9)
+    assert metrics[-1]["val_ci95"] == pytest.approx(expected.ci95_high - expected.mean_iou, abs=1e-9)
     ckpt = load_checkpoint(run / "checkpoint.pt")
     assert ckpt["iteration"] == 4 and ckpt["config"]["algorithm"] == "reptile"
     assert {"model", "optimizer", "rng", "model_config"} <= ckpt.keys()
@@ -111,7 +122,7 @@ def test_joint_training_gives_an_initialization_with_a_fresh_two_class_head(tiny
                            epochs=0.2, batch_size=4, threads=1)
     out = joint_train(cfg)
     config, state, extra = read_initialization(out)
-    n_train = len(__import__("json").loads((tiny_benchmark / "splits.json").read_text())["train"])
+    n_train = len(json.loads((tiny_benchmark / "splits.json").read_text())["train"])
     assert config.num_classes == n_train + 1 and state["head.1.weight"].shape[0] == n_train + 1
     model, described = load_initialization(str(out), config)
     assert model.config.num_classes == 2 and "fresh 2-class head" in described
