@@ -6,6 +6,7 @@ Every wait is bounded (WAIT ms, or ADAPT ms around the network's work), so a bro
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import socket
 import time
@@ -221,6 +222,8 @@ def test_bad_input_is_shown_and_two_pages_adapt_concurrently(server, browser, tm
     while any(f.exists() for f in folders) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not any(f.exists() for f in folders)
+    uploads = Path(os.environ["GRADIO_TEMP_DIR"])  # Gradio's copies of the uploads were deleted once read
+    assert not [p for p in uploads.rglob("*") if p.name in {"notes.jpg", "1.jpg", "2.jpg", "3.jpg", "2.png"}]
     assert "masks/3_mask.png" in za.namelist() and "masks/3_2_mask.png" not in za.namelist()
     assert {"masks/3_mask.png", "masks/3_2_mask.png"} <= set(zb.namelist())  # two queries named 3.jpg: renamed
     from fewshotseg.data.images import read_mask

@@ -7,7 +7,7 @@ Sessions: each browser tab gets its own `Workspace` (in a `gr.State`, so two use
 weights), whose temporary folder is removed when the tab closes (`demo.unload`) or, at the latest, when Gradio
 expires the state (its `delete_callback`). Work that runs the network (Adapt, Segment, ONNX) goes through one queue
 with `concurrency` slots (one by default: one adaptation at a time on a small CPU budget); waiting pages see their
-position in it. Every handler turns a `UserError` into a message in the page; any other exception is logged and shown
+position in it. Gradio's copy of an upload is deleted as soon as the workspace has copied it. Every handler turns a `UserError` into a message in the page; any other exception is logged and shown
 as a one-line internal error, and the server keeps serving.
 """
 
@@ -94,6 +94,20 @@ def _paths(files) -> list[str]:
     return [f if isinstance(f, str) else getattr(f, "name", str(f)) for f in files]
 
 
+def _consume(paths: list[str]) -> None:
+    """Delete Gradio's copies of uploads (in its upload folder only) once the session's folder holds its own."""
+    from gradio.utils import get_upload_folder, is_in_or_equal
+
+    for p in paths:
+        if is_in_or_equal(p, get_upload_folder()):
+            Path(p).unlink(missing_ok=True)
+
+
+def _queries_text(ws: Workspace) -> str:
+    names = [q.name for q in ws.queries]
+    return f"{len(names)} query image(s) ready: {', '.join(names)}" if names else "no query image yet"
+
+
 def _pairs_text(ws: Workspace) -> str:
     done = ws.labelled()
     if not ws.support:
@@ -172,11 +186,12 @@ def build_page(inits: list[Initialization], limits: Limits, root: Path, *, concu
                     steps = gr.Number(label="Steps", value=steps0, precision=0, minimum=1, elem_id="steps")
                     seed = gr.Number(label="Seed", value=0, precision=0, elem_id="seed")
                 gr.Markdown("### 3. Adapt and segment")
-                query_files = gr.File(label="Query images (several)", file_count="multiple", file_types=types,
+                query_files = gr.File(label="Query images (several; each upload adds to them)", file_count="multiple", file_types=types,
                                       elem_id="query-files")
                 with gr.Row():
                     adapt_btn = gr.Button("Adapt", variant="primary", elem_id="adapt")
                     segment_btn = gr.Button("Segment queries", elem_id="segment")
+                    clear_queries = gr.Button("Clear queries", elem_id="clear-queries")
                 status = gr.Markdown("", elem_id="status")
                 gallery = gr.Gallery(label="Overlays (object tinted red)", columns=3, height=260, elem_id="overlays")
                 with gr.Row():
@@ -205,7 +220,10 @@ def build_page(inits: list[Initialization], limits: Limits, root: Path, *, concu
         def on_support(files, ws, label, request: gr.Request):
             ws = sessions.get(ws, request)
             with ws.lock:
-                added, refused = ws.add_support(_paths(files))
+                try:
+                    added, refused = ws.add_support(_paths(files))
+                finally:
+                    _consume(_paths(files))
             for message in refused:
                 gr.Warning(message, duration=None)
             return (*support_view(ws, added[0] if added else None), *params_for(ws, label), None)
@@ -236,7 +254,10 @@ def build_page(inits: list[Initialization], limits: Limits, root: Path, *, concu
             if not file:
                 return (*support_view(ws, name), None)
             with ws.lock:
-                ws.set_mask(name or "", _paths(file)[0], "uploaded")
+                try:
+                    ws.set_mask(name or "", _paths(file)[0], "uploaded")
+                finally:
+                    _consume(_paths(file))
                 return (*support_view(ws, name), None)
 
         @shown
@@ -248,11 +269,20 @@ def build_page(inits: list[Initialization], limits: Limits, root: Path, *, concu
         def on_queries(files, ws, request: gr.Request):
             ws = sessions.get(ws, request)
             with ws.lock:
-                ws.clear_queries()
-                added, refused = ws.add_queries(_paths(files))
+                try:
+                    _, refused = ws.add_queries(_paths(files))
+                finally:
+                    _consume(_paths(files))
             for message in refused:
                 gr.Warning(message, duration=None)
-            return ws, f"{len(added)} query image(s) ready" if added else ""
+            return ws, _queries_text(ws), None
+
+        @shown
+        def on_clear_queries(ws, request: gr.Request):
+            ws = sessions.get(ws, request)
+            with ws.lock:
+                ws.clear_queries()
+            return ws, _queries_text(ws), []
 
         def results(ws: Workspace, text: str):
             shown_ = [(o, n) for n, o, _ in ws.results]
@@ -299,7 +329,8 @@ def build_page(inits: list[Initialization], limits: Limits, root: Path, *, concu
         use_painted.click(on_painted, [pick, editor, state], support_outs)
         mask_file.upload(on_mask_file, [mask_file, pick, state], [*support_outs, mask_file])
         init.input(on_init, [init, state], [lr, steps, init_md])
-        query_files.upload(on_queries, [query_files, state], [state, status])
+        query_files.upload(on_queries, [query_files, state], [state, status, query_files])
+        clear_queries.click(on_clear_queries, [state], [state, status, gallery])
         adapt_btn.click(on_adapt, [state, init, lr, steps, seed], result_outs, concurrency_limit=concurrency,
                         concurrency_id=WORK)
         segment_btn.click(on_segment, [state], result_outs, concurrency_limit=concurrency, concurrency_id=WORK)

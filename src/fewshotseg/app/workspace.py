@@ -144,7 +144,10 @@ class Workspace:
     def _checked_image(self, path: Path) -> np.ndarray:
         """The upright pixels of one uploaded file, or a UserError naming it and the limit it breaks."""
         shown = _safe_name(path.name)
-        size = path.stat().st_size
+        try:
+            size = path.stat().st_size
+        except OSError:
+            raise UserError(f"{shown} is no longer on the server: upload it again") from None
         if size > self.limits.max_file_mb * 1e6:
             raise UserError(f"{shown} is {size / 1e6:.1f} MB; this server takes files up to "
                             f"{self.limits.max_file_mb:g} MB (--max-file-mb)")
