@@ -110,6 +110,15 @@ def adapt_latency(spec: str, params_file: str | None, size: int) -> float:
         return time.perf_counter() - started
 
 
+def params_file_for(pattern: str | None):
+    """shots -> the tune result to use: `pattern` with {k} replaced by the nearest tuned shot count (1 or 5)."""
+
+    def file_for(shots: int) -> str | None:
+        return pattern.replace("{k}", str(min((1, 5), key=lambda s: abs(s - shots)))) if pattern else None
+
+    return file_for
+
+
 def main() -> None:
     import torch
 
@@ -131,7 +140,7 @@ def main() -> None:
     rows = {}
     for label, spec, params in inits:
         seg = segmenter(spec, size)
-        file_for = (lambda k, p=params: p.replace("{k}", str(min((1, 5), key=lambda s: abs(s - k)))) if p else None)
+        file_for = params_file_for(params)
         row = {"spec": spec}
         for k in args.shots:
             mean, half, n = corpus_protocol(seg, Path(args.corpus), k, file_for(k))

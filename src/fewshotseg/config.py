@@ -180,6 +180,8 @@ LIMITS: dict[str | tuple[str, str], dict[str, Any]] = {
     "classes": {"ge": 1, "le": 1728}, "pairs": {"ge": 2}, "test_tasks": COUNT, "uho_trials": COUNT,
     "uho_tasks": COUNT, "uho_max_steps": COUNT, "joint_epochs": {"ge": 0},
     ("FPKConfig", "max_tasks"): COUNT, ("AdaptConfig", "size"): {**SIZE, "or_zero": True},
+    ("EvaluateConfig", "size"): {**SIZE, "or_zero": True}, ("TuneConfig", "size"): {**SIZE, "or_zero": True},
+    "u_preset": {"choices": ("card", "paper")}, "stats": {"choices": ("support", "query-batch", "running")},
     ("QuickstartConfig", "iterations"): OPTIONAL_COUNT, ("QuickstartConfig", "pairs"): {"ge": 6},
 }
 
