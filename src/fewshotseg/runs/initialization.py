@@ -275,11 +275,11 @@ def write_run_card(folder: str | Path, model: nn.Module, *, size: int, update_pa
         metrics.append({"data": f"{training.get('data')} (validation classes)", "protocol": "paper, 5-shot",
                         "shots": 5, "mean_iou": last["val_miou"], "ci95": last.get("val_ci95", 0.0),
                         "episodes": last.get("val_tasks"), "iteration": last.get("iteration")})
-    weights = folder / WEIGHTS_FILE
+    weights = find_initialization(folder)  # model.safetensors, or the checkpoint of a run still going
     card = Card(name=folder.name, model=asdict(model.config), size=size,
                 update_params={"default": {**update_params, "source": source}}, summary=summary,
                 training=training, metrics=metrics,
-                weights={"file": WEIGHTS_FILE, "sha256": sha256(weights), "bytes": weights.stat().st_size})
+                weights={"file": weights.name, "sha256": sha256(weights), "bytes": weights.stat().st_size})
     card.save(folder)
     return card
 
