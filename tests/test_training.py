@@ -128,3 +128,32 @@ def test_joint_training_gives_an_initialization_with_a_fresh_two_class_head(tiny
     assert model.config.num_classes == 2 and "fresh 2-class head" in described
     torch.testing.assert_close(model.encoder.body.conv_stem.weight, state["encoder.body.conv_stem.weight"])
     assert read_jsonl(tmp_path / "joint" / "metrics.jsonl")[-1]["loss"] > 0
+
+
+def test_meta_train_writes_a_card_and_stops_on_non_finite_weights(tiny_benchmark, tmp_path, monkeypatch):
+    """The run's card holds meta-training's omega as U; a meta-update that makes weights infinite is a divergence
+    error (the inner loss may still be finite at that moment), and no initialization is written."""
+    from fewshotseg.errors import DivergedError
+    from fewshotseg.runs.card import read_card
+    from fewshotseg.training.meta_train import meta_train
+
+    base = dict(data=str(tiny_benchmark), size=32, encoder="tinynet_e", iterations=2, meta_batch=2, inner_steps=2,
+                eval_interval=0, checkpoint_interval=2, threads=1, algorithm="reptile")
+    meta_train(MetaTrainConfig(run_dir=str(tmp_path / "ok"), inner_lr=0.03, **base))
+    card = read_card(tmp_path / "ok")
+    assert card.update_params["default"]["lr"] == 0.03 and card.update_params["default"]["steps"] == 2
+    assert card.training["algorithm"] == "reptile" and card.size == 32
+    from fewshotseg.meta_learning.meta_learner import MetaLearner
+
+    apply = MetaLearner.apply
+
+    def overflowing(self, slots):  # a meta-update that leaves one weight infinite, with a finite inner loss
+        loss = apply(self, slots)
+        with torch.no_grad():
+            next(self.model.parameters()).fill_(float("inf"))
+        return loss
+
+    monkeypatch.setattr(MetaLearner, "apply", overflowing)
+    with pytest.raises(DivergedError, match="meta-update of iteration 1"):  # the last iteration's update too
+        meta_train(MetaTrainConfig(run_dir=str(tmp_path / "bad"), **{**base, "iterations": 1}))
+    assert not (tmp_path / "bad" / "model.safetensors").exists()

@@ -31,11 +31,12 @@ from tqdm import tqdm
 from fewshotseg.config import MetaTrainConfig, as_dict
 from fewshotseg.data.dataset import SegmentationDataset
 from fewshotseg.data.tasks import TaskTensors, episode_rng, sample_classes
+from fewshotseg.errors import DivergedError
 from fewshotseg.evaluation.intervals import Estimate
 from fewshotseg.evaluation.protocols import paper_episodes, run_episode
 from fewshotseg.meta_learning.meta_learner import MetaLearner
 from fewshotseg.meta_learning.meta_update import check_algorithm
-from fewshotseg.meta_learning.update_routine import Learner, UpdateParams
+from fewshotseg.meta_learning.update_routine import Learner, UpdateParams, check_finite_weights
 from fewshotseg.runs.curves import Curves
 from fewshotseg.runs.initialization import (
     load_initialization,
@@ -122,8 +123,9 @@ def meta_train(cfg: MetaTrainConfig, *, resume: bool = False, max_minutes: float
         it += 1
 
         if not math.isfinite(loss):
-            raise FloatingPointError(f"meta-training diverged at iteration {it} (inner loss {loss}); "
-                                     "lower --inner-lr or --meta-step")
+            raise DivergedError(f"meta-training diverged at iteration {it} (inner loss {loss}); "
+                                "lower --inner-lr or --meta-step")
+        check_finite_weights(model, f"after the meta-update of iteration {it}; lower --meta-step or --inner-lr")
         record = {"iteration": it, "loss": loss, "meta_step": epsilon}
         extra_started = time.monotonic()
         # Under a time budget, one validation right after the warm-up measures what the final one will cost.
