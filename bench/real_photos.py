@@ -2,8 +2,8 @@
 
     python bench/real_photos.py --corpus CORPUS_DIR \
         --init general=general \
-        --init imagenet=imagenet:/root/fsw/tune/imagenet-128-{k}shot/update_params.json \
-        --init random=random:/root/fsw/tune/random-128-{k}shot/update_params.json
+        --init imagenet=imagenet:runs/imagenet-uho-{k}shot/update_params.json \
+        --init random=random:runs/random-uho-{k}shot/update_params.json
 
 Each `--init LABEL=SPEC[:UPDATE_PARAMS]` is an initialization (`general`, a folder, `imagenet`, `random`) and,
 optionally, the `tune` result to adapt it with (`{k}` becomes the shot count); without one, the initialization's own
