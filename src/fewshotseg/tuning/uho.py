@@ -266,7 +266,7 @@ def tune(cfg: TuneConfig, *, progress: bool = True, pool: Pool | None = None) ->
     study = optuna.create_study(study_name=cfg.study, storage=storage, direction="maximize", sampler=sampler,
                                 load_if_exists=True)
     _check_same_study(study, cfg, described)
-    _fail_dead_local_trials(study)
+    _fail_dead_local_trials(study, exclusive=not cfg.storage)
     run.log(f"UHO for {described}: {len(episodes)} {cfg.split} tasks, {cfg.shots}-shot, searching {search}, "
             f"{cfg.trials} trials in study {cfg.study!r}; {_count(study)} trial(s) already there")
 
@@ -355,12 +355,14 @@ def _check_same_study(study: optuna.Study, cfg: TuneConfig, described: str) -> N
                          "Use another --study name")
 
 
-def _fail_dead_local_trials(study: optuna.Study) -> None:
+def _fail_dead_local_trials(study: optuna.Study, *, exclusive: bool = False) -> None:
     """Trials left RUNNING by a process of this host that no longer exists (killed) become FAIL, so a resumed
-    study does not wait for them (RDB storages also fail them through heartbeats, from any host)."""
+    study does not wait for them (RDB storages also fail them through heartbeats, from any host). With `exclusive`
+    (the run folder's own study, which the lock on the folder gives to this process alone) every RUNNING trial is
+    dead, including one killed before it recorded its process."""
     host = socket.gethostname()
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        if t.user_attrs.get("host") == host and not _alive(t.user_attrs.get("pid", -1)):
+        if exclusive or (t.user_attrs.get("host") == host and not _alive(t.user_attrs.get("pid", -1))):
             study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
             study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
 
