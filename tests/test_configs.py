@@ -31,9 +31,9 @@ def test_config_files_resolve(path):
     required = {k: v for k, v in REQUIRED.items() if k in cls.__dataclass_fields__}
     cfg = resolve(cls, file=path, **required)
     if path.stem == "general":  # the shipped initialization's CPU-budget config (see its comments)
-        assert (cfg.encoder, cfg.init, cfg.size) == ("tf_efficientnet_lite0", "imagenet", 128)
-    else:
-        assert cfg.size == 224  # every paper config runs at the paper's resolution
+        assert (cfg.encoder, cfg.size, cfg.meta_optimizer, cfg.inner_lr) == ("tf_efficientnet_lite0", 128, "adam", 0.01)
+        return
+    assert cfg.size == 224  # every paper config runs at the paper's resolution
     if cls is MetaTrainConfig:
         assert cfg.iterations == 50000 and cfg.meta_batch == 5 and cfg.inner_lr == 0.005
 

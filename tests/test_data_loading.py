@@ -290,10 +290,10 @@ def test_pascal5i_one_binary_task_per_class(tmp_path: Path) -> None:
     assert person[0].sum() > 0 and not (person[0] & aeroplane[0]).any()
     assert fold_classes(0) == ["aeroplane", "bicycle", "bird", "boat", "bottle"]
     assert fold_classes(3) == list(VOC_CLASSES[15:])
-    fold0 = load_dataset(f"pascal5i:{voc}", SIZE, fold=0, progress=False)
+    fold0 = load_dataset(f"pascal5i-aug:{voc}", SIZE, fold=0, progress=False)  # the pre-HSNet protocol
     assert fold0.names == sorted(fold_classes(0))
     with pytest.raises(DataError, match="fold"):
-        load_dataset(f"pascal5i:{voc}", SIZE, fold=4, progress=False)
+        load_dataset(f"pascal5i-aug:{voc}", SIZE, fold=4, progress=False)
 
 
 def test_pascal5i_image_list_min_foreground_and_bad_labels(tmp_path: Path) -> None:

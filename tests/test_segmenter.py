@@ -84,7 +84,9 @@ def test_support_statistics_make_each_query_independent_of_the_others(tiny_init)
     queries = [REAL_PHOTOS / "duck_toy" / "3.jpg", REAL_PHOTOS / "cat" / "1.jpg"]
     together = seg.predict(queries)
     alone = seg.predict(queries[:1])
-    np.testing.assert_allclose(together[0].probability, alone[0].probability, atol=1e-5)
+    # equal up to float summation order (a batch of 2 and of 1 take different convolution paths)
+    np.testing.assert_allclose(together[0].probability, alone[0].probability, atol=1e-4)
+    np.testing.assert_array_equal(together[0].mask, alone[0].mask)
     assert together[1].mask.shape == Image.open(queries[1]).size[::-1]
 
 

@@ -195,7 +195,7 @@ def evaluate(cfg: EvaluateConfig, *, params: UpdateParams | None = None, u_overr
         "episodes_per_seed": cfg.episodes if protocol == "hsnet" else None, "seeds": seeds,
         "original_size": dataset.originals is not None,
         "tasks": len(names), "update_params": params.as_dict(), "config": asdict(cfg), "versions": versions(),
-        "shots": {},
+        "shots": {}, "update_params_per_shot": {},
     }
     kept: list[tuple] = []
     started = time.monotonic()
@@ -242,7 +242,7 @@ def evaluate(cfg: EvaluateConfig, *, params: UpdateParams | None = None, u_overr
             # episodes of the current settings count.
             rows = [r for key in sorted(finished, key=order.__getitem__) for r in finished[key]]
             summary = results["shots"][str(shots)] = summarise(rows)
-            summary.update(update_params=params.as_dict(), update_params_source=source)
+            results["update_params_per_shot"][str(shots)] = {**params.as_dict(), "source": source}
             run.log(f"{shots}-shot: mean IoU {100 * summary['paper_miou']['mean']:.2f} "
                     f"± {100 * summary['paper_miou']['ci95']:.2f} % over {summary['paper_miou']['n']} task splits; "
                     f"class-pooled mIoU {100 * summary['hsnet_miou']['mean']:.2f} %"
