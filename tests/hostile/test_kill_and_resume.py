@@ -18,6 +18,19 @@ from .conftest import World
 ENV = os.environ | {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The killed runs are subprocesses with one thread; the in-process runs compared with them must be too (an
+    earlier in-process meta-train may have left this process with more, and another summation order can flip a
+    pixel)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def kill_when(argv: list[str], ready, limit: float = 240) -> bool:
     """Start `fewshotseg argv`, SIGKILL it as soon as ready() is true; False if it finished first."""
     child = subprocess.Popen([sys.executable, "-m", "fewshotseg", *argv], env=ENV, stdout=subprocess.DEVNULL,
