@@ -42,6 +42,7 @@ from torch import nn
 from fewshotseg.data.images import binarize_mask, read_image, read_mask
 from fewshotseg.data.tasks import TaskTensors, episode_rng
 from fewshotseg.errors import UserError
+from fewshotseg.meta_learning import batchnorm
 from fewshotseg.meta_learning.update_routine import Learner, UpdateParams
 from fewshotseg.models.efficientlab import ModelConfig
 from fewshotseg.runs.card import Card
@@ -168,8 +169,7 @@ class FewShotSegmenter:
         model.eval()
         if self.stats == "query-batch":
             saved = {k: v.clone() for k, v in model.state_dict().items()}
-            for m in _bn(model):
-                m.train()
+            batchnorm.prediction_mode(model, "transductive")  # BN on this batch's statistics, dropout off
             probs = model(images.to(self.device)).softmax(1)[:, 1].float().cpu()
             model.load_state_dict(saved)
             model.eval()
@@ -186,15 +186,11 @@ class FewShotSegmenter:
 # ------------------------------------------------------------------------------------------ helpers
 
 
-def _bn(model: nn.Module):
-    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-
-
 @torch.no_grad()
 def support_statistics_(model: nn.Module, images: torch.Tensor) -> None:
     """Set every BatchNorm's running statistics to the exact statistics of `images` (one pass, dropout off)."""
     model.eval()
-    bns = _bn(model)
+    bns = list(batchnorm.bn_modules(model))
     momenta = [m.momentum for m in bns]
     for m in bns:
         m.reset_running_stats()

@@ -19,7 +19,7 @@ from torch import nn
 POLICIES = ("paper", "transductive", "frozen")
 
 
-def _bn_modules(model: nn.Module):
+def bn_modules(model: nn.Module):
     return (m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
 
 
@@ -27,7 +27,7 @@ def adaptation_mode(model: nn.Module, policy: str) -> None:
     """Train mode (dropout on); BN normalises with batch statistics unless the policy freezes them."""
     model.train()
     if policy == "frozen":
-        for m in _bn_modules(model):
+        for m in bn_modules(model):
             m.eval()
 
 
@@ -35,7 +35,7 @@ def prediction_mode(model: nn.Module, policy: str) -> None:
     """Eval mode (dropout off); BN uses running statistics, or the query batch's own under ``transductive``."""
     model.eval()
     if policy == "transductive":
-        for m in _bn_modules(model):
+        for m in bn_modules(model):
             m.train()
 
 
