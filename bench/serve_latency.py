@@ -7,9 +7,7 @@ the gallery. Memory: the server process's peak resident set (VmHWM) and the page
 
     python bench/serve_latency.py [--init general] [--rounds 3] [--threads 1]
 
-The initialization defaults to the shipped `general` one at its own size and update parameters; while it is not
-installed, an initialization of the same architecture and size (EfficientLab-3 on the ImageNet lite0 encoder, 128 px)
-with the update parameters of configs/general.yaml (lr 0.01, 3 steps) stands in, which costs the same time per step.
+The initialization defaults to the shipped `general` one, at its own size and with its card's update parameters.
 """
 
 from __future__ import annotations
@@ -28,20 +26,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 PHOTOS = REPO / "tests" / "fixtures" / "real-photos"
-
-
-def stand_in_init(folder: Path) -> Path:
-    """The general initialization's architecture and size, with the ImageNet encoder (its cost per step)."""
-    import torch
-
-    from fewshotseg.models.efficientlab import ModelConfig
-    from fewshotseg.segmenter import FewShotSegmenter
-
-    torch.manual_seed(0)
-    seg = FewShotSegmenter.from_pretrained("imagenet", size=128, device="cpu", model_config=ModelConfig(
-        variant="efficientlab-3", encoder="tf_efficientnet_lite0"))
-    seg.card.update_params = {"default": {"lr": 0.01, "steps": 3, "source": "configs/general.yaml (stand-in)"}}
-    return seg.save_pretrained(folder)
 
 
 def free_port() -> int:
@@ -68,15 +52,6 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="serve-bench-"))
     init = args.init
-    if init == "general":
-        from fewshotseg.runs.initialization import packaged_folder
-
-        try:
-            packaged_folder("general")
-        except Exception:
-            init = str(stand_in_init(tmp / "stand-in"))
-            print("the shipped general initialization is not installed: a stand-in of its architecture and size "
-                  "(lite0, 128 px, lr 0.01, 3 steps)")
     pairs = []  # 5 (image, mask) pairs with distinct names: cat1.jpg + cat1.png, ...
     for mask in sorted(PHOTOS.glob("*/[0-9].png"))[:5]:
         name = f"{mask.parent.name}{mask.stem}"

@@ -3,7 +3,7 @@ and adapting to rubber-duck photos, as a headless chromium shows it.
 
     python docs/screenshot.py [--init general] [--steps 20]
 
-Uses the shipped `general` initialization when installed, else the ImageNet lite0 encoder at 128 px."""
+Uses the shipped `general` initialization unless `--init` names another."""
 
 from __future__ import annotations
 
@@ -33,18 +33,6 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="serve-shot-"))
     init = args.init
-    if init == "general":
-        from fewshotseg.runs.initialization import packaged_folder
-
-        try:
-            packaged_folder("general")
-        except Exception:
-            from fewshotseg.models.efficientlab import ModelConfig
-            from fewshotseg.segmenter import FewShotSegmenter
-
-            init = str(FewShotSegmenter.from_pretrained(
-                "imagenet", size=128, device="cpu", model_config=ModelConfig(encoder="tf_efficientnet_lite0")
-            ).save_pretrained(tmp / "imagenet-lite0"))
     for n in (1, 2, 3):
         shutil.copy(DUCK / f"{n}.jpg", tmp / f"duck{n}.jpg")
     shutil.copy(DUCK / "2.png", tmp / "duck2_mask.png")

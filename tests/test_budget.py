@@ -57,3 +57,21 @@ def test_count_is_unchanged_between_refits():
     assert seen[:6] == [1000] * 6  # before the warm-up mark and the first re-fit
     assert seen[6] == 60  # fitted at iteration 7 = mark (2) + 5: 1 s an iteration, 60 s in all
     assert len(set(seen[6:11])) == 1  # held until the next re-fit
+
+
+def test_budget_counts_from_the_commands_start():
+    """The CLI passes its own start time, so importing torch before the run counts against the budget."""
+    def count_after_two_iterations(imports_s: float, pass_start: bool) -> tuple[float, int]:
+        clock = FakeClock()
+        started = clock.now
+        clock.now += imports_s  # before the training function is called
+        budget = Budget(1, clock=clock, warmup=1, refit_every=1, started=started if pass_start else None)
+        elapsed = budget.elapsed()
+        count = 0
+        for done in (1, 2):
+            clock.now += 1.0  # 1 s an iteration
+            count = budget.fit(done, 1000, 1000)
+        return elapsed, count
+
+    assert count_after_two_iterations(30.0, pass_start=True) == (30.0, 2 + 28)  # 32 s used of 60
+    assert count_after_two_iterations(30.0, pass_start=False) == (0.0, 2 + 58)  # the imports not counted

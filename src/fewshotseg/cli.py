@@ -9,7 +9,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from contextlib import nullcontext
+
+STARTED = time.monotonic()  # the command's start: `--max-minutes` counts importing torch and timm too
 
 
 def at_least(low: int, high: int | None = None):
@@ -172,7 +175,8 @@ def add_meta_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its checkpoint")
     add_overwrite_flag(p)
     p.add_argument("--max-minutes", type=float, default=0.0,
-                   help="fit the number of meta-iterations to this wall time (measured on the first 10)")
+                   help="fit the number of meta-iterations to this wall time, validations and checkpoints included "
+                        "(re-fitted every 10 iterations; 0: off)")
     add_config_flags(p, MetaTrainConfig)
 
 
@@ -182,7 +186,7 @@ def run_meta_train(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(MetaTrainConfig, args)
     with claimed(args, "meta-train", cfg, free=("iterations", "eval_interval", "eval_tasks", "checkpoint_interval")):
-        meta_train(cfg, resume=args.resume, max_minutes=args.max_minutes)
+        meta_train(cfg, resume=args.resume, max_minutes=args.max_minutes, started=STARTED)
     return 0
 
 
@@ -205,7 +209,7 @@ def run_joint_train(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(JointTrainConfig, args)
     with claimed(args, "joint-train", cfg, free=("epochs", "max_minutes", "checkpoint_interval")):
-        joint_train(cfg, resume=args.resume)
+        joint_train(cfg, resume=args.resume, started=STARTED)
     return 0
 
 

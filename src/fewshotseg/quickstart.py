@@ -269,14 +269,22 @@ def _budget_note(meta_dir: Path, joint_dir: Path) -> str:
 
 
 def _summary_table(folders: list[Path]) -> str:
+    """The table printed at the end, with the two floors (computed on the same episodes by every evaluation)."""
     lines = ["", f"{'initialization':32s} {'1-shot mean IoU':>18s} {'5-shot mean IoU':>18s}"]
-    for folder in folders:
-        result = json.loads((folder / "results.json").read_text())
-        cells = []
-        for shots in ("1", "5"):
-            s = result["shots"].get(shots, {}).get("paper_miou")
-            cells.append(f"{100 * s['mean']:6.2f} ± {100 * s['ci95']:5.2f} %" if s else "-")
+    results = [json.loads((folder / "results.json").read_text()) for folder in folders]
+
+    def cell(summary: dict | None) -> str:
+        s = (summary or {}).get("paper_miou")
+        return f"{100 * s['mean']:6.2f} ± {100 * s['ci95']:5.2f} %" if s else "-"
+
+    for folder, result in zip(folders, results):
+        cells = [cell(result["shots"].get(shots)) for shots in ("1", "5")]
         lines.append(f"{result.get('label', folder.name):32s} {cells[0]:>18s} {cells[1]:>18s}")
+    for name, label in (("all_foreground", "floor: all foreground"), ("support_rate", "floor: support fg rate")):
+        cells = [cell(next((r["shots"][shots]["floors"][name] for r in results
+                            if "floors" in r["shots"].get(shots, {})), None)) for shots in ("1", "5")]
+        if cells != ["-", "-"]:
+            lines.append(f"{label:32s} {cells[0]:>18s} {cells[1]:>18s}")
     return "\n".join(lines)
 
 

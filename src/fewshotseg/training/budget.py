@@ -17,11 +17,13 @@ from collections.abc import Callable
 
 class Budget:
     def __init__(self, minutes: float, *, warmup: int = 5, refit_every: int = 10,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, started: float | None = None) -> None:
+        """`started`: when the budget began on `clock` (the command's start, so that importing torch counts
+        too); now when not given."""
         self.seconds = minutes * 60
         self.warmup, self.refit_every = warmup, refit_every
         self.clock = clock
-        self.started = clock()
+        self.started = clock() if started is None else started
         self.mark: tuple[int, float] | None = None  # (iteration, elapsed) after warm-up
         self.final_cost = 0.0  # seconds of the work done once after the last iteration
 

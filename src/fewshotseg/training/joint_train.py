@@ -40,8 +40,10 @@ from fewshotseg.training.budget import Budget
 from fewshotseg.training.checkpoint import check_unchanged, resumable_state, save_checkpoint
 
 
-def joint_train(cfg: JointTrainConfig, *, resume: bool = False) -> Path:
-    budget = Budget(cfg.max_minutes) if cfg.max_minutes and not resume else None  # loading counts too
+def joint_train(cfg: JointTrainConfig, *, resume: bool = False, started: float | None = None) -> Path:
+    """Train the joint baseline; returns the path of the exported weights. `cfg.max_minutes` counts from `started`
+    (a `time.monotonic()` value; the call when not given)."""
+    budget = Budget(cfg.max_minutes, started=started) if cfg.max_minutes and not resume else None
     ctx = distributed.setup(cfg.device, cfg.threads)
     run = RunDir(cfg.run_dir, writer=ctx.is_main)
     ckpt_path = run.file("checkpoint.pt")

@@ -55,10 +55,12 @@ _FIXED_ON_RESUME = ("data", "size", "splits", "fold", "algorithm", "variant", "e
                     "train_shots", "val_shots", "dropout", "aug_rate", "l2", "bn_policy", "seed")
 
 
-def meta_train(cfg: MetaTrainConfig, *, resume: bool = False, max_minutes: float = 0.0) -> Path:
-    """Meta-train an initialization; returns the path of the exported `model.safetensors`."""
+def meta_train(cfg: MetaTrainConfig, *, resume: bool = False, max_minutes: float = 0.0,
+               started: float | None = None) -> Path:
+    """Meta-train an initialization; returns the path of the exported `model.safetensors`. `max_minutes` counts
+    from `started` (a `time.monotonic()` value; the call when not given)."""
     check_algorithm(cfg.algorithm)
-    budget = Budget(max_minutes) if max_minutes and not resume else None  # loading and building count too
+    budget = Budget(max_minutes, started=started) if max_minutes and not resume else None  # loading counts too
     ctx = distributed.setup(cfg.device, cfg.threads)
     run = RunDir(cfg.run_dir, writer=ctx.is_main)
     ckpt_path = run.file("checkpoint.pt")
