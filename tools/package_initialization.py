@@ -4,7 +4,8 @@
         [--bench bench-results.json] [--summary "..."]
 
 The run folder's card (written by `meta-train`, with the update parameters `tune` recorded in it per shot count)
-is copied with the new name and summary; `--bench` adds the measured mean IoUs of `bench/real_photos.py --out` for
+is copied with the new name and summary (and, when the run continued from another run's weights, that run's
+training record as `training.init_training`); `--bench` adds the measured mean IoUs of `bench/real_photos.py --out` for
 the row labelled with the same name. A run folder written without a card gets one first (`write_run_card`, from its
 config.yaml and metrics.jsonl).
 """
@@ -48,6 +49,9 @@ def main() -> None:
     card.name = args.name
     card.summary = args.summary or card.summary
     card.training["run_dir"] = str(run)
+    earlier = _earlier_training(card.training.get("init"))
+    if earlier:  # meta-training continued from another run: keep that run's record too
+        card.training["init_training"] = earlier
     if args.bench:
         bench = json.loads(Path(args.bench).read_text())
         row = bench["rows"][args.name]
@@ -67,6 +71,16 @@ def main() -> None:
     seg.card = card
     folder = seg.save_pretrained(args.out)
     print(f"packaged {run} as {args.name!r} in {folder} ({(folder / 'model.safetensors').stat().st_size / 1e6:.1f} MB)")
+
+
+def _earlier_training(init: str | None) -> dict | None:
+    """The training record of the run an initialization was continued from (its folder or its weights file)."""
+    if not init or init in ("random", "imagenet"):
+        return None
+    path = Path(init)
+    folder = path.parent if path.suffix == ".safetensors" else path
+    earlier = read_card(folder) if folder.is_dir() else None
+    return dict(earlier.training) if earlier is not None else None
 
 
 if __name__ == "__main__":
