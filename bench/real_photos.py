@@ -127,7 +127,7 @@ def main() -> None:
     parser.add_argument("--init", action="append", required=True, help="LABEL=SPEC[:UPDATE_PARAMS with {k}]")
     parser.add_argument("--size", type=int, default=0, help="input size (0: the first initialization's card)")
     parser.add_argument("--shots", type=int, nargs="+", default=[1, 5])
-    parser.add_argument("--out", default="", help="also write the numbers to this JSON file")
+    parser.add_argument("--out", default="", help="also write the numbers to this JSON file (after each row)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     inits = []
@@ -162,6 +162,8 @@ def main() -> None:
               f"  {label:10s} adapt (5 support + 20 queries): {row['adapt_seconds_5_support_20_queries']:.1f} s",
               flush=True)
         rows[label] = row
+        if args.out:  # after every row, so that the rows measured so far survive an interrupted run
+            Path(args.out).write_text(json.dumps({"size": size, "rows": rows}, indent=2) + "\n")
     print()
     print("| initialization | corpus real-photo classes, 1-shot | 5-shot | fixtures, leave-one-out | adapt 5+20 |")
     print("|---|---:|---:|---:|---:|")
@@ -171,8 +173,6 @@ def main() -> None:
         fx = row["fixtures_loo"]
         print(f"| {label} | {' | '.join(cells)} | {100 * fx['mean']:.1f} ± {100 * fx['ci95']:.1f} % | "
               f"{row['adapt_seconds_5_support_20_queries']:.1f} s |")
-    if args.out:
-        Path(args.out).write_text(json.dumps({"size": size, "rows": rows}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
