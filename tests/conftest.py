@@ -20,6 +20,17 @@ REPO = Path(__file__).resolve().parents[1]
 REAL_PHOTOS = REPO / "tests" / "fixtures" / "real-photos"  # real photos and masks; see its README.md
 
 
+@pytest.fixture
+def one_torch_thread():
+    """This process on one torch thread for the test, as the single-threaded subprocesses and workers it is compared
+    with (an earlier in-process meta-train may have left it with more, and another summation order can flip a
+    pixel)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_benchmark(tmp_path_factory) -> Path:
     """24 classes x 12 pairs at 32 px of the built-in benchmark, with its own splits."""

@@ -43,9 +43,7 @@ def test_git_commit_is_none_outside_a_checkout(tmp_path):
 
 
 @pytest.mark.slow
-def test_worker_pool_results_equal_inline_results(tiny_benchmark, tiny_dataset, tmp_path):
-    import torch
-
+def test_worker_pool_results_equal_inline_results(tiny_benchmark, tiny_dataset, tmp_path, one_torch_thread):
     from fewshotseg.evaluation.evaluate import episode_job
     from fewshotseg.evaluation.protocols import paper_episodes
     from fewshotseg.meta_learning.update_routine import UpdateParams
@@ -53,10 +51,6 @@ def test_worker_pool_results_equal_inline_results(tiny_benchmark, tiny_dataset, 
     from fewshotseg.runs.initialization import write_for_workers
     from fewshotseg.runs.workers import Pool
 
-    # Workers are single-threaded; so must the inline run be (an earlier test in this process may have set more
-    # threads, and a different summation order can flip a pixel).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     init = tmp_path / "init.safetensors"
     write_for_workers("random", ModelConfig(variant="efficientlab-3", encoder="tinynet_e"), init, seed=0)
     episodes = paper_episodes(tiny_dataset, tiny_dataset.names[:3], 2, splits=2, seed=0)
@@ -64,7 +58,6 @@ def test_worker_pool_results_equal_inline_results(tiny_benchmark, tiny_dataset, 
     jobs = [(str(init), str(tiny_benchmark), 32, ep, params, 0, False) for ep in episodes]
     with Pool(1) as inline:
         expected = [rows for rows, _ in inline.map(episode_job, jobs)]
-    torch.set_num_threads(threads)
     with Pool(2) as pool:
         got = [rows for rows, _ in pool.map(episode_job, jobs)]
     assert got == expected

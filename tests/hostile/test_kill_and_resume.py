@@ -19,16 +19,8 @@ ENV = os.environ | {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """The killed runs are subprocesses with one thread; the in-process runs compared with them must be too (an
-    earlier in-process meta-train may have left this process with more, and another summation order can flip a
-    pixel)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_torch_thread):
+    """The killed runs are single-threaded subprocesses; the in-process runs compared with them must be too."""
 
 
 def kill_when(argv: list[str], ready, limit: float = 240) -> bool:
