@@ -30,8 +30,9 @@ def main() -> None:
     parser.add_argument("--name", required=True)
     parser.add_argument("--summary", default="")
     parser.add_argument("--bench", default="", help="JSON written by bench/real_photos.py --out")
-    parser.add_argument("--relative-to", default="", help="write paths under this folder relative to it (the card "
-                                                          "records where the data and run were, not whose disk)")
+    parser.add_argument("--relative-to", nargs="+", default=[], metavar="FOLDER",
+                        help="write paths under these folders relative to them (the work folder, the checkout): the "
+                             "card records where the data, run and config were, not whose disk")
     args = parser.parse_args()
     run = Path(args.run_dir)
     if read_card(run) is None:  # a run folder from before cards: derive one from its config and metrics
@@ -66,8 +67,10 @@ def main() -> None:
                                      "shots": "2-3", "mean_iou": value["mean"], "ci95": value["ci95"],
                                      "episodes": value["cases"]})
     if args.relative_to:
-        prefix = str(Path(args.relative_to).resolve()) + "/"
-        card = type(card).from_json(json.loads(json.dumps(card.to_json()).replace(prefix, "")), "card")
+        text = json.dumps(card.to_json())
+        for folder in args.relative_to:
+            text = text.replace(str(Path(folder).resolve()) + "/", "")
+        card = type(card).from_json(json.loads(text), "card")
     seg.card = card
     folder = seg.save_pretrained(args.out)
     print(f"packaged {run} as {args.name!r} in {folder} ({(folder / 'model.safetensors').stat().st_size / 1e6:.1f} MB)")
