@@ -127,10 +127,10 @@ def read_support(folder: Path) -> tuple[list[tuple[np.ndarray, np.ndarray, str]]
 
     folder = pair_folder(folder)
     pairs, problems = pair_class_folder(folder)
-    files = [Path(folder) / f for pair in pairs for f in (pair.image, pair.mask)]
+    files = [f for pair in pairs for f in (pair.image, pair.mask)]  # the pairs' paths already hold the folder
     good = []
     for pair in pairs:
-        image, mask = Path(folder) / pair.image, Path(folder) / pair.mask
+        image, mask = pair.image, pair.mask
         try:
             rgb, m = read_pair(image, mask, str(image))
         except DataError as err:
