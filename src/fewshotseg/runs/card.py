@@ -45,6 +45,9 @@ class Card:
     weights: dict[str, Any] = field(default_factory=dict)  # file, sha256, bytes
     fewshotseg_version: str = ""
     history: list[dict[str, Any]] = field(default_factory=list)  # replaced update parameters, newest last
+    # The default adaptation method and its settings: {"method": "finetune" | "probe" | "prototype" | "rf",
+    # "settings": {...}, "source": "..."}; empty means fine-tuning with U (the update parameters above).
+    adaptation: dict[str, Any] = field(default_factory=dict)
 
     # ---------------------------------------------------------------------------------------------- U
 
