@@ -19,6 +19,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "fewshotseg"
 LAYERS: list[set[str]] = [
     {"errors", "models", "data", "runs", "reports"},  # errors; tensors; files and pixels; run plumbing; run-folder reports
     {"meta_learning", "analysis"},  # models and task tensors; computations on weights
+    {"adaptation"},  # the adaptation methods (U, probe, prototype, rf) behind one interface
     {"config"},  # one dataclass per command
     {"evaluation"},  # every number we report, early stopping, the episode jobs
     {"tuning"},  # UHO

@@ -80,7 +80,8 @@ def test_support_statistics_make_each_query_independent_of_the_others(tiny_init)
     from fewshotseg.segmenter import FewShotSegmenter
 
     seg = FewShotSegmenter.from_pretrained(tiny_init)
-    seg.fit(*_pairs("duck_toy"), seed=1)
+    seg.fit(*_pairs("duck_toy"), seed=1, stats="support")
+    assert seg.params.bn_policy == "support"
     queries = [REAL_PHOTOS / "duck_toy" / "3.jpg", REAL_PHOTOS / "cat" / "1.jpg"]
     together = seg.predict(queries)
     alone = seg.predict(queries[:1])
@@ -138,7 +139,8 @@ def test_exif_rotated_support_and_query_give_the_upright_masks(tiny_init, tmp_pa
     np.testing.assert_array_equal(a.mask, b.mask)
 
 
-def test_the_python_api_and_the_cli_give_identical_masks(tiny_init, tmp_path):
+@pytest.mark.parametrize("method", ["card", "probe", "prototype", "rf"])
+def test_the_python_api_and_the_cli_give_identical_masks(tiny_init, tmp_path, method):
     from fewshotseg.cli import main
     from fewshotseg.segmenter import FewShotSegmenter
 
@@ -149,15 +151,19 @@ def test_the_python_api_and_the_cli_give_identical_masks(tiny_init, tmp_path):
     (support / "3.png").unlink()
     shutil.copy(REAL_PHOTOS / "cat" / "2.jpg", query / "cat.jpg")
     assert main(["adapt", "--init", str(tiny_init), "--support", str(support), "--query", str(query),
-                 "--out", str(tmp_path / "out"), "--seed", "4"]) == 0
+                 "--out", str(tmp_path / "out"), "--seed", "4", "--method", method]) == 0
     summary = json.loads((tmp_path / "out" / "adapt.json").read_text())
-    assert summary["update_params"]["steps"] == 3 and "card of tiny: tune: t" in summary["update_params_source"]
     seg = FewShotSegmenter.from_pretrained(tiny_init)
-    seg.fit(*_pairs("colorful_sneaker"), seed=4)
-    for name in ("3", "cat"):
+    seg.fit(*_pairs("colorful_sneaker"), seed=4, method=method)
+    if method == "card":  # the card's method is U, with its 5-shot entry (transductive: the queries go together)
+        assert summary["update_params"]["steps"] == 3 and "card of tiny: tune: t" in summary["update_params_source"]
+        assert summary["method"]["method"] == "finetune" and summary["bn_policy"] == "transductive"
+    else:
+        assert summary["method"]["method"] == method and summary["update_params"] is None
+    api = seg.predict([query / "3.jpg", query / "cat.jpg"])
+    for name, pred in zip(("3", "cat"), api, strict=True):
         cli_mask = np.asarray(Image.open(tmp_path / "out" / f"{name}_mask.png")) > 0
-        api_mask = seg.predict([query / f"{name}.jpg"])[0].mask
-        np.testing.assert_array_equal(cli_mask, api_mask)
+        np.testing.assert_array_equal(cli_mask, pred.mask)
 
 
 def test_support_without_foreground_is_refused_with_its_name(tiny_init, tmp_path, capsys):

@@ -45,8 +45,13 @@ class AdaptConfig(ModelFields):
                                     "initialization's own (its card)")
     u_preset: str = option("card", "where U's hyperparameters come from when no file is given: card (the "
                                    "initialization's own) or paper (Table 3)")
-    stats: str = option("support", "BatchNorm statistics at prediction: support (recomputed from the support "
-                                   "images; each query independent), query-batch or running")
+    method: str = option("card", "adaptation method: card (the initialization's own), finetune (U), probe (linear "
+                                 "head on frozen features), prototype or rf (random-forest pixel classifier)")
+    method_settings: str = option("", "the method's settings from a file (`tune --method`'s method.json or a "
+                                      "YAML/JSON mapping); default: the card's for that method, else its defaults")
+    stats: str = option("card", "BatchNorm statistics at prediction when fine-tuning: card (U's own regime, as "
+                                "tuned), support (recomputed from the support images; each query independent), "
+                                "query-batch or running")
     size: int = option(0, "network input size (0: the initialization's own, from its card)")
     threshold: float = option(0.5, "foreground probability threshold")
     save_weights: bool = option(False, "also write the adapted network (weights + card) to <out>/adapted/")
@@ -156,14 +161,30 @@ def adapt(cfg: AdaptConfig, *, u_overrides: dict[str, Any] | None = None, progre
 
     seg = FewShotSegmenter.from_pretrained(cfg.init, device=cfg.device, size=cfg.size,
                                            model_config=cfg.model_config())
-    params, source = seg.update_params_for(len(support), preset=cfg.u_preset, file=cfg.update_params or None,
-                                           **(u_overrides or {}))
+    spec, spec_source = seg.method_for(cfg.method, file=cfg.method_settings or None)
+    if spec.method != "finetune" and (cfg.onnx or cfg.save_weights):
+        raise UserError(f"--onnx and --save-weights write a fine-tuned network; the {spec.method} method keeps the "
+                        "initialization frozen: pass --method finetune to write one")
     progress(f"adapting {seg.described} to {len(support)} support pair(s) at {seg.size} px")
-    progress(f"U: lr {params.lr:g}, {params.steps} steps, batch {params.batch_size}, {params.optimizer}, "
-             f"BatchNorm {params.bn_policy} — from {source}")
+    params, source = None, ""
+    if spec.method == "finetune":
+        params, source = seg.update_params_for(len(support), preset=cfg.u_preset, file=cfg.update_params or None,
+                                               **(u_overrides or {}))
+        if cfg.stats != "card":
+            from fewshotseg.segmenter import STATS_POLICY
+
+            params = params.replace(bn_policy=STATS_POLICY[cfg.stats])
+        progress(f"U: lr {params.lr:g}, {params.steps} steps, batch {params.batch_size}, {params.optimizer}, "
+                 f"BatchNorm {params.bn_policy} — from {source}")
+    else:
+        if cfg.update_params or any(v is not None for v in (u_overrides or {}).values()):
+            raise UserError(f"--update-params and --u-* set U's fine-tuning, but the method is {spec.method}; pass "
+                            "--method finetune to fine-tune, or drop them")
+        progress(f"method: {spec.describe()} — from {spec_source}")
     images, masks, names = zip(*support, strict=True)
-    seg.fit(list(images), list(masks), seed=cfg.seed, update_params=params, stats=cfg.stats, names=list(names))
+    seg.fit(list(images), list(masks), seed=cfg.seed, update_params=params, names=list(names), method=spec)
     seg.params_source = source
+    together = params is not None and params.bn_policy == "transductive"  # the query batch normalises itself
 
     out.mkdir(parents=True, exist_ok=True)
     written, failed, pending = [], [], []
@@ -173,7 +194,7 @@ def adapt(cfg: AdaptConfig, *, u_overrides: dict[str, Any] | None = None, progre
         except DataError as err:
             failed.append(str(err))
             continue
-        if cfg.stats == "query-batch":
+        if together:
             pending.append((path, rgb))
         else:
             _save(path, rgb, seg.predict([rgb], threshold=cfg.threshold)[0].mask, out, written)
@@ -186,8 +207,11 @@ def adapt(cfg: AdaptConfig, *, u_overrides: dict[str, Any] | None = None, progre
     if cfg.onnx:
         export_onnx(seg.model.cpu(), seg.size, out / "adapted.onnx")
     summary = {"init": seg.described, "size": seg.size, "support_pairs": len(support),
-               "support_problems": len(problems), "update_params": params.as_dict(),
-               "update_params_source": source, "stats": cfg.stats, "seed": cfg.seed, "queries": written,
+               "support_problems": len(problems), "method": spec.as_dict(), "method_source": spec_source,
+               "update_params": params.as_dict() if params is not None else None,
+               "update_params_source": source,
+               "bn_policy": params.bn_policy if params is not None else spec.as_dict()["settings"].get("stats"),
+               "seed": cfg.seed, "queries": written,
                "failed": failed}
     (out / "adapt.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

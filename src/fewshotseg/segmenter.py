@@ -14,16 +14,16 @@ Images may be paths, PIL images or numpy arrays ((H, W, 3) uint8, or float in [0
 `_oriented_mask`), resized once to the network's square input size, and the predicted probability map is resized back
 to each image's own size before thresholding.
 
-How U adapts the initialization comes from the initialization's card (its update parameters for the number of
-support images given), unless `update_params` says otherwise.
+How the initialization is adapted comes from its card: the adaptation method (`card.adaptation`: fine-tuning with U,
+the linear `probe`, `prototype` or the `rf` pixel classifier; see fewshotseg.adaptation) with its settings, and for
+fine-tuning U's update parameters for the number of support images given. `fit(method=..., settings=...,
+update_params=...)` says otherwise.
 
-BatchNorm at prediction (`stats`):
-* ``"support"`` (default): after adapting, the BatchNorm statistics are recomputed exactly from the support images
-  (one pass, no augmentation), and every query is normalised with them. A query's mask then does not depend on
-  which other images are predicted with it, nor on how many (one query alone is never normalised by itself).
-* ``"query-batch"``: the statistics of the images of one `predict` call, all together (the transductive setting
-  of meta-training and `evaluate`); depends on the batch.
-* ``"running"``: the running statistics U left (the paper's policy).
+BatchNorm at prediction is part of the method's settings, so what was tuned and measured is what runs: U's
+`bn_policy` for fine-tuning (``support``: statistics recomputed exactly from the support images, every query
+normalised with them; ``transductive``: the statistics of the images of one `predict` call; ``paper``: the running
+statistics U left), the frozen network's `stats` for probe and prototype. `fit(stats=...)` overrides U's regime:
+``"support"``, ``"query-batch"`` (transductive) or ``"running"`` (paper); ``"card"`` (default) keeps U's own.
 """
 
 from __future__ import annotations
@@ -42,8 +42,9 @@ from torch import nn
 from fewshotseg.data.images import binarize_mask, read_image, read_mask
 from fewshotseg.data.tasks import TaskTensors, episode_rng
 from fewshotseg.errors import UserError
+from fewshotseg.adaptation import Adapter, FinetuneAdapter, MethodSpec, OneClassSupportError, make_adapter
 from fewshotseg.meta_learning import batchnorm
-from fewshotseg.meta_learning.update_routine import Learner, UpdateParams
+from fewshotseg.meta_learning.update_routine import UpdateParams
 from fewshotseg.models.efficientlab import ModelConfig
 from fewshotseg.runs.card import Card
 from fewshotseg.runs.device import choose_device
@@ -52,7 +53,8 @@ from fewshotseg.runs.initialization import resolve_pretrained, save_pretrained
 log = logging.getLogger(__name__)
 
 ImageLike = str | Path | Image.Image | np.ndarray
-STATS = ("support", "query-batch", "running")
+STATS = ("card", "support", "query-batch", "running")
+STATS_POLICY = {"support": "support", "query-batch": "transductive", "running": "paper"}
 
 
 @dataclass
@@ -70,10 +72,12 @@ class FewShotSegmenter:
         self.size = int(card.size)
         self.described = described or card.name
         self.init = model.to(self.device).eval()
-        self._learner: Learner | None = None
+        self._adapter: Adapter | None = None
+        self.method: MethodSpec | None = None
+        self.method_source = ""
         self.params: UpdateParams | None = None
         self.params_source = ""
-        self.stats = "support"
+        self.stats = "card"
 
     # ------------------------------------------------------------------------------------------ construction
 
@@ -87,13 +91,18 @@ class FewShotSegmenter:
 
     def save_pretrained(self, folder: str | Path) -> Path:
         """Write the current network (adapted, after `fit`) with a card that says how it was made."""
-        model = self._learner.model if self._learner is not None else self.init
+        if self._adapter is not None and not isinstance(self._adapter, FinetuneAdapter):
+            raise UserError(f"save_pretrained after a {self._adapter.method} fit: only a network fine-tuned with U is "
+                            "a new initialization; the initialization itself is unchanged (save its support pairs "
+                            "and fit again: a frozen-feature fit takes a fraction of a second)")
+        model = self.model
         card = copy.deepcopy(self.card)
-        if self._learner is not None and self.params is not None:
+        if self._adapter is not None and self.params is not None:
             card.name = Path(folder).name
             card.summary = f"{self.card.name} adapted with U to {self._fitted} labelled image(s)."
             card.training = {**card.training, "adapted_from": self.described, "adapted_with": self.params_source}
             card.metrics = []
+            card.adaptation = {}
         return save_pretrained(folder, model, card)
 
     # ------------------------------------------------------------------------------------------ U
@@ -106,11 +115,21 @@ class FewShotSegmenter:
 
         return resolve_card_update_params(self.card, shots, preset=preset, file=file, **overrides)
 
+    def method_for(self, method: str = "card", *, settings: dict[str, Any] | None = None,
+                   file: str | Path | None = None) -> tuple[MethodSpec, str]:
+        """The adaptation method and its settings, and where they came from: the card's own (`method="card"`), or
+        the named method with the card's settings for it (else its defaults), a file, then single `settings`."""
+        from fewshotseg.config import resolve_method
+
+        return resolve_method(self.card, method, settings=settings, file=file)
+
     def fit(self, images: list[ImageLike], masks: list[ImageLike], *, seed: int = 0,
-            update_params: UpdateParams | None = None, stats: str = "support", names: list[str] | None = None,
+            update_params: UpdateParams | None = None, stats: str = "card", names: list[str] | None = None,
+            method: str | MethodSpec = "card", settings: dict[str, Any] | None = None,
             progress=None) -> FewShotSegmenter:
-        """Adapt the initialization to labelled examples with U (the card's update parameters for this many shots
-        unless `update_params` is given). Support pairs without foreground are refused with their names."""
+        """Adapt the initialization to labelled examples: with the card's method (fine-tuning with U, the card's
+        update parameters for this many shots, unless `update_params` is given) or the one named by `method`.
+        Support pairs without foreground are refused with their names."""
         if stats not in STATS:
             raise UserError(f"stats {stats!r}: choose one of {', '.join(STATS)}")
         if len(images) != len(masks):
@@ -129,17 +148,27 @@ class FewShotSegmenter:
         if empty:
             raise UserError(f"support mask(s) without any foreground: {', '.join(empty)}; every support image needs "
                             "the object marked in its mask (or leave that image out)")
-        if update_params is None:
-            update_params, source = self.update_params_for(len(xs))
-        else:
-            source = "given"
-        self.params, self.params_source, self.stats = update_params, source, stats
+        spec, spec_source = (method, "given") if isinstance(method, MethodSpec) else self.method_for(method,
+                                                                                                    settings=settings)
+        params, source = None, ""
+        if spec.method == "finetune":
+            if update_params is None:
+                update_params, source = self.update_params_for(len(xs))
+            else:
+                source = "given"
+            if stats != "card":
+                update_params = update_params.replace(bn_policy=STATS_POLICY[stats])
+        self.method, self.method_source = spec, spec_source
+        self.params, self.params_source, self.stats = params or update_params, source, stats
         task = TaskTensors.from_arrays(np.stack(xs), np.stack(ys))
-        if self._learner is None:
-            self._learner = Learner(copy.deepcopy(self.init), self.device)
-        self._learner.adapt(self.init, task, update_params, episode_rng(seed, 10), on_step=progress)
-        if stats == "support":
-            support_statistics_(self._learner.model, task.images.to(self.device))
+        previous = self._adapter if isinstance(self._adapter, FinetuneAdapter) else None
+        adapter = make_adapter(spec, params=self.params, device=self.device,
+                               learner=previous.learner if previous is not None else None)
+        try:
+            adapter.fit(self.init, task, episode_rng(seed, 10), on_step=progress)
+        except OneClassSupportError as err:
+            raise OneClassSupportError(f"support images {', '.join(names)}: {err}") from None
+        self._adapter = adapter
         self._fitted = len(xs)
         return self
 
@@ -148,7 +177,7 @@ class FewShotSegmenter:
     @torch.no_grad()
     def predict(self, images: list[ImageLike], *, threshold: float = 0.5, batch_size: int = 16) -> list[Prediction]:
         """One `Prediction` per image, at the image's own (upright) size."""
-        if self._learner is None:
+        if self._adapter is None:
             raise UserError("predict before fit: adapt the segmenter to labelled examples first (fit)")
         rgbs = [load_image(x, _name(x, i)) for i, x in enumerate(images)]
         if not rgbs:
@@ -165,41 +194,23 @@ class FewShotSegmenter:
         return out
 
     def _probabilities(self, images: torch.Tensor, batch_size: int) -> torch.Tensor:
-        model = self.model
-        model.eval()
-        if self.stats == "query-batch":
-            saved = {k: v.clone() for k, v in model.state_dict().items()}
-            batchnorm.prediction_mode(model, "transductive")  # BN on this batch's statistics, dropout off
-            probs = model(images.to(self.device)).softmax(1)[:, 1].float().cpu()
-            model.load_state_dict(saved)
-            model.eval()
-            return probs
-        chunks = [model(images[i:i + batch_size].to(self.device)).softmax(1)[:, 1].float().cpu()
-                  for i in range(0, len(images), batch_size)]
-        return torch.cat(chunks)
+        assert self._adapter is not None
+        return self._adapter.predict(images, batch_size=batch_size)
 
     @property
     def model(self) -> nn.Module:
-        return self._learner.model if self._learner is not None else self.init
+        """The network: fine-tuned by the last `fit` with U, else the initialization (frozen methods)."""
+        if isinstance(self._adapter, FinetuneAdapter) and self._adapter.model is not None:
+            return self._adapter.model
+        return self.init
 
 
 # ------------------------------------------------------------------------------------------ helpers
 
 
-@torch.no_grad()
 def support_statistics_(model: nn.Module, images: torch.Tensor) -> None:
     """Set every BatchNorm's running statistics to the exact statistics of `images` (one pass, dropout off)."""
-    model.eval()
-    bns = list(batchnorm.bn_modules(model))
-    momenta = [m.momentum for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average: after one batch, exactly that batch's statistics
-        m.train()
-    model(images)
-    for m, momentum in zip(bns, momenta, strict=True):
-        m.momentum = momentum
-    model.eval()
+    batchnorm.set_statistics_(model, images)
 
 
 def _name(x: ImageLike, i: int) -> str:

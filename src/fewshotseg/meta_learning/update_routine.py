@@ -31,6 +31,9 @@ from fewshotseg.meta_learning.weights import copy_state_
 from fewshotseg.models.losses import l2_parameters, segmentation_loss
 
 
+HEAD_INITS = ("init", "probe")
+
+
 class DivergedError(errors.DivergedError):
     """The adaptation loss or weights became NaN or infinite (e.g. a learning rate far too large)."""
 
@@ -50,9 +53,15 @@ class UpdateParams:
     decay_rate: float = 0.5
     decay_every: int = 5
     bn_policy: str = "paper"  # see meta_learning/batchnorm.py
+    # "init": start from the initialization's classifier; "probe": first set the classifier to the linear probe's
+    # solution on the support pixels' decoder features (LP-FT, Kumar et al. 2022), then take the steps.
+    head_init: str = "init"
+    probe_l2: float = 1e-3  # the probe's L2 penalty when head_init is "probe"
 
     def __post_init__(self) -> None:
         batchnorm.check_policy(self.bn_policy)
+        if self.head_init not in HEAD_INITS:
+            raise ValueError(f"unknown head_init {self.head_init!r}; choose one of {', '.join(HEAD_INITS)}")
         if self.optimizer not in ("sgd", "adam"):
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose sgd or adam")
         if self.lr_schedule not in ("fixed", "step"):
@@ -123,6 +132,8 @@ class Learner:
         # The last `predict` call's images and foreground probabilities (B, H, W), for overlays; None before one.
         self.last_predictions: tuple[torch.Tensor, torch.Tensor] | None = None
         self._mode: str | None = None
+        self._support: torch.Tensor | None = None  # the task's support images, for the support BN policy
+        self._stale = False  # the weights moved since the support statistics were computed
 
     def start(self, init: nn.Module, params: UpdateParams) -> None:
         """Load theta (weights and BN statistics) in place and reset the optimizer for a new task."""
@@ -161,6 +172,7 @@ class Learner:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
+        self._stale = True
         self.last_loss = loss.item()
         return self.last_loss
 
@@ -194,6 +206,9 @@ class Learner:
         forked RNG state: results are reproducible per task, and the caller's global RNG state is left as it was.
         """
         self.start(init, params)
+        self._support, self._stale = task.images, True
+        if params.head_init == "probe":
+            probe_head_(self.model, task.images.to(self.device), task.masks.to(self.device), params.probe_l2)
         g = torch_generator(rng)
         seed = int(rng.integers(2**62))
         n_steps = params.steps if steps is None else steps
@@ -220,6 +235,9 @@ class Learner:
 
         Under the transductive policy all images go through together (their statistics normalise each other).
         """
+        if self.params.bn_policy == "support" and self._stale and self._support is not None:
+            batchnorm.set_statistics_(self.model, self._support.to(self.device))
+            self._stale = False
         batchnorm.prediction_mode(self.model, self.params.bn_policy)
         self._mode = "predict"
         if self.params.bn_policy == "transductive":
@@ -244,3 +262,34 @@ def check_finite_weights(model: nn.Module, when: str) -> None:
 def task_batch(task: TaskTensors, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     rows = torch.as_tensor(index, dtype=torch.long)
     return task.images[rows], task.masks[rows]
+
+
+@torch.no_grad()
+def probe_head_(model: nn.Module, images: torch.Tensor, masks: torch.Tensor, l2: float) -> None:
+    """Set a two-class EfficientLab's classifier to the linear probe on its decoder features (LP-FT's first stage).
+
+    The probe is a class-balanced logistic regression of each stride-4 feature cell's label (its foreground fraction
+    >= 0.5) on the decoder's output, with the initialization's running BatchNorm statistics and dropout off; its
+    weight w and bias b become the classifier's as (+w/2, +b/2) for foreground and (-w/2, -b/2) for background, so
+    the network's foreground probability softmax(logits)[1] = sigmoid(<w, x> + b) is exactly the probe's."""
+    from fewshotseg.models.closed_form import (balanced_weights, flatten, logistic_head, mask_targets,
+                                               pixel_features)
+
+    head = getattr(model, "head", None)
+    conv = head[-1] if isinstance(head, nn.Sequential) else None
+    if not isinstance(conv, nn.Conv2d) or conv.out_channels != 2:
+        raise ValueError("head_init probe needs an EfficientLab with a two-class 1x1 classifier")
+    was_training = model.training
+    model.eval()
+    features = pixel_features(model, images, ("decoder",), normalise=False)
+    labels = (mask_targets(masks, features.shape[-2:]) >= 0.5).float().flatten()
+    if labels.min() == labels.max():
+        model.train(was_training)
+        return  # one class of pixels only: nothing to separate; keep the initialization's classifier
+    head = logistic_head(flatten(features), labels, l2, balanced_weights(labels))
+    conv.weight.zero_()
+    conv.weight[1, :, 0, 0] = head.weight / 2
+    conv.weight[0, :, 0, 0] = -head.weight / 2
+    if conv.bias is not None:
+        conv.bias.copy_(torch.stack([-head.bias / 2, head.bias / 2]))
+    model.train(was_training)

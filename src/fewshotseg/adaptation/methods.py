@@ -1,0 +1,345 @@
+"""The four adaptation methods behind one interface (see the package docstring)."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fewshotseg.data.tasks import TaskTensors
+from fewshotseg.errors import UserError
+from fewshotseg.meta_learning import batchnorm
+from fewshotseg.meta_learning.update_routine import Learner, UpdateParams
+from fewshotseg.models.closed_form import (
+    FEATURES,
+    LinearHead,
+    balanced_weights,
+    flatten,
+    logistic_head,
+    mask_targets,
+    pixel_features,
+    ridge_head,
+)
+
+FROZEN_STATS = ("running", "support")
+
+
+class OneClassSupportError(UserError, ValueError):
+    """The support masks, on the grid a method learns on, hold pixels of one class only."""
+
+
+class ProbeConvergenceWarning(UserWarning):
+    """The probe's solver stopped before converging."""
+
+
+# --------------------------------------------------------------------------------------------- settings
+
+
+def _check_features(features: list[str]) -> None:
+    bad = [f for f in features if f not in FEATURES]
+    if bad or not features:
+        raise ValueError(f"features {features}: choose one or more of {', '.join(FEATURES)}")
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} {value!r}: choose one of {', '.join(choices)}")
+
+
+@dataclass
+class ProbeSettings:
+    features: list[str] = field(default_factory=lambda: list(FEATURES))
+    solver: str = "logistic"  # or "ridge" (closed form onto {0, 1}; probabilities clipped to [0, 1])
+    l2: float = 1e-3  # penalty on the weights (logistic: l2/2 ||w||^2 added to the mean weighted loss)
+    stats: str = "running"  # BatchNorm statistics of the frozen network: its own (running) or the support images'
+    max_iter: int = 200  # L-BFGS iterations of the logistic solver
+
+    def __post_init__(self) -> None:
+        _check_features(self.features)
+        _check_choice("solver", self.solver, ("logistic", "ridge"))
+        _check_choice("stats", self.stats, FROZEN_STATS)
+        if not self.l2 > 0 or self.max_iter < 1:
+            raise ValueError("l2 must be > 0 and max_iter >= 1")
+
+
+@dataclass
+class PrototypeSettings:
+    features: list[str] = field(default_factory=lambda: list(FEATURES))
+    temperature: float = 20.0  # PANet's scale of the cosine similarities
+    stats: str = "running"
+
+    def __post_init__(self) -> None:
+        _check_features(self.features)
+        _check_choice("stats", self.stats, FROZEN_STATS)
+        if not self.temperature > 0:
+            raise ValueError("temperature must be > 0")
+
+
+@dataclass
+class RFSettings:
+    sigma_max: float = 16.0  # the largest Gaussian scale of scikit-image's multiscale features (ilastik's 0.3-10+)
+    trees: int = 50
+    max_depth: int = 12
+    max_pixels: int = 20000  # training pixels drawn per task, half foreground and half background when possible
+
+    def __post_init__(self) -> None:
+        if not self.sigma_max >= 1 or self.trees < 1 or self.max_depth < 1 or self.max_pixels < 2:
+            raise ValueError("sigma_max must be >= 1, trees and max_depth >= 1, max_pixels >= 2")
+
+
+@dataclass
+class FinetuneSettings:
+    """U's hyperparameters (per shot count) live in `UpdateParams`; nothing else to set."""
+
+
+SETTINGS: dict[str, type] = {"finetune": FinetuneSettings, "probe": ProbeSettings, "prototype": PrototypeSettings,
+                             "rf": RFSettings}
+METHODS = tuple(SETTINGS)
+
+
+def settings_for(method: str, values: dict[str, Any] | None = None) -> Any:
+    """The method's settings dataclass from a dict (a card's or a file's); unknown keys and bad values are errors."""
+    if method not in SETTINGS:
+        raise ValueError(f"unknown adaptation method {method!r}; choose one of {', '.join(METHODS)}")
+    cls = SETTINGS[method]
+    values = dict(values or {})
+    unknown = sorted(set(values) - {f.name for f in fields(cls)})
+    if unknown:
+        raise ValueError(f"unknown {method} setting(s) {unknown}; known: {sorted(f.name for f in fields(cls))}")
+    try:
+        return cls(**values)
+    except TypeError as err:
+        raise ValueError(f"{method} settings: {err}") from None
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A method and its settings, as sent to evaluation workers and recorded in results and cards."""
+
+    method: str = "finetune"
+    settings: tuple[tuple[str, Any], ...] = ()
+
+    @classmethod
+    def of(cls, method: str, settings: dict[str, Any] | None = None) -> MethodSpec:
+        checked = asdict(settings_for(method, settings))
+        return cls(method, tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in checked.items())))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"method": self.method,
+                "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in self.settings}}
+
+    def describe(self) -> str:
+        values = self.as_dict()["settings"]
+        shown = ", ".join(f"{k} {'+'.join(v) if isinstance(v, list) else v}" for k, v in values.items())
+        return self.method + (f" ({shown})" if shown else "")
+
+
+# --------------------------------------------------------------------------------------------- interface
+
+
+class Adapter(ABC):
+    """Fit on one task's support tensors, then predict foreground probabilities for any images of that size."""
+
+    method: str
+
+    @abstractmethod
+    def fit(self, init: nn.Module, support: TaskTensors, rng: np.random.Generator, *,
+            on_step: Callable[[int], None] | None = None) -> None: ...
+
+    @abstractmethod
+    def predict(self, images: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
+        """Foreground probabilities (B, H, W) on the CPU, float32."""
+
+
+class FinetuneAdapter(Adapter):
+    """U: the update routine's gradient steps (its BatchNorm regime is `params.bn_policy`)."""
+
+    method = "finetune"
+
+    def __init__(self, params: UpdateParams, device: torch.device | str = "cpu", *, learner: Learner | None = None,
+                 steps: int | None = None):
+        self.params, self.device, self.learner, self.steps = params, torch.device(device), learner, steps
+
+    def fit(self, init, support, rng, *, on_step=None) -> None:
+        if self.learner is None:
+            self.learner = Learner(copy.deepcopy(init), self.device)
+        self.learner.adapt(init, support, self.params, rng, steps=self.steps, on_step=on_step)
+
+    def predict(self, images, batch_size=16):
+        assert self.learner is not None, "fit first"
+        return self.learner.predict(images, batch_size=max(batch_size, 1))
+
+    @property
+    def model(self) -> nn.Module | None:
+        return None if self.learner is None else self.learner.model
+
+
+class _FrozenFeatures(Adapter):
+    """Shared by probe and prototype: the frozen network's per-pixel features, BatchNorm as the settings say."""
+
+    settings: ProbeSettings | PrototypeSettings
+
+    def __init__(self, settings, device: torch.device | str = "cpu"):
+        self.settings, self.device = settings, torch.device(device)
+        self.model: nn.Module | None = None
+
+    def _network(self, init: nn.Module, support: TaskTensors) -> nn.Module:
+        if self.settings.stats == "support":
+            model = copy.deepcopy(init).to(self.device)
+            batchnorm.set_statistics_(model, support.images.to(self.device))
+        else:
+            model = init.to(self.device)
+        return model.eval()
+
+    @torch.no_grad()
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        assert self.model is not None, "fit first"
+        self.model.eval()
+        return pixel_features(self.model, images.to(self.device), tuple(self.settings.features))
+
+    def _support(self, init: nn.Module, support: TaskTensors) -> tuple[torch.Tensor, torch.Tensor]:
+        self.model = self._network(init, support)
+        feats = self.features(support.images)
+        return feats, mask_targets(support.masks.to(self.device), feats.shape[-2:])
+
+    @torch.no_grad()
+    def predict(self, images, batch_size=16):
+        out = []
+        for i in range(0, len(images), batch_size):
+            chunk = images[i:i + batch_size]
+            logits = self.logits(self.features(chunk))
+            full = F.interpolate(logits[:, None], size=chunk.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+            out.append(self.probability(full).float().cpu())
+        return torch.cat(out) if out else torch.zeros(0, *images.shape[-2:])
+
+    @abstractmethod
+    def logits(self, features: torch.Tensor) -> torch.Tensor: ...
+
+    def probability(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(logits)
+
+
+def hard_labels(fraction: torch.Tensor) -> torch.Tensor:
+    """Each feature cell's label from its foreground fraction: >= 0.5 is foreground. An object smaller than half a
+    cell everywhere still counts: then every cell it touches is foreground. One class only is an error."""
+    labels = fraction >= 0.5
+    if not labels.any():
+        labels = fraction > 0
+    if labels.all() or not labels.any():
+        which = "foreground" if labels.all() else "background"
+        raise OneClassSupportError(
+            f"the support masks hold only {which} pixels on the {fraction.shape[-1]}x{fraction.shape[-2]} feature "
+            "grid: a method needs pixels of both the object and its surroundings; mark the object only, or add a "
+            "support image where it does not fill the frame")
+    return labels.float()
+
+
+class ProbeAdapter(_FrozenFeatures):
+    method = "probe"
+
+    def fit(self, init, support, rng, *, on_step=None) -> None:
+        feats, fraction = self._support(init, support)
+        y = hard_labels(fraction).flatten()
+        x = flatten(feats)
+        s = self.settings
+        if s.solver == "ridge":
+            self.head: LinearHead = ridge_head(x.double(), y.double(), s.l2, balanced_weights(y).double())
+            self.head = LinearHead(self.head.weight.float(), self.head.bias.float())
+        else:
+            self.head = logistic_head(x, y, s.l2, balanced_weights(y), max_iter=s.max_iter)
+            if not self.head.converged:
+                warnings.warn(ProbeConvergenceWarning(
+                    f"the probe's logistic regression did not converge in {s.max_iter} L-BFGS iterations; its mask "
+                    "may be poor: raise the probe's max_iter or its l2 penalty (now "
+                    f"{s.l2:g}) in the method settings"), stacklevel=2)
+        if on_step is not None:
+            on_step(1)
+
+    def logits(self, features):
+        return self.head.logits(features)
+
+    def probability(self, logits):
+        return logits.clamp(0, 1) if self.settings.solver == "ridge" else torch.sigmoid(logits)
+
+
+class PrototypeAdapter(_FrozenFeatures):
+    method = "prototype"
+
+    def fit(self, init, support, rng, *, on_step=None) -> None:
+        feats, fraction = self._support(init, support)
+        hard_labels(fraction)  # refuses a one-class support set
+        w = fraction[:, None]
+        self.foreground = (w * feats).sum((0, 2, 3)) / w.sum().clamp(min=1e-6)
+        self.background = ((1 - w) * feats).sum((0, 2, 3)) / (1 - w).sum().clamp(min=1e-6)
+        if on_step is not None:
+            on_step(1)
+
+    def logits(self, features):
+        fg = F.cosine_similarity(features, self.foreground[None, :, None, None], dim=1)
+        bg = F.cosine_similarity(features, self.background[None, :, None, None], dim=1)
+        return self.settings.temperature * (fg - bg)  # softmax over the two = sigmoid of the difference
+
+
+class RFAdapter(Adapter):
+    """ilastik's recipe: Gaussian-smoothed intensity, edge and texture features at several scales per pixel
+    (`skimage.feature.multiscale_basic_features`), a random forest per pixel (`sklearn.ensemble`)."""
+
+    method = "rf"
+
+    def __init__(self, settings: RFSettings, device: torch.device | str = "cpu"):
+        self.settings = settings
+
+    def _features(self, images: torch.Tensor) -> np.ndarray:
+        from skimage.feature import multiscale_basic_features
+
+        arrays = images.permute(0, 2, 3, 1).cpu().numpy().astype(np.float32)
+        return np.stack([multiscale_basic_features(a, channel_axis=-1, sigma_min=1.0,
+                                                   sigma_max=self.settings.sigma_max) for a in arrays])
+
+    def fit(self, init, support, rng, *, on_step=None) -> None:
+        from sklearn.ensemble import RandomForestClassifier
+
+        feats = self._features(support.images)
+        labels = hard_labels(support.masks.float()).numpy().astype(bool)
+        x, y = feats.reshape(-1, feats.shape[-1]), labels.reshape(-1)
+        half = self.settings.max_pixels // 2
+        picks = [rng.choice(idx, size=min(half, len(idx)), replace=False)
+                 for idx in (np.flatnonzero(y), np.flatnonzero(~y))]
+        rows = np.sort(np.concatenate(picks))
+        self.forest = RandomForestClassifier(n_estimators=self.settings.trees, max_depth=self.settings.max_depth,
+                                             class_weight="balanced", n_jobs=1,
+                                             random_state=int(rng.integers(2**31 - 1)))
+        self.forest.fit(x[rows], y[rows])
+        if on_step is not None:
+            on_step(1)
+
+    def predict(self, images, batch_size=16):
+        out = []
+        for i in range(len(images)):
+            feats = self._features(images[i:i + 1])[0]
+            p = self.forest.predict_proba(feats.reshape(-1, feats.shape[-1]))[:, 1]
+            out.append(torch.from_numpy(p.reshape(feats.shape[:2]).astype(np.float32)))
+        return torch.stack(out) if out else torch.zeros(0, *images.shape[-2:])
+
+
+def make_adapter(spec: MethodSpec, *, params: UpdateParams | None = None, device: torch.device | str = "cpu",
+                 learner: Learner | None = None, steps: int | None = None) -> Adapter:
+    """The adapter for `spec`; fine-tuning needs U's `params` (and may reuse a `learner`)."""
+    settings = settings_for(spec.method, spec.as_dict()["settings"])
+    if spec.method == "finetune":
+        if params is None:
+            raise ValueError("the finetune method needs U's update parameters")
+        return FinetuneAdapter(params, device, learner=learner, steps=steps)
+    if spec.method == "probe":
+        return ProbeAdapter(settings, device)
+    if spec.method == "prototype":
+        return PrototypeAdapter(settings, device)
+    return RFAdapter(settings, device)
