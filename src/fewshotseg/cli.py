@@ -524,7 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run one command. A user's mistake prints one message and returns 2; an internal error prints a one-line
     summary and writes the traceback to a crash log (returns 1); `--debug` raises instead."""
-    args = build_parser().parse_args(argv)
+    args = expand_paths(build_parser().parse_args(argv))
     _, run = VERBS[args.verb]
     try:
         return run(args) or 0
@@ -543,6 +543,19 @@ def main(argv: list[str] | None = None) -> int:
               f"  the full traceback is in {log}; rerun with --debug to see it here, and please report it",
               file=sys.stderr)
         return 1
+
+
+NOT_PATHS = ("verb", "auth", "title", "study", "search", "label", "host", "device", "preset")
+
+
+def expand_paths(args: argparse.Namespace) -> argparse.Namespace:
+    """`~` expanded in every path a flag or argument names, quoted or not (see `fewshotseg.paths`)."""
+    from fewshotseg.paths import expand_user
+
+    for name, value in vars(args).items():
+        if name not in NOT_PATHS:
+            setattr(args, name, expand_user(value))
+    return args
 
 
 def is_user_error(err: BaseException) -> bool:

@@ -19,6 +19,7 @@ import yaml
 from fewshotseg.errors import SettingError
 from fewshotseg.meta_learning.update_routine import UpdateParams
 from fewshotseg.models.efficientlab import VARIANTS, ModelConfig
+from fewshotseg.paths import expand_user
 from fewshotseg.runs.card import Card
 
 T = TypeVar("T")
@@ -317,7 +318,7 @@ def resolve(cls: type[T], *, preset: str | None = None, file: str | Path | None 
     sources: dict[str, str] = {}
 
     def take(new: dict[str, Any], source: str) -> None:
-        values.update(new)
+        values.update({k: expand_user(v) for k, v in new.items()})  # `~` in paths, even quoted or from a file
         sources.update(dict.fromkeys(new, source))
 
     if preset:
@@ -325,7 +326,9 @@ def resolve(cls: type[T], *, preset: str | None = None, file: str | Path | None 
             raise SettingError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
         take({k: v for k, v in PRESETS[preset].items() if k in known}, f"preset {preset}")
     if file:
-        from_file = load_yaml(file)
+        file = expand_user(str(file))
+        # `environment` is what a run folder's config.yaml records about the machine: such a file is a valid config
+        from_file = {k: v for k, v in load_yaml(file).items() if k != "environment"}
         unknown = sorted(set(from_file) - known - {"preset"})
         if unknown:
             raise SettingError(f"{file}: unknown field(s) {unknown}; see `fewshotseg <command> --help`")
@@ -397,7 +400,7 @@ def resolve_card_update_params(card: Card, shots: int | None, *, preset: str = "
 
 
 def read_update_params(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
+    path = Path(expand_user(str(path)))
     try:
         text = path.read_text()
         values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text) or {}
