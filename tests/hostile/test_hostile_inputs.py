@@ -124,6 +124,23 @@ def locked_run(tmp: Path, world: World) -> Callable[[], None]:
     return lambda: (child.kill(), child.wait())
 
 
+def small_classes(tmp: Path, world: World) -> None:
+    """A benchmark whose classes hold 6 pairs: enough for 1-shot evaluation (1 + 5), not for 1-shot early stopping."""
+    from fewshotseg.data.synthetic import SyntheticSpec, make_synthetic
+
+    make_synthetic(tmp / "d6", SyntheticSpec(classes=6, pairs=6, size=32, seed=1), progress=False)
+
+
+def split_without(key: str) -> Callable:
+    """The world's split file with an empty `key` list."""
+    def setup(tmp: Path, world: World) -> None:
+        import json
+
+        splits = json.loads((world.data / "splits.json").read_text())
+        (tmp / "s.json").write_text(json.dumps(splits | {key: []}))
+    return setup
+
+
 def no_cuda() -> str:
     return "a CUDA device is present" if torch.cuda.is_available() else ""
 
@@ -249,6 +266,12 @@ CASES = [
     Case("ev-diverges", EV.replace("--u-steps 1", "--u-steps 4") + " --u-lr 1e12", ("diverged", "smaller")),
     Case("ev-cuda-without-gpu", EV + " --device cuda", "cuda", skip_if=no_cuda),
     Case("ev-missing-init", "evaluate --data {data} --run-dir {run}", "--init"),
+    # every shot count is checked before anything runs (8 pairs: 5-shot needs 5 + 5)
+    Case("ev-shots-1-5-five-cannot-run", EV.replace("--shots 1", "--shots 1 5"), ("--shots 5", "10", "nothing was run")),
+    Case("ev-hsnet-shots-more-than-any-class", EV.replace("--shots 1", "--shots 8") + " --protocol hsnet --episodes 2",
+         ("--shots 8", "9 images")),
+    Case("ev-split-without-test", EV + " --splits file:{tmp}/s.json", ("no test class", "s.json"),
+         setup=split_without("test")),
     # --- tune -----------------------------------------------------------------------------------------------------
     Case("tu-shots-more-than-the-data", TU.replace("--shots 1", "--shots 4"), ("--shots", "4")),
     Case("tu-trials-zero", TU.replace("--trials 1", "--trials 0"), "--trials"),
@@ -263,6 +286,11 @@ CASES = [
     Case("tu-val-tasks-negative", TU.replace("--val-tasks 1", "--val-tasks -1"), "--val-tasks"),
     Case("tu-init-missing", TU.replace("{init}", "{tmp}/nope"), "nope"),
     Case("tu-update-params-garbage", TU + " --update-params {tmp}/p.json", "p.json", setup=write("p.json", "{")),
+    # 6 pairs: 1 support + 5 query leave no image to stop early on; refused before the study, not an optuna traceback
+    Case("tu-shots-1-no-image-for-early-stopping", TU.replace("{data}", "{tmp}/d6"), ("7 images", "early stopping"),
+         setup=small_classes, absent=("Trial", "optuna")),
+    Case("tu-split-without-val", TU + " --splits file:{tmp}/s.json", ("no validation class", "s.json"),
+         setup=split_without("val")),
     # --- joint-train ----------------------------------------------------------------------------------------------
     Case("jt-epochs-zero", JT + " --epochs 0", "--epochs"),
     Case("jt-epochs-nan", JT + " --epochs nan", "--epochs"),

@@ -263,7 +263,13 @@ def load_split(
         if source.kind in ("pascal5i", "coco20i"):
             raise DataError(f"--data {spec}: {source.kind} comes in folds; pass --fold 0, 1, 2 or 3")
         dataset = load_dataset(source, size, strict=strict, progress=progress)
-        return dataset.subset(resolve_splits(dataset.root, splits, classes=dataset.names)[split])
+        names = resolve_splits(dataset.root, splits, classes=dataset.names)[split]
+        if not names:
+            word = {"train": "training", "val": "validation", "test": "test"}[split]
+            raise DataError(f"--data {spec} --splits {splits}: the split names no {word} class (its {split!r} list is "
+                            f"empty or missing); list classes under {split!r} in the split file, or choose another "
+                            "--split")
+        return dataset.subset(names)
     if source.kind not in FOLD_KINDS:
         raise DataError(f"--fold {fold}: folds exist for {', '.join(FOLD_KINDS)} only; --data {spec} is "
                         f"{source.kind} (use --splits to choose its classes, and --fold -1)")

@@ -179,6 +179,9 @@ def evaluate(cfg: EvaluateConfig, *, params: UpdateParams | None = None, u_overr
     data_key = (cfg.data, cfg.split, cfg.splits, fold)  # what each worker loads
     dataset = load_split(cfg.data, cfg.size, cfg.split, splits=cfg.splits, fold=fold)
     names = select_tasks(dataset.names, cfg.max_tasks, cfg.seed)
+    from fewshotseg.evaluation.protocols import check_shots
+
+    check_shots(dataset, names, cfg.shots, protocol, f"{cfg.data} ({cfg.split} classes)")  # every shot count, up front
     class_uniform = parse_spec(cfg.data).kind == "coco20i"  # HSNet's COCO loader draws a class, then a query
     seeds = cfg.seeds if protocol == "hsnet" else 1
 

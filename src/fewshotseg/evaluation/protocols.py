@@ -117,6 +117,36 @@ def make_episodes(protocol: str, dataset: SegmentationDataset, names: list[str],
     raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
 
 
+def images_needed(protocol: str, shots: int) -> int:
+    """Images a class needs for one `shots`-shot task of a protocol: k support + 5 query (paper), k + 1 (hsnet,
+    per-query: one query image, the support drawn from the rest)."""
+    return shots + (QUERIES if protocol == "paper" else 1)
+
+
+def check_shots(dataset: SegmentationDataset, names: list[str], shots: list[int], protocol: str, where: str) -> None:
+    """Refuse, before anything runs, every shot count some class of `names` has too few images for (the paper and
+    per-query protocols use every class; hsnet needs one), with the numbers and what to do."""
+    from fewshotseg.data.dataset import DataError
+
+    if not names:
+        raise DataError(f"{where}: no class to evaluate")
+    counts = {n: dataset.count(n) for n in names}
+    refused = []
+    for k in shots:
+        need = images_needed(protocol, k)
+        short = sorted((c, n) for n, c in counts.items() if c < need)
+        if short and (protocol != "hsnet" or len(short) == len(counts)):
+            shown = ", ".join(f"{n} ({c})" for c, n in short[:5]) + (" ..." if len(short) > 5 else "")
+            refused.append(f"--shots {k}: a {protocol}-protocol task needs {need} images per class ({k} support + "
+                           f"{need - k} query); {len(short)} of the {len(counts)} classes have fewer: {shown}")
+    if refused:
+        usable = max(counts.values()) if protocol == "hsnet" else min(counts.values())
+        most = usable - images_needed(protocol, 0)
+        fix = ("use --shots 1" if most == 1 else f"use --shots {most} or fewer" if most > 1 else
+               "no shot count fits") + ", or add labelled images to those classes"
+        raise DataError(f"{where}: " + "; ".join(refused) + f". Nothing was run: {fix}")
+
+
 def score_queries(dataset: SegmentationDataset, episode: Episode, probs: torch.Tensor,
                   masks: torch.Tensor) -> list[tuple[dict, dict]]:
     """(counts, floor counts) per query image: at the original size when the dataset keeps it, else at the

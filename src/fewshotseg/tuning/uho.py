@@ -162,6 +162,31 @@ def early_stopping_sets(episode: Episode, holdout: float) -> tuple[list[int], li
     return list(episode.support[:-n_out]), list(episode.support[-n_out:]), True
 
 
+def usable_classes(dataset, names: list[str], cfg: TuneConfig, run: RunDir) -> list[str]:
+    """The classes with the images a task needs: k support + 5 query, and for 1 shot one more image, since early
+    stopping is judged on labelled images outside the support and query sets (see `early_stopping_sets`). Classes
+    left out are logged; none left is refused before anything runs, with the numbers."""
+    from fewshotseg.data.dataset import DataError
+
+    need = cfg.shots + 5 + (1 if cfg.shots < 2 else 0)
+    small = [n for n in names if dataset.count(n) < need]
+    kept = [n for n in names if dataset.count(n) >= need]
+    why = f"{cfg.shots} support + 5 query" + (" + 1 to judge early stopping on (never a scored image)"
+                                             if cfg.shots < 2 else "")
+    if not kept:
+        most = max((dataset.count(n) for n in names), default=0)
+        fewer = most - 5
+        fix = f"use --shots {fewer} or fewer, or add labelled images" if fewer >= 2 else "add labelled images"
+        raise DataError(f"--shots {cfg.shots}: a {cfg.shots}-shot UHO task needs {need} images per class ({why}); "
+                        f"the {len(names)} {cfg.split} classes of {cfg.data} have at most {most}. Nothing was run: "
+                        f"{fix} (at least {need} per class)")
+    if small:
+        shown = ", ".join(f"{n} ({dataset.count(n)})" for n in small[:5]) + (" ..." if len(small) > 5 else "")
+        run.log(f"left out {len(small)} of the {len(names)} {cfg.split} classes with fewer than the {need} images a "
+                f"{cfg.shots}-shot task needs ({why}): {shown}")
+    return kept
+
+
 def median_steps(best_steps: list[int]) -> int:
     """The paper's rule: the median of the per-task best steps (rounded down to a whole step)."""
     return int(np.median(best_steps))
@@ -250,10 +275,7 @@ def tune(cfg: TuneConfig, *, progress: bool = True, pool: Pool | None = None) ->
     dataset = load_split(cfg.data, cfg.size, cfg.split, splits=cfg.splits, fold=fold)
     data_key = (cfg.data, cfg.split, cfg.splits, fold)  # what each worker loads
     names = dataset.names
-    names = [n for n in select_tasks(names, cfg.val_tasks, cfg.seed) if dataset.count(n) >= cfg.shots + 5]
-    if not names:
-        raise ValueError(f"--shots {cfg.shots}: no {cfg.split} class of {cfg.data} has the {cfg.shots} + 5 images a "
-                         "task needs (support + query); use fewer shots or more images per class")
+    names = usable_classes(dataset, select_tasks(names, cfg.val_tasks, cfg.seed), cfg, run)
     episodes = paper_episodes(dataset.subset(names), names, cfg.shots, splits=1, seed=cfg.seed)
     base, base_source = init_update_params(cfg.init, cfg.shots, file=cfg.update_params or None)
     run.log(f"U's other settings (and the BatchNorm policy) from {base_source}")
