@@ -1,22 +1,43 @@
 """`fewshotseg make-corpus`: a few-shot segmentation corpus of real art and photographs with exact masks.
 
 Every object comes with an alpha channel (icon themes, clip art, Tux Paint's stamps), so its mask is exact. An image
-of class c is a photographic background (a random crop), the object of class c pasted at a random scale, position and
-mirroring, and 0-2 distractor objects of other classes **of the same split**, pasted behind or in front of it (one in
-front hides part of the target, and its pixels are background in the mask). The layout is FSS-1000's plus
-`splits.json` (train / val / test classes) and `MANIFEST.json` (sources, versions, licences, and for every image the
-files it was made of).
+of class c is a random crop of a background photograph **from c's split's background pool**, the object of class c
+pasted at a random scale, position and mirroring, and 0-2 distractor objects of other classes **of the same split**,
+pasted behind or in front of it (one in front hides part of the target, and its pixels are background in the mask).
+The layout is FSS-1000's plus `splits.json` (train / val / test classes) and `MANIFEST.json` (sources, versions,
+licences, the split rules' outcome, and for every image the files it was made of).
 
 Classes:
 * icon concepts (one icon name drawn by >= `min_families` independent theme families) and clip-art categories:
-  drawn objects, split into train and val;
-* Tux Paint stamp folders of photographs (>= 4 photographs): the **test** classes, real photos never trained on.
+  drawn objects;
+* Tux Paint stamp folders: the photographs of a folder (>= `min_instances`) are a real-photo class `photo-<folder>`,
+  its drawings a drawn class `stamp-<folder>`.
+
+Version 2's split rules (every random choice from a numpy Generator seeded with `seed`):
+1. Backgrounds: the distinct background files (identical bytes counted once) are shuffled and partitioned into a
+   test pool (`background_test_fraction`, >= 1), a val pool (`background_val_fraction`, >= 1) and a train pool (the
+   rest); a val or test image never shows a background that any train image (or the other held-out split) uses.
+2. One concept, one side. A name's *words* are its lower-case letter runs (>= 2 letters), singularised simply (see
+   `singular`, `WORD_FORMS`), minus a few generic words (`GENERIC_WORDS`); a class's *keywords* are the words of
+   its icon name, or of its whole folder path and of its files' names. A photo class's *concept* is the words of
+   its folder path below the top-level category folder (`animals/birds/cartoon` -> {bird},
+   `hobbies/music/string` -> {music, string}, `sports` -> {sport}). A class (drawn or photo) is tied to photo
+   class p when its keywords meet p's concept, or when it comes from p's stamp folder; tied classes form concept
+   groups (connected components) that move together.
+3. Photo val / test: the concept groups that hold photo classes are shuffled; a group goes to val while val's photo
+   classes stay within `photo_val_fraction` of all photo classes (at least 1 when there are >= 2 groups), the other
+   groups to test. Every class of a group, drawn ones included, takes its group's side, so "val" and "test" can
+   hold drawn classes too; `MANIFEST.json`'s `photo_splits` names the real-photo classes of each.
+4. The drawn classes tied to no photo class are shuffled into train and val (`val_fraction` to val).
+5. A check then recomputes every tie and fails the build (`DataError` naming the classes) when two tied classes
+   are on different sides; `MANIFEST.json` records the concept groups and the check's `overlaps` (empty).
 
 Everything follows from the seed and the source packages' versions.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -32,7 +53,7 @@ from tqdm import tqdm
 from fewshotseg.data.corpus.sources import Source, Unpacked, by_name, fetch
 from fewshotseg.data.dataset import DataError
 
-CORPUS_VERSION = 1
+CORPUS_VERSION = 2
 
 # freedesktop icon contexts that hold objects; mimetypes, apps (logos), emotes (emoji) and animations do not.
 ICON_CONTEXTS = {"actions", "devices", "places", "status", "categories"}
@@ -40,6 +61,14 @@ ICON_CONTEXT_ALIASES = {"filesystems": "places", "hardware": "devices"}
 CLIPART_SKIP = ("unsorted", "special", "logos", "signs_and_symbols/flags", "computer/icons", "shapes/stars")
 MAX_PIXELS = 4_000_000
 SIZE_DIR = re.compile(r"^(\d+)x(\d+)(@2x)?$")
+# words that name no concept: a photo class in `x/cartoon` is about x, and "and" ties nothing
+GENERIC_WORDS = frozenset({"and", "the", "of", "with", "for", "in", "on", "an", "other", "misc", "miscellany",
+                           "cartoon"})
+# irregular plurals, and the few synonyms the folder names use, mapped to one word
+WORD_FORMS = {"mice": "mouse", "geese": "goose", "feet": "foot", "teeth": "tooth", "people": "person",
+              "children": "child", "leaves": "leaf", "knives": "knife", "clothes": "clothing", "bug": "insect",
+              "bugs": "insect", "astronomy": "planet"}
+SPLITS = ("train", "val", "test")
 
 
 @dataclass
@@ -47,7 +76,10 @@ class CorpusSpec:
     size: int = 224  # stored image side; training resizes from here
     pairs: int = 10  # image/mask pairs per class (FSS-1000's 10)
     seed: int = 0
-    val_fraction: float = 0.15  # of the drawn-object classes
+    val_fraction: float = 0.15  # of the drawn-object classes tied to no photo class
+    photo_val_fraction: float = 1 / 3  # of the photo classes, in whole concept groups; the rest are test
+    background_val_fraction: float = 0.2  # of the background photographs (at least one)
+    background_test_fraction: float = 0.2  # of the background photographs (at least one)
     min_families: int = 4  # icon concepts drawn by at least this many independent theme families
     min_instances: int = 4  # clip-art and stamp classes with at least this many distinct objects
     max_distractors: int = 2
@@ -68,6 +100,8 @@ class CorpusClass:
     name: str
     kind: str  # icon | clipart | stamp-drawing | stamp-photo
     instances: list[ObjectInstance] = field(default_factory=list)
+    path: str = ""  # the icon name, or the folder inside the package's clip-art / stamp root
+    package: str = ""
 
 
 # --------------------------------------------------------------------------------------------- finding objects
@@ -147,7 +181,7 @@ def find_classes(unpacked: list[Unpacked], spec: CorpusSpec, progress=print) -> 
                 by_concept[name][u.source.family] = ObjectInstance(path, u.source.package, u.source.family)
     for name, fams in sorted(by_concept.items()):
         if len(fams) >= spec.min_families:
-            classes.append(CorpusClass(f"icon-{name}", "icon", [fams[f] for f in sorted(fams)]))
+            classes.append(CorpusClass(f"icon-{name}", "icon", [fams[f] for f in sorted(fams)], name))
     # Clip art and stamps: a class is a leaf folder.
     for u in unpacked:
         if u.source.role == "clipart":
@@ -182,10 +216,10 @@ def find_classes(unpacked: list[Unpacked], spec: CorpusSpec, progress=print) -> 
             slug = re.sub(r"[^a-z0-9]+", "-", rel.lower()).strip("-")
             prefix = "clipart" if u.source.role == "clipart" else "stamp"
             if len(photos) >= spec.min_instances:
-                classes.append(CorpusClass(f"photo-{slug}", "stamp-photo", photos))
+                classes.append(CorpusClass(f"photo-{slug}", "stamp-photo", photos, rel, u.source.package))
             if len(drawings) >= spec.min_instances:
                 kind = kinds.get("", "stamp-drawing")
-                classes.append(CorpusClass(f"{prefix}-{slug}", kind, drawings))
+                classes.append(CorpusClass(f"{prefix}-{slug}", kind, drawings, rel, u.source.package))
     counts = defaultdict(int)
     for c in classes:
         counts[c.kind] += 1
@@ -194,7 +228,9 @@ def find_classes(unpacked: list[Unpacked], spec: CorpusSpec, progress=print) -> 
 
 
 def find_backgrounds(unpacked: list[Unpacked], min_side: int) -> list[ObjectInstance]:
-    out = []
+    """The background photographs with a shorter side >= `min_side`; a file whose bytes repeat an earlier one is
+    left out, so that one picture cannot land in two splits' pools."""
+    out, seen = [], set()
     for u in unpacked:
         if u.source.role != "backgrounds":
             continue
@@ -210,19 +246,166 @@ def find_backgrounds(unpacked: list[Unpacked], min_side: int) -> list[ObjectInst
                         ok = min(im.size) >= min_side
                 except OSError:
                     ok = False
-                if ok:
+                digest = hashlib.sha256(path.read_bytes()).hexdigest() if ok else ""
+                if ok and digest not in seen:
+                    seen.add(digest)
                     out.append(ObjectInstance(path, u.source.package))
     return out
 
 
+def split_backgrounds(backgrounds: list[ObjectInstance], spec: CorpusSpec) -> dict[str, list[ObjectInstance]]:
+    """Seeded partition of the backgrounds into disjoint train / val / test pools (val and test get >= 1 each)."""
+    n = len(backgrounds)
+    if n < 3:
+        raise DataError(f"{n} background photograph(s) found in the background packages; the corpus needs at least "
+                        f"3 (one pool per split): add a background source package to --packages, or leave "
+                        f"--packages out to use them all")
+    n_test = min(n - 2, max(1, round(spec.background_test_fraction * n)))
+    n_val = min(n - 1 - n_test, max(1, round(spec.background_val_fraction * n)))
+    order = [backgrounds[i] for i in np.random.default_rng([spec.seed, 3]).permutation(n)]
+    return {"train": order[n_test + n_val:], "val": order[n_test: n_test + n_val], "test": order[:n_test]}
+
+
+# --------------------------------------------------------------------------------------------- splitting classes
+
+
+def singular(word: str) -> str:
+    """A simple singular: `WORD_FORMS`, then -ies -> -y, -sses/-ches/-shes/-xes/-zes -> drop -es, words ending in
+    -ss/-us/-is/-as/-ics unchanged, otherwise a final -s dropped (words of <= 3 letters are kept as they are)."""
+    if word in WORD_FORMS:
+        return WORD_FORMS[word]
+    if len(word) <= 3:
+        return word
+    if word.endswith("ies"):
+        return word[:-3] + "y"
+    if word.endswith(("sses", "ches", "shes", "xes", "zes")):
+        return word[:-2]
+    if word.endswith(("ss", "us", "is", "as", "ics")):
+        return word
+    return word[:-1] if word.endswith("s") else word
+
+
+def words(text: str) -> frozenset[str]:
+    """The concept words of a name or path: lower-case letter runs of >= 2 letters, singularised, generic words
+    left out."""
+    found = (singular(w) for w in re.findall(r"[a-z]{2,}", text.lower()))
+    return frozenset(w for w in found if w not in GENERIC_WORDS)
+
+
+def keywords(c: CorpusClass) -> frozenset[str]:
+    """A class's keywords: the words of its icon name, or of its whole folder path and of its files' names (a
+    clip-art `food` folder holding `turkey_platter_with_fruit_and_vegitables.png` names fruit)."""
+    if c.kind == "icon":
+        return words(c.path)
+    return words(c.path).union(*(words(i.path.stem) for i in c.instances))
+
+
+def concept(c: CorpusClass) -> frozenset[str]:
+    """A photo class's concept: the words of its folder path below the top-level category folder (`animals`,
+    `food`, ...), or of the top-level folder itself when the class is one (`animals/birds/cartoon` -> {bird},
+    `hobbies/music/string` -> {music, string}, `sports` -> {sport})."""
+    parts = c.path.split("/")
+    return words("/".join(parts[1:])) or words(c.path)
+
+
+def concept_ties(classes: list[CorpusClass]) -> list[tuple[str, str]]:
+    """(photo class, other class) for every class tied to a photo class: its keywords meet the photo class's
+    concept, or both come from the same stamp folder."""
+    ties = []
+    known = {c.name: keywords(c) for c in classes}
+    for p in classes:
+        if p.kind != "stamp-photo":
+            continue
+        wanted = concept(p)
+        for c in classes:
+            same_folder = c.kind.startswith("stamp") and (c.package, c.path) == (p.package, p.path)
+            if c.name != p.name and (same_folder or known[c.name] & wanted):
+                ties.append((p.name, c.name))
+    return ties
+
+
+def concept_groups(classes: list[CorpusClass]) -> list[list[str]]:
+    """The connected components of the ties that hold a photo class, each sorted, in order of their first name."""
+    parent = {c.name: c.name for c in classes}
+
+    def root(name: str) -> str:
+        while parent[name] != name:
+            parent[name] = parent[parent[name]]
+            name = parent[name]
+        return name
+
+    for a, b in concept_ties(classes):
+        ra, rb = root(a), root(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    members: dict[str, list[str]] = defaultdict(list)
+    for c in classes:
+        members[root(c.name)].append(c.name)
+    photos = {c.name for c in classes if c.kind == "stamp-photo"}
+    return sorted((sorted(m) for m in members.values() if photos.intersection(m)), key=lambda m: m[0])
+
+
 def split_classes(classes: list[CorpusClass], spec: CorpusSpec) -> dict[str, list[str]]:
-    """Photographed stamp classes are the test split; drawn-object classes are shuffled into train and val."""
-    test = sorted(c.name for c in classes if c.kind == "stamp-photo")
-    drawn = sorted(c.name for c in classes if c.kind != "stamp-photo")
+    """train / val / test class names by the module's rules 2-4: concept groups of photo classes go whole to val
+    or test, the drawn classes tied to no photo class are shuffled into train and val."""
+    photos = {c.name for c in classes if c.kind == "stamp-photo"}
+    groups = concept_groups(classes)
+    order = [groups[i] for i in np.random.default_rng([spec.seed, 2]).permutation(len(groups))]
+    target = max(1, round(spec.photo_val_fraction * len(photos))) if len(photos) >= 2 else 0
+    val, test, n_val = [], [], 0
+    for g in order:
+        size = len(photos.intersection(g))
+        if n_val + size <= target:
+            val.extend(g)
+            n_val += size
+        else:
+            test.extend(g)
+    if n_val == 0 and len(order) >= 2:  # every group is larger than the target: the smallest one goes to val
+        smallest = min(order, key=lambda g: len(photos.intersection(g)))
+        val.extend(smallest)
+        test = [n for n in test if n not in smallest]
+    grouped = set(val) | set(test)
+    drawn = sorted(c.name for c in classes if c.name not in grouped)
     rng = np.random.default_rng([spec.seed, 1])
-    order = [drawn[i] for i in rng.permutation(len(drawn))]
-    n_val = int(round(spec.val_fraction * len(order)))
-    return {"train": sorted(order[n_val:]), "val": sorted(order[:n_val]), "test": test}
+    drawn = [drawn[i] for i in rng.permutation(len(drawn))]
+    n_drawn_val = int(round(spec.val_fraction * len(drawn)))
+    return {"train": sorted(drawn[n_drawn_val:]), "val": sorted(val + drawn[:n_drawn_val]), "test": sorted(test)}
+
+
+def concept_overlaps(classes: list[CorpusClass], split_of: dict[str, str]) -> list[str]:
+    """The ties whose two classes are on different sides, as "a (split) / b (split)"; empty when the split keeps
+    every concept on one side."""
+    return [f"{a} ({split_of[a]}) / {b} ({split_of[b]})" for a, b in concept_ties(classes)
+            if split_of[a] != split_of[b]]
+
+
+def group_records(classes: list[CorpusClass], split_of: dict[str, str]) -> list[dict]:
+    """The concept groups for MANIFEST.json: the photo classes' concept words, the group's split, its classes."""
+    named = {c.name: c for c in classes}
+    out = []
+    for g in concept_groups(classes):
+        words_ = set().union(*(concept(named[n]) for n in g if named[n].kind == "stamp-photo"))
+        out.append({"concept": sorted(words_), "split": split_of[g[0]], "classes": g})
+    return out
+
+
+def photo_classes(corpus_dir: str | Path, split: str) -> list[str]:
+    """The real-photo classes of a make-corpus folder's "val" or "test" split, from its MANIFEST.json."""
+    if split not in ("val", "test"):
+        raise DataError(f"split {split!r}: real-photo classes exist for 'val' and 'test' only")
+    path = Path(corpus_dir) / "MANIFEST.json"
+    if not path.is_file():
+        raise DataError(f"{path}: not found; {corpus_dir} is not a make-corpus folder (build one with "
+                        f"fewshotseg make-corpus --out DIR)")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: not valid JSON ({err}); rebuild the corpus with make-corpus") from err
+    photo = manifest.get("photo_splits")
+    if not isinstance(photo, dict) or split not in photo:
+        raise DataError(f"{path}: corpus version {manifest.get('corpus_version', 1)} has no photo_splits (its "
+                        f"real-photo val/test classes); rebuild with make-corpus (version {CORPUS_VERSION})")
+    return list(photo[split])
 
 
 # --------------------------------------------------------------------------------------------- composing images
@@ -345,11 +528,18 @@ def make_corpus(out: str | Path, spec: CorpusSpec | None = None, *, cache: str |
     backgrounds = find_backgrounds(unpacked, min_side=spec.size // 2)
     if not backgrounds:
         raise DataError("no background photograph found in the background packages")
+    pools = split_backgrounds(backgrounds, spec)
     splits = split_classes(classes, spec)
     for part in ("train", "test"):
         if not splits[part]:
             raise DataError(f"the sources give no {part} class; check the package list ({', '.join(roots)})")
     split_of = {name: part for part, names in splits.items() for name in names}
+    overlaps = concept_overlaps(classes, split_of)
+    if overlaps:
+        raise DataError(f"a concept is on two sides of the split: {'; '.join(overlaps)} (tied classes must share "
+                        f"a split; nothing was written)")
+    photo_names = {c.name for c in classes if c.kind == "stamp-photo"}
+    groups = group_records(classes, split_of)
     by_split: dict[str, list[CorpusClass]] = defaultdict(list)
     for c in classes:
         by_split[split_of[c.name]].append(c)
@@ -365,7 +555,8 @@ def make_corpus(out: str | Path, spec: CorpusSpec | None = None, *, cache: str |
     for ci, c in enumerate(tqdm(classes, desc="composing classes", unit="class")):
         others = [o for o in by_split[split_of[c.name]] if o.name != c.name]
         try:
-            pairs = [compose(comp, c, n, others, backgrounds, spec, ci, roots) for n in range(spec.pairs)]
+            pairs = [compose(comp, c, n, others, pools[split_of[c.name]], spec, ci, roots)
+                     for n in range(spec.pairs)]
         except DataError as err:  # e.g. objects that are thin outlines: reported, not written
             skipped[c.name] = str(err)
             continue
@@ -379,6 +570,12 @@ def make_corpus(out: str | Path, spec: CorpusSpec | None = None, *, cache: str |
         progress(f"skipped class {name}: {why}")
     splits = {part: [n for n in names if n not in skipped] for part, names in splits.items()}
     classes = [c for c in classes if c.name not in skipped]
+    photo_splits = {part: [n for n in splits[part] if n in photo_names] for part in ("val", "test")}
+    if not photo_splits["val"]:
+        progress("no real-photo validation class: the photo classes form fewer than 2 concept groups "
+                 "(or were skipped)")
+    groups = [{**g, "classes": [n for n in g["classes"] if n not in skipped]} for g in groups]
+    with_distractors = sum(1 for im in images if im["distractors"])
     manifest = {
         "corpus_version": CORPUS_VERSION,
         "spec": asdict(spec),
@@ -387,7 +584,12 @@ def make_corpus(out: str | Path, spec: CorpusSpec | None = None, *, cache: str |
         "classes": {c.name: {"kind": c.kind, "split": split_of[c.name], "instances": len(c.instances)}
                     for c in classes},
         "splits": {k: len(v) for k, v in splits.items()},
+        "photo_splits": photo_splits,
+        "concept_groups": groups,
+        "overlaps": concept_overlaps(classes, split_of),
         "backgrounds": len(backgrounds),
+        "background_pools": {part: len(pools[part]) for part in SPLITS},
+        "distractor_fraction": round(with_distractors / max(1, len(images)), 4),
         "skipped_classes": skipped,
         "images": images,
     }
@@ -398,8 +600,13 @@ def make_corpus(out: str | Path, spec: CorpusSpec | None = None, *, cache: str |
 
         shutil.rmtree(out)
     tmp.rename(out)
-    summary = {k: manifest[k] for k in ("corpus_version", "splits", "backgrounds")}
+    summary = {k: manifest[k] for k in ("corpus_version", "splits", "backgrounds", "background_pools",
+                                        "distractor_fraction", "overlaps")}
+    summary["photo_splits"] = {k: len(v) for k, v in photo_splits.items()}
     summary["images"] = len(images)
     progress(f"wrote {len(images)} pairs of {len(classes)} classes "
-             f"(train {len(splits['train'])}, val {len(splits['val'])}, test {len(splits['test'])}) to {out}")
+             f"(train {len(splits['train'])}, val {len(splits['val'])} with {len(photo_splits['val'])} real-photo, "
+             f"test {len(splits['test'])} with {len(photo_splits['test'])} real-photo; backgrounds "
+             f"{', '.join(f'{k} {v}' for k, v in manifest['background_pools'].items())}; "
+             f"{100 * manifest['distractor_fraction']:.0f} % of images with a distractor) to {out}")
     return summary

@@ -8,8 +8,9 @@ Roles:
 * `icons`: freedesktop icon themes; an object concept is an icon name (`printer`, `camera-photo`) drawn by several
   independent theme families. Mimetypes, app logos, emotes and symbolic icons are left out.
 * `clipart`: openclipart (public domain); a class is a leaf category folder with enough drawings.
-* `stamps`: Tux Paint's stamps, photographs and drawings of objects with exact alpha; category folders of
-  photographs become the held-out real-photo test classes, folders of drawings train like clip art.
+* `stamps`: Tux Paint's stamps, photographs and drawings of objects with exact alpha; a category folder's
+  photographs become a held-out real-photo class (validation or test), its drawings a drawn class that trains like
+  clip art unless it shares a photo class's concept (then it goes to that class's side; see `build`).
 * `backgrounds`: photographs and textures the objects are pasted on.
 
 Not used, on purpose: emoji icon sets, `mate-backgrounds` and `plasma-workspace-wallpapers` (kept for an independent
