@@ -225,11 +225,14 @@ def test_parent_folder_is_searched_one_level_down(tmp_path: Path):
     assert_valid_pngs(tmp_path / "out", links)
 
 
-def test_a_folder_without_runs_is_reported(tmp_path: Path):
+def test_a_folder_without_runs_is_refused_and_nothing_is_written(tmp_path: Path):
+    from fewshotseg.errors import UserError
+
     (tmp_path / "empty").mkdir()
-    text = write_report([tmp_path / "empty"], tmp_path / "out").read_text()
-    assert f"skipped: {tmp_path / 'empty'}: no run files here or one level down" in text
-    assert "No run could be read" in text
+    with pytest.raises(UserError, match="no finished fewshotseg run") as refused:
+        write_report([tmp_path / "empty"], tmp_path / "out")
+    assert f"skipped: {tmp_path / 'empty'}: no run files here or one level down" in str(refused.value)
+    assert not (tmp_path / "out").exists()
 
 
 def test_partial_files_are_reported_not_fatal(tmp_path: Path):

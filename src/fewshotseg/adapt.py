@@ -151,10 +151,11 @@ def read_support(folder: Path) -> tuple[list[tuple[np.ndarray, np.ndarray, str]]
 
 def adapt(cfg: AdaptConfig, *, u_overrides: dict[str, Any] | None = None, progress=print) -> dict[str, Any]:
     """Adapt and segment (see the module docstring); `u_overrides` replace single fields of U (`--u-lr` ...)."""
-    from fewshotseg.data.folder import list_queries
+    from fewshotseg.data.folder import list_queries, skipped_queries
     from fewshotseg.segmenter import FewShotSegmenter, load_image
 
     queries = list_queries(cfg.query)
+    skipped = skipped_queries(cfg.query)  # reported with the results, never silently left out
     support, problems, support_files = read_support(Path(cfg.support))
     out = Path(cfg.out)
     check_out(out, Path(cfg.support), Path(cfg.query), support_files + queries, queries, cfg)
@@ -213,6 +214,7 @@ def adapt(cfg: AdaptConfig, *, u_overrides: dict[str, Any] | None = None, progre
                "bn_policy": params.bn_policy if params is not None else spec.as_dict()["settings"].get("stats"),
                "seed": cfg.seed, "queries": written,
                "failed": failed}
+    summary["skipped"] = skipped
     (out / "adapt.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 

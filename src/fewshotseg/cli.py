@@ -425,6 +425,8 @@ def run_adapt(args: argparse.Namespace) -> int:
     print(f"wrote {len(summary['queries'])} mask(s) and overlay(s) to {cfg.out}")
     for failure in summary["failed"]:
         print(f"skipped: {failure}", file=sys.stderr)
+    for entry in summary.get("skipped", []):  # not images: listed, but the command did what it was asked
+        print(f"skipped: {entry}", file=sys.stderr)
     return 1 if summary["failed"] else 0
 
 

@@ -335,6 +335,8 @@ CASES = [
     Case("rp-missing-path", "report {tmp}/nowhere --out {tmp}/rep", "nowhere"),
     Case("rp-notes-missing", "report {init} --out {tmp}/rep --notes {tmp}/notes.md", "notes.md"),
     Case("rp-out-is-a-file", "report {init} --out {tmp}/f.txt", "f.txt", setup=write("f.txt", "x")),
+    Case("rp-empty-folder", "report {tmp}/empty --out {tmp}/rep", ("empty", "no finished fewshotseg run"),
+         setup=folder("empty")),
     # --- quickstart -----------------------------------------------------------------------------------------------
     Case("qs-workers-zero", QS + " --workers 0", "--workers"),
     Case("qs-train-minutes-zero", QS + " --train-minutes 0", "--train-minutes"),

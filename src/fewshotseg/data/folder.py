@@ -66,3 +66,22 @@ def list_queries(directory: Path | str) -> list[Path]:
     if not queries:
         raise DataError(f"{path}: no query images (.jpg/.jpeg/.png that are not masks) in it")
     return sorted(queries, key=lambda p: natural_key(p.name))
+
+
+def skipped_queries(directory: Path | str) -> list[str]:
+    """What a query folder holds that `list_queries` leaves out, each with the reason: sub-folders (queries are not
+    searched in them), files that are not .jpg/.jpeg/.png images, and masks. Hidden files are not listed."""
+    path = Path(directory)
+    if path.is_file():
+        return []
+    folder = pair_folder(path)
+    kept = set(list_queries(path))
+    skipped = []
+    for p in sorted(_visible(folder), key=lambda p: natural_key(p.name)):
+        if p.is_dir():
+            skipped.append(f"{p}: a folder (images in sub-folders are not segmented; pass that folder as --query)")
+        elif p.suffix.lower() not in IMAGE_SUFFIXES:
+            skipped.append(f"{p}: not a .jpg/.jpeg/.png image")
+        elif p not in kept:
+            skipped.append(f"{p}: a mask (named *_mask.png, or a .png beside a same-name .jpg), not a query")
+    return skipped

@@ -55,8 +55,15 @@ def write_report(run_dirs: list[str | Path], out: str | Path, *, title: str = "f
     if not run_dirs:
         raise ValueError("write_report needs at least one run folder (RUN_DIR...); none was given")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     runs, problems = load_runs(run_dirs)
+    if not runs:  # a report of nothing is a mistake, not a result: nothing is written
+        from fewshotseg.errors import UserError
+
+        found = "".join(f"\n  {p}" for p in problems[:10])
+        raise UserError(f"no finished fewshotseg run in {', '.join(map(str, run_dirs))}; pass the folders written by "
+                        f"evaluate, tune, meta-train, joint-train, fp-k or analyze-weights (or folders holding "
+                        f"them). Nothing was written to {out}:{found}")
+    out.mkdir(parents=True, exist_ok=True)
     problems += [f"skipped: {r.shown}: {note}" for r in runs for note in r.notes]
     figures = Figures(out / "figures", problems)
     sections = [build_section(kind, of_kind, figures, problems) for kind in SECTIONS
