@@ -15,6 +15,8 @@ import torch
 
 from conftest import foreground_fraction
 from fewshotseg.evaluation.evaluate import EvaluateConfig, evaluate, recompute
+from fewshotseg.evaluation.intervals import class_bootstrap, class_bootstrap_ci
+from fewshotseg.evaluation.metrics import split_scores
 from fewshotseg.evaluation.protocols import Episode
 from fewshotseg.meta_learning.update_routine import UpdateParams
 from fewshotseg.tuning import uho
@@ -31,6 +33,9 @@ def test_paper_protocol_writes_raw_counts_that_reproduce_every_number(tiny_bench
     assert len(rows) == 2 * 2 * 5 * 2  # tasks x splits x queries x shot counts
     assert {r["shots"] for r in rows} == {1, 5}
     assert results["shots"]["5"]["paper_miou"]["n"] == 4  # 2 tasks x 2 splits
+    scores = split_scores([r for r in rows if r["shots"] == 5])  # a task's 2 splits share it: bootstrap over tasks
+    assert results["shots"]["5"]["paper_miou"] == class_bootstrap(list(scores.values()),
+                                                                  [cls for cls, _ in scores]).as_dict()
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["size"] == 32 and saved["protocol"] == "paper" and "torch" in saved["versions"]
     assert recompute(tmp_path) == json.loads(json.dumps(saved["shots"]))
@@ -82,9 +87,13 @@ def test_evaluate_initialization_scores_a_known_prediction(tiny_benchmark, tiny_
         assert c.split_ious == pytest.approx((expected[(c.name, 0)], expected[(c.name, 1)]))
         assert c.mean_iou == pytest.approx(np.mean(c.split_ious))
     values = list(expected.values())
-    half = 1.96 * np.std(values) / 2  # the paper's interval: population sigma over sqrt(4 task splits)
-    assert result.mean_iou == pytest.approx(np.mean(values))
-    assert (result.ci95_low, result.ci95_high) == pytest.approx((np.mean(values) - half, np.mean(values) + half))
+    # each class has 2 splits, which share the class: the interval is the bootstrap over the 2 classes
+    mean, low, high = class_bootstrap_ci(values, [cls for cls, _ in expected])
+    assert result.interval == "class bootstrap"
+    assert result.mean_iou == pytest.approx(np.mean(values)) and result.mean_iou == pytest.approx(mean)
+    assert (result.ci95_low, result.ci95_high) == pytest.approx((low, high))
+    class_means = sorted(np.mean([v for (c, _), v in expected.items() if c == name]) for name in names)
+    assert class_means[0] <= low < high <= class_means[1]  # two classes: within the range of their means
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # the initialization is untouched
 
 

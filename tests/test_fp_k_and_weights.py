@@ -14,6 +14,7 @@ from fewshotseg.analysis.weight_distance import block_of, distances, group_block
 from fewshotseg.data.tasks import episode_rng, fp_k_prefixes
 from fewshotseg.evaluation.analyze_weights import AnalyzeConfig, analyze_weights
 from fewshotseg.evaluation.fp_k import FPKConfig, fp_k
+from fewshotseg.evaluation.intervals import class_bootstrap
 from fewshotseg.meta_learning.update_routine import UpdateParams
 
 
@@ -53,6 +54,12 @@ def test_fp_k_runs_every_k_for_every_init(many_pairs, all_foreground_init, tmp_p
         assert row["iou"] == pytest.approx(np.mean([fractions[i] for i in test]))
     by_repeat = {(r["class"], r["repeat"]): r["iou"] for r in rows if r["init"] == "b"}
     assert len(set(by_repeat.values())) == len(by_repeat)  # each repeat draws its own test set
+    # a task's 2 repeats share the task: the interval is the bootstrap over the 2 tasks
+    for k in cfg.ks:
+        items = [r for r in rows if r["init"] == "b" and r["k"] == k]
+        estimate = class_bootstrap([r["iou"] for r in items], [r["class"] for r in items]).as_dict()
+        assert {key: summary["b"][str(k)][key] for key in estimate} == estimate
+        assert estimate["interval"] == "class bootstrap" and estimate["n"] == 4 and estimate["classes"] == 2
 
 
 def test_fp_k_says_when_classes_are_too_small(tiny_benchmark, tmp_path):
@@ -91,3 +98,4 @@ def test_analyze_weights_compares_initializations(tiny_benchmark, tmp_path):
     blocks = list(summary["x"])
     assert blocks[0] == "encoder.stem" and "head" in blocks and "network" in blocks
     assert summary["x"]["head"]["d1"]["mean"] > 0 and summary["x"]["head"]["d1"]["n"] == 2
+    assert summary["x"]["head"]["d1"]["interval"] == "t"  # one split per task: Student's t over the 2 tasks

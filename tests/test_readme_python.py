@@ -28,14 +28,15 @@ def test_readme_python_section_runs(capsys):
         exec(compile(block, f"README.md python block {i + 1}", "exec"), namespace)
     out = capsys.readouterr().out
     assert "meta-iteration 1: inner loss" in out and "mean IoU" in out
-    # 2 classes x 1 split: the mean of the two split scores, and the paper's interval 1.96 sigma / sqrt(2) with the
-    # population sigma of two values, |a - b| / 2
+    # 2 classes x 1 split: the mean of the two split scores, and Student's t interval with 1 degree of freedom:
+    # t(0.975, 1) * s / sqrt(2) with the sample sigma of two values, s = |a - b| / sqrt(2)
     result = namespace["result"]
     assert [c.name for c in result.classes] == namespace["dataset"].names[:2]
     (a,), (b,) = (c.split_ious for c in result.classes)
     assert result.tasks == 2 and [c.mean_iou for c in result.classes] == [a, b]
     assert result.mean_iou == pytest.approx((a + b) / 2)
-    half = 1.96 * abs(a - b) / 2 / math.sqrt(2)
+    half = 12.706204736174707 * abs(a - b) / math.sqrt(2) / math.sqrt(2)
+    assert result.interval == "t"
     assert (result.ci95_low, result.ci95_high) == pytest.approx(((a + b) / 2 - half, (a + b) / 2 + half))
     assert namespace["probs"].shape == (5, 32, 32)
 

@@ -12,7 +12,7 @@ from fewshotseg.analysis.weight_distance import distances, group_blocks
 from fewshotseg.config import ModelFields, option, resolve_update_params
 from fewshotseg.data.tasks import TaskTensors, episode_rng
 from fewshotseg.evaluation import jobs
-from fewshotseg.evaluation.intervals import paper_ci95
+from fewshotseg.evaluation.intervals import interval_by_class
 from fewshotseg.evaluation.protocols import Episode, paper_episodes
 from fewshotseg.meta_learning.update_routine import UpdateParams
 from fewshotseg.runs.run_dir import RunDir
@@ -87,15 +87,16 @@ def analyze_weights(cfg: AnalyzeConfig, *, progress: bool = True) -> dict:
 
 
 def summarise(rows: list[dict]) -> dict:
-    """init -> block -> metric -> mean ± CI95 over task splits (blocks in network order)."""
-    grouped: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+    """init -> block -> metric -> mean ± CI95 over task splits (a bootstrap over classes when a class has several
+    splits; blocks in network order)."""
+    grouped: dict[tuple[str, str, str], list[tuple[str, float]]] = defaultdict(list)
     order: dict[str, int] = {}
     for r in rows:
         order.setdefault(r["block"], len(order))
         for metric in ("d1", "d2", "d3"):
             if metric in r:
-                grouped[(r["init"], r["block"], metric)].append(r[metric])
+                grouped[(r["init"], r["block"], metric)].append((r["class"], r[metric]))
     out: dict = defaultdict(lambda: defaultdict(dict))
     for (label, block, metric), values in sorted(grouped.items(), key=lambda kv: (kv[0][0], order[kv[0][1]])):
-        out[label][block][metric] = paper_ci95(values).as_dict()
+        out[label][block][metric] = interval_by_class([v for _, v in values], [c for c, _ in values]).as_dict()
     return json.loads(json.dumps(out))

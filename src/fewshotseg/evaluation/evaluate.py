@@ -28,7 +28,7 @@ from fewshotseg.config import ModelFields, option
 from fewshotseg.data.tasks import TaskTensors, episode_rng
 from fewshotseg.errors import DivergedError
 from fewshotseg.evaluation import jobs, metrics
-from fewshotseg.evaluation.intervals import bootstrap_over_classes, paper_ci95
+from fewshotseg.evaluation.intervals import bootstrap_over_classes, interval_by_class
 from fewshotseg.evaluation.protocols import (
     HSNET_EPISODES,
     HSNET_SEEDS,
@@ -118,7 +118,8 @@ def summarise(rows: list[dict]) -> dict:
 
 
 def _reductions(rows: list[dict], *, bootstrap: bool) -> dict:
-    paper = paper_ci95(list(metrics.split_scores(rows).values()))
+    scores = metrics.split_scores(rows)  # (class, split) -> score; a class's splits share the class
+    paper = interval_by_class(list(scores.values()), [cls for cls, _ in scores])
     by_class: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
         by_class[r["class"]].append(r)
@@ -128,7 +129,8 @@ def _reductions(rows: list[dict], *, bootstrap: bool) -> dict:
     else:
         pooled, fb = {"mean": metrics.hsnet_miou(rows)}, {"mean": metrics.fb_iou(rows)}
     return {
-        "paper_miou": paper.as_dict(),  # mean over task splits of per-split mean IoU, ± 1.96 sigma / sqrt(n)
+        # mean over task splits of per-split mean IoU; t interval (one split per class) or class bootstrap
+        "paper_miou": paper.as_dict(),
         "hsnet_miou": pooled,  # class-pooled, bootstrap CI over classes
         "fb_iou": fb,
         "per_episode_miou": metrics.per_episode_miou(rows),
@@ -247,7 +249,8 @@ def evaluate(cfg: EvaluateConfig, *, params: UpdateParams | None = None, u_overr
             summary = results["shots"][str(shots)] = summarise(rows)
             results["update_params_per_shot"][str(shots)] = {**params.as_dict(), "source": source}
             run.log(f"{shots}-shot: mean IoU {100 * summary['paper_miou']['mean']:.2f} "
-                    f"± {100 * summary['paper_miou']['ci95']:.2f} % over {summary['paper_miou']['n']} task splits; "
+                    f"± {100 * summary['paper_miou']['ci95']:.2f} % over {summary['paper_miou']['n']} task splits "
+                    f"({summary['paper_miou']['interval']} interval); "
                     f"class-pooled mIoU {100 * summary['hsnet_miou']['mean']:.2f} %"
                     + (f" (mean over {seeds} seeds {100 * summary['seeds']['hsnet_miou']['mean']:.2f} %)"
                        if "seeds" in summary else "")

@@ -24,7 +24,7 @@ from fewshotseg.config import ModelFields, option, resolve_update_params
 from fewshotseg.data.tasks import TaskTensors, episode_rng, fp_k_prefixes
 from fewshotseg.evaluation import jobs
 from fewshotseg.evaluation.early_stopping import EarlyStopping, early_stopping, score
-from fewshotseg.evaluation.intervals import paper_ci95
+from fewshotseg.evaluation.intervals import interval_by_class
 from fewshotseg.meta_learning.update_routine import UpdateParams
 from fewshotseg.runs.run_dir import RunDir
 from fewshotseg.runs.workers import Pool, WorkerState
@@ -135,12 +135,13 @@ def fp_k(cfg: FPKConfig, *, progress: bool = True) -> dict:
 
 
 def summarise(rows: list[dict]) -> dict[str, dict[str, dict]]:
-    """init -> k -> mean IoU ± CI95 over (task, repeat) samples, and the median steps."""
+    """init -> k -> mean IoU ± CI95 over (task, repeat) samples (a bootstrap over tasks when a task has several
+    repeats), and the median steps."""
     grouped: dict[tuple[str, int], list[dict]] = defaultdict(list)
     for r in rows:
         grouped[(r["init"], r["k"])].append(r)
     out: dict[str, dict[str, dict]] = defaultdict(dict)
     for (label, k), items in sorted(grouped.items()):
-        est = paper_ci95([r["iou"] for r in items])
+        est = interval_by_class([r["iou"] for r in items], [r["class"] for r in items])
         out[label][str(k)] = {**est.as_dict(), "median_steps": float(np.median([r["steps"] for r in items]))}
     return dict(out)

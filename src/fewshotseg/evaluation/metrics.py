@@ -4,8 +4,9 @@ Two reductions are in use in this field and they differ:
 
 * The paper's (and its reference code's): per query image, binary IoU of the 0.5-thresholded foreground
   probability; an empty prediction on an empty mask scores 1 (the reference's (0 + 1e-7) / (0 + 1e-7)). A task
-  split scores the mean over its query images; a method scores the mean over task splits with a 95 % interval of
-  1.96 * sigma / sqrt(n) (population sigma, as the reference's `ci95`). See `intervals.py`.
+  split scores the mean over its query images; a method scores the mean over task splits. Its 95 % interval is
+  fewshotseg's, not the reference's 1.96 * sigma / sqrt(n): Student's t over the splits when each class has one,
+  a bootstrap over classes when a class has several (its splits are correlated). See `intervals.py`.
 * HSNet's: intersections and unions are summed over all episodes of a class first; the class's IoU is the ratio of
   sums, mIoU is the mean over classes ("class-pooled"), and FB-IoU is the mean over {background, foreground} of
   the ratio of sums over every episode.

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from fewshotseg.data.dataset import SegmentationDataset
-from fewshotseg.evaluation.intervals import paper_ci95
+from fewshotseg.evaluation.intervals import interval_by_class
 from fewshotseg.evaluation.metrics import split_scores
 from fewshotseg.evaluation.protocols import paper_episodes, run_episode
 from fewshotseg.meta_learning.update_routine import Learner, Loss, UpdateParams
@@ -33,13 +33,15 @@ class ClassResult:
 
 @dataclass(frozen=True)
 class EvaluationResult:
-    """The paper's number: mean IoU over all task splits of all classes, with its 95% interval (paper App. C)."""
+    """The paper's number: mean IoU over all task splits of all classes, with its 95% interval: Student's t over the
+    task splits with one split per class, a bootstrap over classes with several (`interval`)."""
 
     mean_iou: float
     ci95_low: float
     ci95_high: float
     shots: int
     classes: tuple[ClassResult, ...]
+    interval: str = "t"
 
     @property
     def tasks(self) -> int:
@@ -72,5 +74,5 @@ def evaluate_initialization(
     for name in names:
         values = tuple(v for (cls, _), v in sorted(by_split.items()) if cls == name)
         per_class.append(ClassResult(name, float(np.mean(values)), values))
-    estimate = paper_ci95(list(by_split.values()))
-    return EvaluationResult(estimate.mean, estimate.low, estimate.high, shots, tuple(per_class))
+    estimate = interval_by_class(list(by_split.values()), [cls for cls, _ in by_split])
+    return EvaluationResult(estimate.mean, estimate.low, estimate.high, shots, tuple(per_class), estimate.interval)

@@ -412,9 +412,11 @@ def evaluation_section(runs: list[Run], figures: Figures) -> str:
     pairs = [(r.label, r.content["results"]) for r in runs]
     text = _join(
         "## Evaluation (Table 2)",
-        "Mean IoU over the test tasks' random support/query splits ± the paper's CI95 (1.96 σ/√n over task "
-        "splits); the best run per shot count is in bold. Class-pooled mIoU (HSNet's reduction) and FB-IoU "
-        "are given with a bootstrap 95 % interval over classes. lr and steps are U's update parameters.",
+        "Mean IoU over the test tasks' random support/query splits ± the half-width of its 95 % interval: "
+        "Student's t over the task splits when each task has one split, otherwise a percentile bootstrap over "
+        "tasks (a task's splits share its class); the best run per shot count is in bold. Class-pooled mIoU "
+        "(HSNet's reduction) and FB-IoU are given with a bootstrap 95 % interval over classes. lr and steps are "
+        "U's update parameters.",
         tables.evaluation_table(pairs),
         "Floors, computed on the same episodes without looking at any image: *all foreground* predicts every "
         "pixel foreground; *support foreground rate* marks each pixel foreground at random with the support "

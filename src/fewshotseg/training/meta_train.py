@@ -32,7 +32,7 @@ from fewshotseg.config import MetaTrainConfig, as_dict
 from fewshotseg.data.dataset import SegmentationDataset
 from fewshotseg.data.tasks import TaskTensors, episode_rng, sample_classes
 from fewshotseg.errors import DivergedError
-from fewshotseg.evaluation.intervals import Estimate
+from fewshotseg.evaluation.intervals import Estimate, t_interval
 from fewshotseg.evaluation.protocols import paper_episodes, run_episode
 from fewshotseg.meta_learning.meta_learner import MetaLearner
 from fewshotseg.meta_learning.meta_update import check_algorithm
@@ -180,18 +180,15 @@ def validate(
     *,
     seed: int,
 ) -> Estimate:
-    """Mean IoU of U(theta) over held-out task splits, episodes sharded across ranks."""
-    sums = torch.zeros(3, dtype=torch.float64, device=ctx.device)  # nccl reduces device tensors only
+    """Mean IoU of U(theta) over held-out task splits (one per class) with its t interval, episodes sharded across
+    ranks."""
+    scores = torch.zeros(len(episodes), dtype=torch.float64, device=ctx.device)  # nccl reduces device tensors only
     for i, episode in enumerate(episodes):
         if ctx.mine(i):
             rows = run_episode(learner, model, dataset, episode, params, seed=seed)
-            score = float(np.mean([r["iou"] for r in rows]))
-            sums += torch.tensor([1.0, score, score * score], dtype=torch.float64, device=ctx.device)
-    ctx.all_reduce_(sums)
-    n, total, squares = sums.tolist()
-    mean = total / n
-    half = 1.96 * math.sqrt(max(squares / n - mean * mean, 0.0)) / math.sqrt(n)
-    return Estimate(mean, mean - half, mean + half, int(n))
+            scores[i] = float(np.mean([r["iou"] for r in rows]))
+    ctx.all_reduce_(scores)  # each episode's score comes from its one rank; the others add zero
+    return t_interval(scores.tolist())
 
 
 def _validation_episodes(val: SegmentationDataset, cfg: MetaTrainConfig) -> list:
