@@ -170,3 +170,24 @@ def test_auth_and_host_checks(capsys):
     assert main(["serve", "--host", "0.0.0.0", "--init", str(REAL_PHOTOS / "no-such-init")]) == 2
     err = capsys.readouterr().err
     assert "warning: listening on 0.0.0.0" in err and "without a password" in err and "no-such-init" in err
+
+
+@pytest.mark.parametrize("method", ["probe", "prototype"])
+def test_the_page_gives_the_apis_masks_for_every_method(ws, tiny_init, method):
+    from fewshotseg.app.workspace import Initialization
+    from fewshotseg.errors import UserError
+    from fewshotseg.segmenter import FewShotSegmenter
+
+    added, _ = ws.add_support([DUCK / "1.jpg", DUCK / "2.jpg"])
+    for name, n in zip(added, (1, 2), strict=True):
+        ws.set_mask(name, DUCK / f"{n}.png")
+    ws.add_queries([DUCK / "3.jpg"])
+    init = Initialization("tiny", FewShotSegmenter.from_pretrained(tiny_init, device="cpu"))
+    text = ws.adapt(init, lr=None, steps=None, seed=0, method=method)  # lr and steps are U's: not needed here
+    assert method in text and not ws.fine_tuned
+    page_mask = ws.segment()[0][2]
+    seg = FewShotSegmenter.from_pretrained(tiny_init, device="cpu")
+    seg.fit([DUCK / "1.jpg", DUCK / "2.jpg"], [DUCK / "1.png", DUCK / "2.png"], method=method)
+    np.testing.assert_array_equal(page_mask, seg.predict([DUCK / "3.jpg"])[0].mask)
+    with pytest.raises(UserError, match="only a network fine-tuned"):
+        ws.weights()

@@ -318,6 +318,20 @@ def run_tune(args: argparse.Namespace) -> int:
     cfg = config_from_args(TuneConfig, args)
     with claimed(args, "tune", cfg, free=("trials",)):
         result = tune(cfg)
+    if "update_params" not in result:  # another adaptation method than U
+        from fewshotseg.runs.initialization import record_method
+
+        print(f"best: mean IoU {100 * result['objective']:.2f} % on validation tasks with {result['method']} "
+              f"{result['settings']} (trial {result['trial']}); written to {cfg.run_dir}/method.json")
+        folder = record_method(cfg.init, {"method": result["method"], "settings": result["settings"]},
+                               f"tune: {cfg.run_dir}/method.json",
+                               {"data": f"{cfg.data} ({cfg.split} classes)", "protocol": "tune objective (validation)",
+                                "shots": cfg.shots, "mean_iou": result["objective"], "episodes": cfg.val_tasks,
+                                "method": result["method"]})
+        if folder is not None:
+            print(f"the {result['method']} method and its settings recorded in {folder}/card.json as the default "
+                  "(adapt, evaluate, serve and FewShotSegmenter use them)")
+        return 0
     params = result["update_params"]
     print(f"best: mean IoU {100 * result['objective']:.2f} % on validation tasks with lr {params['lr']:.3g}, "
           f"{params['steps']} steps (trial {result['trial']}); written to {cfg.run_dir}/update_params.json")
@@ -451,6 +465,9 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--concurrency", type=at_least(1), default=1, metavar="N",
                    help="adaptations run at once; others wait in a queue that shows their position [default: 1]")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto [default: cpu]")
+    p.add_argument("--method", default="card", choices=("card", "finetune", "probe", "prototype", "rf"),
+                   help="the page's starting adaptation method: card (the initialization's own), finetune (U), "
+                   "probe, prototype or rf [default: card]")
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -465,7 +482,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
     limits = Limits(max_image_side=args.max_image_side, max_images=args.max_images, max_file_mb=args.max_file_mb)
     serve(ServeOptions(inits=args.inits or ["general"], host=args.host, port=args.port, auth=args.auth,
-                       limits=limits, concurrency=args.concurrency, device=args.device))
+                       limits=limits, concurrency=args.concurrency, device=args.device, method=args.method))
     return 0
 
 

@@ -17,6 +17,7 @@ import pydantic
 import yaml
 
 from fewshotseg.errors import SettingError
+from fewshotseg.meta_learning.meta_update import ALGORITHMS
 from fewshotseg.meta_learning.update_routine import UpdateParams
 from fewshotseg.models.efficientlab import VARIANTS, ModelConfig
 from fewshotseg.paths import expand_user
@@ -53,7 +54,8 @@ class MetaTrainConfig(ModelFields):
     splits: str = option("auto", "class split scheme: auto, fss1000, fss1000-all, fp-k, hsnet:DIR, file:PATH")
     fold: int = option(-1, "PASCAL-5i / COCO-20i fold (0-3): train on the other classes; -1 for other datasets")
     size: int = option(224, "square image size in pixels (paper: 224)")
-    algorithm: str = option("fomaml-star", "reptile, fomaml (disjoint D^tr/D^val) or fomaml-star (with replacement)")
+    algorithm: str = option("fomaml-star", "reptile, fomaml (disjoint D^tr/D^val), fomaml-star (with replacement) or "
+                                           "r2d2 (the inner loop is the ridge probe, solved in closed form)")
     init: str = option("random", "starting weights: random, imagenet or a checkpoint")
     iterations: int = option(50000, "meta-iterations (paper: 50,000)")
     meta_batch: int = option(5, "tasks per meta-iteration (paper: 5)")
@@ -70,7 +72,7 @@ class MetaTrainConfig(ModelFields):
     dropout: float = option(0.2, "final-layer dropout while adapting (paper: 0.2)")
     aug_rate: float = option(0.5, "probability that an example is augmented (paper: 0.5)")
     l2: float = option(5e-4, "L2 coefficient lambda on ||theta||^2 over non-BN weights (paper: 5e-4)")
-    bn_policy: str = option("paper", "BatchNorm policy: paper, transductive or frozen")
+    bn_policy: str = option("paper", "BatchNorm policy: paper, transductive, frozen or support")
     seed: int = option(0, "seed of every random choice")
     eval_interval: int = option(500, "meta-iterations between validation evaluations (0: never)")
     eval_tasks: int = option(100, "validation tasks per evaluation (the reference monitored 100)")
@@ -164,11 +166,11 @@ OPTIONAL_COUNT = {"ge": 0}
 OPTIMIZERS = {"choices": ("sgd", "adam")}
 LIMITS: dict[str | tuple[str, str], dict[str, Any]] = {
     "variant": {"choices": tuple(VARIANTS)}, "bn_momentum": UNIT, "drop_path_rate": RATE, "size": SIZE,
-    "algorithm": {"choices": ("reptile", "fomaml", "fomaml-star")}, "iterations": COUNT, "meta_batch": COUNT,
+    "algorithm": {"choices": ALGORITHMS}, "iterations": COUNT, "meta_batch": COUNT,
     "meta_optimizer": OPTIMIZERS, "meta_step": POSITIVE, "meta_step_final": POSITIVE, "inner_lr": POSITIVE,
     "inner_steps": COUNT, "inner_batch": COUNT, "inner_optimizer": OPTIMIZERS, "optimizer": OPTIMIZERS,
     "train_shots": OPTIONAL_COUNT, "val_shots": COUNT, "dropout": RATE, "aug_rate": UNIT, "l2": {"ge": 0},
-    "bn_policy": {"choices": ("paper", "transductive", "frozen")}, "seed": {"ge": 0},
+    "bn_policy": {"choices": ("paper", "transductive", "frozen", "support")}, "seed": {"ge": 0},
     "eval_interval": OPTIONAL_COUNT, "eval_tasks": COUNT, "eval_shots": COUNT, "checkpoint_interval": COUNT,
     "threads": OPTIONAL_COUNT, "device": {"pattern": r"^(auto|cpu|cuda|cuda:\d+|mps)$", "describe": "auto, cpu, cuda, cuda:N or mps"}, "epochs": POSITIVE,
     "batch_size": COUNT, "lr": POSITIVE, "lr_final": POSITIVE, "max_minutes": {"ge": 0}, "shots": COUNT,
@@ -182,7 +184,10 @@ LIMITS: dict[str | tuple[str, str], dict[str, Any]] = {
     "uho_tasks": COUNT, "uho_max_steps": COUNT, "joint_epochs": {"ge": 0},
     ("FPKConfig", "max_tasks"): COUNT, ("AdaptConfig", "size"): {**SIZE, "or_zero": True},
     ("EvaluateConfig", "size"): {**SIZE, "or_zero": True}, ("TuneConfig", "size"): {**SIZE, "or_zero": True},
-    "u_preset": {"choices": ("card", "paper")}, "stats": {"choices": ("support", "query-batch", "running")},
+    "u_preset": {"choices": ("card", "paper")}, "stats": {"choices": ("card", "support", "query-batch", "running")},
+    "head_init": {"choices": ("init", "probe")}, "probe_l2": {"gt": 0},
+    ("TuneConfig", "bn_policy"): {"choices": ("", "paper", "transductive", "frozen", "support")},
+    "method": {"choices": ("card", "finetune", "probe", "prototype", "rf")},
     ("QuickstartConfig", "iterations"): OPTIONAL_COUNT, ("QuickstartConfig", "pairs"): {"ge": 6},
 }
 
@@ -415,4 +420,43 @@ def read_update_params(path: str | Path) -> dict[str, Any]:
     if unknown:
         raise SettingError(f"{path}: unknown update parameter(s) {unknown}; known: "
                            f"{', '.join(f.name for f in fields(UpdateParams))}")
+    return values
+
+
+def resolve_method(card: Card, method: str = "card", *, settings: dict[str, Any] | None = None,
+                   file: str | Path | None = None) -> tuple[Any, str]:
+    """(MethodSpec, where it came from): the adaptation method `method` ("card": the initialization's own, else
+    fine-tuning with U) with its settings from `file` (a `tune --method` result or a YAML/JSON mapping), else the
+    card's when the card's method is this one, else the method's defaults; then `settings` replace single values."""
+    from fewshotseg.adaptation import MethodSpec
+
+    own = card.adaptation or {}
+    name = own.get("method", "finetune") if method in ("", "card") else method
+    if file:
+        values, source = _read_method_settings(file), str(file)
+    elif own.get("method", "finetune") == name and own.get("settings"):
+        values, source = dict(own["settings"]), f"card of {card.name}: {own.get('source', 'recorded')}"
+    else:
+        values, source = {}, f"{name} defaults"
+    values.update(settings or {})
+    try:
+        spec = MethodSpec.of(name, values)
+    except ValueError as err:
+        where = file or (f"the card of {card.name}" if source.startswith("card") else "--method")
+        raise SettingError(f"{where}: {err}") from None
+    return spec, source
+
+
+def _read_method_settings(path: str | Path) -> dict[str, Any]:
+    path = Path(path).expanduser()
+    try:
+        text = path.read_text()
+        values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text) or {}
+    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as err:
+        raise SettingError(f"{path}: cannot read these method settings ({err}); pass a file written by "
+                           "`fewshotseg tune --method` (method.json) or a YAML/JSON mapping") from err
+    if isinstance(values, dict) and isinstance(values.get("settings"), dict):
+        values = values["settings"]
+    if not isinstance(values, dict):
+        raise SettingError(f"{path}: method settings must be a mapping of name: value")
     return values

@@ -39,7 +39,7 @@ import torch
 from PIL import Image, ImageOps
 from torch import nn
 
-from fewshotseg.data.images import binarize_mask, read_image, read_mask
+from fewshotseg.data.images import binarize_mask, no_signal, read_image, read_mask
 from fewshotseg.data.tasks import TaskTensors, episode_rng
 from fewshotseg.errors import UserError
 from fewshotseg.adaptation import Adapter, FinetuneAdapter, MethodSpec, OneClassSupportError, make_adapter
@@ -143,6 +143,8 @@ class FewShotSegmenter:
             if not m.any():
                 empty.append(name)
                 continue
+            if (reason := no_signal(rgb.shape[:2], m.astype(np.uint8))) is not None:
+                raise UserError(f"support pair {name}: {reason}")
             xs.append(_resize_image(rgb, self.size))
             ys.append(np.asarray(Image.fromarray(m.astype(np.uint8)).resize((self.size, self.size), Image.Resampling.NEAREST)))
         if empty:

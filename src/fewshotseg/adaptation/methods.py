@@ -251,7 +251,8 @@ class ProbeAdapter(_FrozenFeatures):
         x = flatten(feats)
         s = self.settings
         if s.solver == "ridge":
-            self.head: LinearHead = ridge_head(x.double(), y.double(), s.l2, balanced_weights(y).double())
+            weights = balanced_weights(y).double()  # normalised to sum 1, as R2-D2's inner loop (meta_update)
+            self.head: LinearHead = ridge_head(x.double(), y.double(), s.l2, weights / weights.sum())
             self.head = LinearHead(self.head.weight.float(), self.head.bias.float())
         else:
             self.head = logistic_head(x, y, s.l2, balanced_weights(y), max_iter=s.max_iter)

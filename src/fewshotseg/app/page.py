@@ -146,8 +146,15 @@ def painted_mask(value) -> np.ndarray:
     return mask
 
 
-def build_page(inits: list[Initialization], limits: Limits, root: Path, *, concurrency: int = 1) -> gr.Blocks:
-    """The page over `inits` (the first is the default); each session's files live under `root`."""
+METHOD_CHOICES = [("the initialization's own (its card)", "card"), ("fine-tune with U", "finetune"),
+                  ("linear probe on frozen features", "probe"), ("prototype (cosine)", "prototype"),
+                  ("random-forest pixel classifier", "rf")]
+
+
+def build_page(inits: list[Initialization], limits: Limits, root: Path, *, concurrency: int = 1,
+               method0: str = "card") -> gr.Blocks:
+    """The page over `inits` (the first is the default); each session's files live under `root`; `method0` is the
+    method the Method control starts at (`serve --method`)."""
     sessions = Sessions(root, limits)
     by_label = {i.label: i for i in inits}
     lr0, steps0, source0 = inits[0].default_params(1)
@@ -181,6 +188,8 @@ def build_page(inits: list[Initialization], limits: Limits, root: Path, *, concu
                                    elem_id="init")
                 init_md = gr.Markdown(f"{inits[0].segmenter.described}; U's defaults from {source0}",
                                       elem_id="init-info")
+                method = gr.Dropdown(label="Method", choices=METHOD_CHOICES, value=method0, elem_id="method",
+                                     info="how the initialization adapts; lr and steps apply to fine-tuning (U)")
                 with gr.Row():
                     lr = gr.Number(label="Learning rate (lr)", value=lr0, minimum=0, elem_id="lr")
                     steps = gr.Number(label="Steps", value=steps0, precision=0, minimum=1, elem_id="steps")
@@ -287,19 +296,20 @@ def build_page(inits: list[Initialization], limits: Limits, root: Path, *, concu
         def results(ws: Workspace, text: str):
             shown_ = [(o, n) for n, o, _ in ws.results]
             has = bool(ws.results)
+            tuned = ws.fine_tuned  # a frozen-feature method leaves the initialization as it was: nothing to download
             return (ws, text, shown_, gr.DownloadButton(value=str(ws.masks_zip()) if has else None, visible=has),
-                    gr.DownloadButton(value=str(ws.weights()), visible=True), gr.Button(visible=True),
-                    gr.DownloadButton(visible=False))
+                    gr.DownloadButton(value=str(ws.weights()) if tuned else None, visible=tuned),
+                    gr.Button(visible=tuned), gr.DownloadButton(visible=False))
 
         result_outs = [state, status, gallery, zip_dl, weights_dl, onnx_btn, onnx_dl]
 
         @shown
-        def on_adapt(ws, label, lr_, steps_, seed_, request: gr.Request, progress=gr.Progress()):  # noqa: B008
+        def on_adapt(ws, label, lr_, steps_, seed_, method_, request: gr.Request, progress=gr.Progress()):  # noqa: B008
             ws = sessions.get(ws, request)
             with ws.lock:
                 total = int(steps_ or 0)
                 progress(0, desc="adapting")
-                text = ws.adapt(by_label[label], lr=lr_, steps=total, seed=int(seed_ or 0),
+                text = ws.adapt(by_label[label], lr=lr_, steps=total, seed=int(seed_ or 0), method=method_ or "card",
                                 progress=lambda t: progress((t, total), desc="adapting (U)", unit="steps"))
                 if ws.queries:
                     progress(1.0, desc="segmenting the queries")
@@ -331,7 +341,7 @@ def build_page(inits: list[Initialization], limits: Limits, root: Path, *, concu
         init.input(on_init, [init, state], [lr, steps, init_md])
         query_files.upload(on_queries, [query_files, state], [state, status, query_files])
         clear_queries.click(on_clear_queries, [state], [state, status, gallery])
-        adapt_btn.click(on_adapt, [state, init, lr, steps, seed], result_outs, concurrency_limit=concurrency,
+        adapt_btn.click(on_adapt, [state, init, lr, steps, seed, method], result_outs, concurrency_limit=concurrency,
                         concurrency_id=WORK)
         segment_btn.click(on_segment, [state], result_outs, concurrency_limit=concurrency, concurrency_id=WORK)
         onnx_btn.click(on_onnx, [state], [onnx_dl], concurrency_limit=concurrency, concurrency_id=WORK)

@@ -30,6 +30,7 @@ class ServeOptions:
     limits: Limits = field(default_factory=Limits)
     concurrency: int = 1  # adaptations at once (each uses every CPU core torch is given)
     device: str = "cpu"
+    method: str = "card"  # the Method control's starting value: the initialization's own, or a named method
 
 
 def load_initializations(specs: list[str], device: str) -> list[Initialization]:
@@ -78,7 +79,8 @@ def serve(options: ServeOptions, *, block: bool = True):
 
     from fewshotseg.app.page import build_page
 
-    demo = build_page(inits, options.limits, root / "sessions", concurrency=options.concurrency)
+    demo = build_page(inits, options.limits, root / "sessions", concurrency=options.concurrency,
+                      method0=options.method)
     demo.queue(default_concurrency_limit=options.concurrency)
 
     def close() -> None:

@@ -200,8 +200,10 @@ class Workspace:
 
     # ------------------------------------------------------------------------------------------ U and prediction
 
-    def adapt(self, init: Initialization, *, lr: float, steps: int, seed: int, progress=None) -> str:
-        """Adapt `init` to the labelled pairs (in upload order); returns a one-line summary."""
+    def adapt(self, init: Initialization, *, lr: float, steps: int, seed: int, method: str = "card",
+              progress=None) -> str:
+        """Adapt `init` to the labelled pairs (in upload order) with `method` (the initialization's own by default;
+        `lr` and `steps` set U when it fine-tunes); returns a one-line summary."""
         self._check_open()
         if not self.support:
             raise UserError("no support image yet: upload at least one image of the object and mark it")
@@ -209,33 +211,43 @@ class Workspace:
         if unlabelled:
             raise UserError(f"support image(s) without a mask: {', '.join(unlabelled)}; paint the object or "
                             "upload its mask, or remove the image")
-        if steps is None or lr is None or steps < 1 or not lr > 0:
-            raise UserError("U needs a learning rate above 0 and at least 1 step")
         seg = init.fresh()
-        params, source = seg.update_params_for(len(self.support), lr=float(lr), steps=int(steps))
+        spec, spec_source = seg.method_for(method or "card")
+        params, source = None, ""
+        if spec.method == "finetune":
+            if steps is None or lr is None or steps < 1 or not lr > 0:
+                raise UserError("U needs a learning rate above 0 and at least 1 step")
+            params, source = seg.update_params_for(len(self.support), lr=float(lr), steps=int(steps))
         seg.fit([p.rgb for p in self.support], [p.mask for p in self.support], seed=int(seed), update_params=params,
-                stats="support", names=[p.name for p in self.support], progress=progress)
+                method=spec, names=[p.name for p in self.support], progress=progress)
         seg.params_source = source
         self.segmenter = seg
         self.results = []
         self.settings = {"init": init.label, "described": seg.described, "size": seg.size, "seed": int(seed),
-                         "stats": "support", "update_params": params.as_dict(), "update_params_source": source,
-                         "support": [p.name for p in self.support]}
-        return (f"adapted {seg.described} to {len(self.support)} pair(s): lr {params.lr:g}, {params.steps} steps, "
-                f"seed {int(seed)}")
+                         "method": spec.as_dict(), "method_source": spec_source,
+                         "update_params": params.as_dict() if params is not None else None,
+                         "update_params_source": source, "support": [p.name for p in self.support]}
+        how = (f"U: lr {params.lr:g}, {params.steps} steps, BatchNorm {params.bn_policy}" if params is not None
+               else spec.describe())
+        return f"adapted {seg.described} to {len(self.support)} pair(s) with {how}; seed {int(seed)}"
+
+    @property
+    def fine_tuned(self) -> bool:
+        """Whether the adapted network is a new network (U), which can be downloaded and exported."""
+        return self.segmenter is not None and self.settings.get("update_params") is not None
 
     def segment(self) -> list[tuple[str, np.ndarray, np.ndarray]]:
-        """(name, overlay, mask) per query, each predicted alone at its own size (as `fewshotseg adapt` does)."""
+        """(name, overlay, mask) per query at its own size, all queries in one call as `fewshotseg adapt` predicts
+        them (the same masks: under U's transductive BatchNorm regime the query batch normalises itself; otherwise
+        each query's mask does not depend on the others)."""
         self._check_open()
         if self.segmenter is None:
             raise UserError("adapt first: label the support images, then press Adapt (queries are segmented by "
                             "the adapted network)")
         if not self.queries:
             raise UserError("no query image yet: upload the images to segment")
-        self.results = []
-        for q in self.queries:
-            mask = self.segmenter.predict([q.rgb])[0].mask
-            self.results.append((q.name, overlay(q.rgb, mask), mask))
+        preds = self.segmenter.predict([q.rgb for q in self.queries])
+        self.results = [(q.name, overlay(q.rgb, p.mask), p.mask) for q, p in zip(self.queries, preds, strict=True)]
         return self.results
 
     # ------------------------------------------------------------------------------------------ downloads

@@ -34,6 +34,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock
 
 from fewshotseg.data import fp_k, pascal5i
 from fewshotseg.data.dataset import DataError, Problem, SegmentationDataset
@@ -42,7 +43,7 @@ from fewshotseg.data.sources import FOLD_KINDS, DataSource, decode_source, parse
 
 # Bump whenever decoding rules change: every existing cache is then rebuilt. 2: PASCAL-5i boundaries are IGNORE,
 # masks at the original size are kept for scoring.
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: pairs without signal (tiny image, no background, noise mask) are skipped
 STALE_TEMP_S = 3600  # temp files older than this belong to a killed build, not to one still running
 
 
@@ -185,15 +186,22 @@ def cached(
         dataset = _read_entry(location / name, source, size, stamp)
         if dataset is not None:
             return dataset, location / name, False
-    dataset = decode_source(source, size, strict=strict, progress=progress)
     location = next((loc for loc in locations if _writable(loc)), None)
     if location is None:
         raise DataError(
             f"no writable cache folder: tried {', '.join(str(loc) for loc in locations)}; "
             "set FEWSHOTSEG_CACHE_DIR to a writable folder"
         )
-    _write_entry(location / name, source, stamp, dataset)
-    fresh = _read_entry(location / name, source, size, stamp)
+    # One builder per entry: two processes that start on a cold cache (two trainings side by side) would otherwise
+    # each delete the other's arrays as leftovers. The second waits, then reads what the first wrote.
+    location.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(location / f".{name}.lock")):
+        fresh = _read_entry(location / name, source, size, stamp)
+        if fresh is not None:
+            return fresh, location / name, False
+        dataset = decode_source(source, size, strict=strict, progress=progress)
+        _write_entry(location / name, source, stamp, dataset)
+        fresh = _read_entry(location / name, source, size, stamp)
     assert fresh is not None, f"cache entry {location / name} unreadable right after writing it"
     return fresh, location / name, True
 

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from fewshotseg.adaptation import MethodSpec
 from fewshotseg.config import ModelFields, option
 from fewshotseg.data.tasks import TaskTensors, episode_rng
 from fewshotseg.errors import DivergedError
@@ -53,6 +54,10 @@ class EvaluateConfig(ModelFields):
                                     "initialization's own, per shot count (its card)")
     u_preset: str = option("card", "where U's hyperparameters come from when no file is given: card (the "
                                    "initialization's own) or paper (Table 3)")
+    method: str = option("card", "adaptation method: card (the initialization's own), finetune (U), probe, "
+                                 "prototype or rf; every method runs on the same episodes")
+    method_settings: str = option("", "the method's settings from a file (`tune --method`'s method.json); "
+                                      "default: the card's for that method, else its defaults")
     shots: list[int] = field(default_factory=lambda: [1, 5], metadata={"help": "support images per task"})
     protocol: str = option("auto", "paper (2 splits x every test task), hsnet (1000 seeded episodes x 5 seeds, "
                                     "HSNet's), per-query (one episode per query image); auto: hsnet with --fold, "
@@ -82,10 +87,14 @@ def select_tasks(names: list[str], max_tasks: int, seed: int) -> list[str]:
 
 
 def episode_job(state: WorkerState, init_path: str, data: str | tuple, size: int, episode: Episode,
-                params: UpdateParams, seed: int, keep: bool) -> tuple[list[dict], tuple | None]:
-    """One episode in a worker: adapt, predict, count."""
+                params: UpdateParams, seed: int, keep: bool,
+                method: MethodSpec | None = None) -> tuple[list[dict], tuple | None]:
+    """One episode in a worker: adapt, predict, count; every row carries the episode's adapt + predict seconds."""
     learner, dataset = jobs.learner(state, init_path), jobs.dataset(state, data, size)
-    rows = run_episode(learner, state.init(init_path), dataset, episode, params, seed=seed)
+    started = time.perf_counter()
+    rows = run_episode(learner, state.init(init_path), dataset, episode, params, seed=seed, method=method)
+    seconds = time.perf_counter() - started
+    rows = [{**r, "seconds": seconds} for r in rows]
     kept = None
     if keep and learner.last_predictions is not None:  # the episode's queries, predicted last
         images, probs = learner.last_predictions
@@ -135,8 +144,16 @@ def _reductions(rows: list[dict], *, bootstrap: bool) -> dict:
         "fb_iou": fb,
         "per_episode_miou": metrics.per_episode_miou(rows),
         "query_images": len(rows),
+        "seconds_per_episode": _seconds_per_episode(rows),
         "classes": len(by_class),
     }
+
+
+def _seconds_per_episode(rows: list[dict]) -> float | None:
+    """Mean adapt + predict seconds of an episode (each of its rows carries it); None for rows without timings."""
+    episodes = {(r.get("seed", 0), r["class"], r["split"]): r.get("seconds") for r in rows}
+    times = [t for t in episodes.values() if t is not None]
+    return float(np.mean(times)) if times and len(times) == len(episodes) else None
 
 
 def versions() -> dict[str, str]:
@@ -146,6 +163,14 @@ def versions() -> dict[str, str]:
 
     return {"fewshotseg": __version__, "torch": torch.__version__, "timm": timm.__version__,
             "python": platform.python_version()}
+
+
+def method_spec(cfg: EvaluateConfig) -> tuple[MethodSpec, str]:
+    """The adaptation method evaluated and where its settings came from (see `config.resolve_method`)."""
+    from fewshotseg.config import resolve_method
+    from fewshotseg.runs.initialization import init_card
+
+    return resolve_method(init_card(cfg.init), cfg.method, file=cfg.method_settings or None)
 
 
 def shot_params(cfg: EvaluateConfig, u_overrides: dict | None = None) -> dict[int, tuple[UpdateParams, str]]:
@@ -173,6 +198,7 @@ def evaluate(cfg: EvaluateConfig, *, params: UpdateParams | None = None, u_overr
         from fewshotseg.runs.initialization import card_size
 
         cfg = replace(cfg, size=card_size(cfg.init) or 224)
+    spec, spec_source = method_spec(cfg)
     per_shot = ({k: (params, "given") for k in cfg.shots} if params is not None
                 else shot_params(cfg, u_overrides))
     params = per_shot[cfg.shots[0]][0]
@@ -200,6 +226,7 @@ def evaluate(cfg: EvaluateConfig, *, params: UpdateParams | None = None, u_overr
         "episodes_per_seed": cfg.episodes if protocol == "hsnet" else None, "seeds": seeds,
         "original_size": dataset.originals is not None,
         "tasks": len(names), "update_params": params.as_dict(), "config": asdict(cfg), "versions": versions(),
+        "method": {**spec.as_dict(), "source": spec_source},
         "shots": {}, "update_params_per_shot": {},
     }
     kept: list[tuple] = []
@@ -209,14 +236,17 @@ def evaluate(cfg: EvaluateConfig, *, params: UpdateParams | None = None, u_overr
     try:
         for shots in cfg.shots:
             params, source = per_shot[shots]
-            run.log(f"{shots}-shot U: lr {params.lr:g}, {params.steps} steps, batch {params.batch_size}, "
-                    f"BatchNorm {params.bn_policy} — from {source}")
+            if spec.method == "finetune":
+                run.log(f"{shots}-shot U: lr {params.lr:g}, {params.steps} steps, batch {params.batch_size}, "
+                        f"BatchNorm {params.bn_policy} — from {source}")
+            else:
+                run.log(f"{shots}-shot: {spec.describe()} — from {spec_source}")
             jobs, keys = [], []
             for s in range(seeds):  # the hsnet protocol's runs with seeds seed, seed+1, ...; one run otherwise
                 episodes = make_episodes(protocol, dataset.subset(names), names, shots, cfg.seed + s, cfg.num_splits,
                                          episodes=cfg.episodes, class_uniform=class_uniform)
-                jobs += [(str(init_path), data_key, cfg.size, ep, params, cfg.seed + s, s == 0 and i < OVERLAY_EPISODES)
-                         for i, ep in enumerate(episodes)]
+                jobs += [(str(init_path), data_key, cfg.size, ep, params, cfg.seed + s, s == 0 and i < OVERLAY_EPISODES,
+                          spec) for i, ep in enumerate(episodes)]
                 keys += [(cfg.seed + s, ep.cls, ep.split) for ep in episodes]
             if not jobs:
                 raise ValueError(f"--shots {shots}: no {cfg.split} task of {cfg.data} can serve {shots} support "

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fewshotseg.adaptation import MethodSpec, OneClassSupportError, make_adapter
 from fewshotseg.data.dataset import IGNORE, SegmentationDataset
 from fewshotseg.data.images import decode_original
 from fewshotseg.data.tasks import TaskTensors, episode_rng, support_query_split
@@ -176,13 +177,21 @@ def run_episode(
     *,
     seed: int = 0,
     steps: int | None = None,
+    method: MethodSpec | None = None,
 ) -> list[dict]:
-    """Adapt on the support images, predict the queries; one row of raw counts per query image."""
+    """Adapt on the support images (fine-tuning with U by default, else `method`), predict the queries; one row of
+    raw counts per query image."""
     task = TaskTensors.from_dataset(dataset, episode.cls)
     support, query = task.take(list(episode.support)), task.take(list(episode.query))
     rng = episode_rng(seed, 3, episode.class_index, episode.split, len(episode.support))
-    learner.adapt(init, support, params, rng, steps=steps)
-    probs = learner.predict(query.images)
+    adapter = make_adapter(method or MethodSpec(), params=params, device=learner.device, learner=learner,
+                           steps=steps)
+    try:
+        adapter.fit(init, support, rng)
+        probs = adapter.predict(query.images)
+    except OneClassSupportError:  # support masks of one class on the method's grid: predict that class everywhere
+        probs = torch.full((len(query), *query.images.shape[-2:]), float(support.masks.float().mean() >= 0.5))
+    learner.last_predictions = (query.images, probs)
     start = dataset.offsets[episode.cls][0]
     rows = []
     for j, (counts, floors) in enumerate(score_queries(dataset, episode, probs, query.masks)):

@@ -262,7 +262,8 @@ def write_run_card(folder: str | Path, model: nn.Module, *, size: int, update_pa
         try:
             manifest = json.loads((data / "MANIFEST.json").read_text())
             training["corpus"] = {k: manifest.get(k) for k in ("corpus_version", "splits", "spec")}
-            training["corpus"]["sources"] = [f"{s['package']} {s['version']}" for s in manifest.get("sources", [])]
+            training["corpus"]["sources"] = [{k: s.get(k) for k in ("package", "version", "role", "licences")}
+                                             for s in manifest.get("sources", [])]  # the model card lists licences
         except (OSError, ValueError, KeyError, TypeError):
             pass
     env = environment()
@@ -273,8 +274,10 @@ def write_run_card(folder: str | Path, model: nn.Module, *, size: int, update_pa
     if rows:
         last = rows[-1]
         metrics.append({"data": f"{training.get('data')} (validation classes)", "protocol": "paper, 5-shot",
-                        "shots": 5, "mean_iou": last["val_miou"], "ci95": last.get("val_ci95", 0.0),
-                        "episodes": last.get("val_tasks"), "iteration": last.get("iteration")})
+                        "shots": 5, "mean_iou": last["val_miou"], "episodes": last.get("val_tasks"),
+                        "iteration": last.get("iteration")})
+        if last.get("val_ci95") is not None:  # no made-up 0: a row without its CI says so in the model card
+            metrics[-1]["ci95"] = last["val_ci95"]
     weights = find_initialization(folder)  # model.safetensors, or the checkpoint of a run still going
     card = Card(name=folder.name, model=asdict(model.config), size=size,
                 update_params={"default": {**update_params, "source": source}}, summary=summary,
@@ -282,6 +285,23 @@ def write_run_card(folder: str | Path, model: nn.Module, *, size: int, update_pa
                 weights={"file": weights.name, "sha256": sha256(weights), "bytes": weights.stat().st_size})
     card.save(folder)
     return card
+
+
+def record_method(spec: str, method: dict[str, Any], source: str, metric: dict[str, Any]) -> Path | None:
+    """Make a tuned adaptation method (and its settings) the default of the initialization's card; the replaced
+    default goes to the card's history. None for `random`, `imagenet` and packaged initializations."""
+    if spec in ("random", "imagenet") or spec in PACKAGED:
+        return None
+    path = find_initialization(spec)
+    config, _, extra = read_initialization(path)
+    card = card_for(path, config, extra)
+    if card.adaptation:
+        card.history.append({"adaptation": card.adaptation})
+    card.adaptation = {**method, "source": source}
+    card.metrics = [m for m in card.metrics if not (m.get("protocol") == metric.get("protocol")
+                                                    and m.get("shots") == metric.get("shots"))] + [metric]
+    card.save(path.parent)
+    return path.parent
 
 
 def record_tuned(spec: str, shots: int, values: dict[str, Any], source: str, metric: dict[str, Any]) -> Path | None:

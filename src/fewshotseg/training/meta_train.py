@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from fewshotseg.adaptation import MethodSpec
 from fewshotseg.config import MetaTrainConfig, as_dict
 from fewshotseg.data.dataset import SegmentationDataset
 from fewshotseg.data.tasks import TaskTensors, episode_rng, sample_classes
@@ -37,6 +38,7 @@ from fewshotseg.evaluation.protocols import paper_episodes, run_episode
 from fewshotseg.meta_learning.meta_learner import MetaLearner
 from fewshotseg.meta_learning.meta_update import check_algorithm
 from fewshotseg.meta_learning.update_routine import Learner, UpdateParams, check_finite_weights
+from fewshotseg.runs.card import read_card
 from fewshotseg.runs.curves import Curves
 from fewshotseg.runs.initialization import (
     load_initialization,
@@ -133,7 +135,8 @@ def meta_train(cfg: MetaTrainConfig, *, resume: bool = False, max_minutes: float
         # Under a time budget, one validation right after the warm-up measures what the final one will cost.
         first_under_budget = budget is not None and it == start + budget.warmup
         if val_episodes and (it % cfg.eval_interval == 0 or it == cfg.iterations or first_under_budget):
-            est = validate(learner, model, val, val_episodes, params, ctx, seed=cfg.seed)
+            est = validate(learner, model, val, val_episodes, params, ctx, seed=cfg.seed,
+                           method=r2d2_method(params) if cfg.algorithm == "r2d2" else None)
             record |= {"val_miou": est.mean, "val_ci95": est.half_width, "val_tasks": est.n}
             run.log(f"iteration {it}: validation mIoU {est} over {est.n} held-out tasks")
         run.metric(record)
@@ -164,6 +167,11 @@ def meta_train(cfg: MetaTrainConfig, *, resume: bool = False, max_minutes: float
                        training={"algorithm": cfg.algorithm, "init": cfg.init, "data": cfg.data, "splits": cfg.splits,
                                  "iterations": cfg.iterations, "meta_batch": cfg.meta_batch,
                                  "meta_optimizer": f"{cfg.meta_optimizer} {cfg.meta_step:g} -> {cfg.meta_step_final:g}"})
+        if cfg.algorithm == "r2d2":  # the inner loop it was trained for is the default way to adapt it
+            card = read_card(run.path)
+            if card is not None:
+                card.adaptation = {**r2d2_method(params).as_dict(), "source": "meta-training's inner loop (R2-D2)"}
+                card.save(run.path)
         run.log(f"done: {cfg.iterations} meta-iterations in {time.monotonic() - started:.0f} s; "
                 f"initialization written to {out}")
     ctx.barrier()
@@ -179,16 +187,22 @@ def validate(
     ctx: distributed.Context,
     *,
     seed: int,
+    method: MethodSpec | None = None,
 ) -> Estimate:
-    """Mean IoU of U(theta) over held-out task splits (one per class) with its t interval, episodes sharded across
-    ranks."""
+    """Mean IoU of U(theta) (or of `method`) over held-out task splits (one per class) with its t interval,
+    episodes sharded across ranks."""
     scores = torch.zeros(len(episodes), dtype=torch.float64, device=ctx.device)  # nccl reduces device tensors only
     for i, episode in enumerate(episodes):
         if ctx.mine(i):
-            rows = run_episode(learner, model, dataset, episode, params, seed=seed)
+            rows = run_episode(learner, model, dataset, episode, params, seed=seed, method=method)
             scores[i] = float(np.mean([r["iou"] for r in rows]))
     ctx.all_reduce_(scores)  # each episode's score comes from its one rank; the others add zero
     return t_interval(scores.tolist())
+
+
+def r2d2_method(params: UpdateParams) -> MethodSpec:
+    """R2-D2's inner loop as an adaptation method: the ridge probe on all features, support BatchNorm statistics."""
+    return MethodSpec.of("probe", {"solver": "ridge", "l2": params.probe_l2, "stats": "support"})
 
 
 def _validation_episodes(val: SegmentationDataset, cfg: MetaTrainConfig) -> list:

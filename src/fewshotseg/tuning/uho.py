@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 
+from fewshotseg.adaptation import MethodSpec
 from fewshotseg.config import ModelFields, init_update_params, option
 from fewshotseg.data.tasks import TaskTensors, episode_rng
 from fewshotseg.errors import UserError
@@ -48,6 +49,14 @@ SEARCH_SPACE = {
     "dropout": (0.2, 0.5, False, False),
     "aug_rate": (0.5, 1.0, False, False),
     "batch_size": (1, 10, False, True),
+    "head_init": ("init", "probe"),  # LP-FT: start from the linear probe's classifier (categorical)
+}
+# The other adaptation methods: what `tune --method` searches (numbers as above; a tuple of strings is categorical).
+FEATURE_SETS = ("skip+deep", "skip+deep+decoder", "skip+decoder", "deep+decoder", "decoder")
+METHOD_SPACE: dict[str, dict[str, tuple]] = {
+    "probe": {"l2": (1e-5, 1e-1, True, False), "features": FEATURE_SETS},
+    "prototype": {"temperature": (1.0, 100.0, True, False), "features": FEATURE_SETS},
+    "rf": {"sigma_max": (4.0, 32.0, True, False), "max_depth": (4, 20, False, True)},
 }
 
 
@@ -73,6 +82,11 @@ class TuneConfig(ModelFields):
     size: int = option(0, "square image size in pixels (0: the initialization's own, from its card; else 224)")
     seed: int = option(0, "seed of the episodes and the sampler")
     workers: int = option(1, "processes running the validation tasks of a trial in parallel (CPU)")
+    method: str = option("card", "adaptation method to tune: card (the initialization's own), finetune (UHO of U), "
+                                 "probe (l2, features), prototype (temperature, features) or rf (sigma_max, "
+                                 "max_depth)")
+    bn_policy: str = option("", "U's BatchNorm regime while tuning and in the result (paper, transductive, frozen, "
+                                "support); default: U's own, the one adapt deploys")
     device: str = option("auto", "cpu, cuda or auto")
 
 
@@ -215,9 +229,56 @@ def score_job(state: WorkerState, init_path: str, data: str, size: int, episode:
     return float(np.mean([r["iou"] for r in rows]))
 
 
-def suggest(trial: optuna.Trial, base: UpdateParams, search: list[str]) -> UpdateParams:
-    values = {}
+def suggest_values(trial: optuna.Trial, space: dict[str, tuple], search: list[str]) -> dict:
+    values: dict = {}
     for name in search:
+        if all(isinstance(v, str) for v in space[name]):
+            values[name] = trial.suggest_categorical(name, list(space[name]))
+            continue
+        low, high, log, integer = space[name]
+        if integer:
+            values[name] = trial.suggest_int(name, low, high, log=log)
+        else:
+            values[name] = trial.suggest_float(name, low, high, log=log)
+    return values
+
+
+def method_job(state: WorkerState, init_path: str, data: str, size: int, episode: Episode, spec: MethodSpec,
+               seed: int) -> float:
+    rows = run_episode(jobs.learner(state, init_path), state.init(init_path), jobs.dataset(state, data, size), episode,
+                       UpdateParams(), seed=seed, method=spec)
+    return float(np.mean([r["iou"] for r in rows]))
+
+
+def method_settings(method: str, values: dict) -> dict:
+    return {**values, "features": values["features"].split("+")} if "features" in values else dict(values)
+
+
+def make_method_objective(pool: Pool, init_path: str, cfg: TuneConfig, episodes: list[Episode], spec: MethodSpec):
+    """A frozen-feature method or the random forest: a trial's settings scored on the validation tasks directly
+    (nothing to early-stop)."""
+    base = spec.as_dict()["settings"]
+
+    def objective(trial: optuna.Trial) -> float:
+        trial.set_user_attr("host", socket.gethostname())
+        trial.set_user_attr("pid", os.getpid())
+        values = method_settings(spec.method, suggest_values(trial, METHOD_SPACE[spec.method],
+                                                             list(METHOD_SPACE[spec.method])))
+        trial_spec = MethodSpec.of(spec.method, {**base, **values})
+        jobs = [(init_path, cfg.data, cfg.size, ep, trial_spec, cfg.seed) for ep in episodes]
+        scores = list(pool.map(method_job, jobs))
+        trial.set_user_attr("task_scores", scores)
+        return float(np.mean(scores))
+
+    return objective
+
+
+def suggest(trial: optuna.Trial, base: UpdateParams, search: list[str]) -> UpdateParams:
+    values: dict = {}
+    for name in search:
+        if name == "head_init":
+            values[name] = trial.suggest_categorical(name, list(SEARCH_SPACE[name]))
+            continue
         low, high, log, integer = SEARCH_SPACE[name]
         if integer:
             values[name] = trial.suggest_int(name, low, high, log=log)
@@ -277,8 +338,15 @@ def tune(cfg: TuneConfig, *, progress: bool = True, pool: Pool | None = None) ->
     names = dataset.names
     names = usable_classes(dataset, select_tasks(names, cfg.val_tasks, cfg.seed), cfg, run)
     episodes = paper_episodes(dataset.subset(names), names, cfg.shots, splits=1, seed=cfg.seed)
+    spec, spec_source = tuned_method(cfg)
     base, base_source = init_update_params(cfg.init, cfg.shots, file=cfg.update_params or None)
-    run.log(f"U's other settings (and the BatchNorm policy) from {base_source}")
+    if cfg.bn_policy:
+        base = base.replace(bn_policy=cfg.bn_policy)
+        base_source += f", BatchNorm {cfg.bn_policy} (--bn-policy)"
+    if spec.method == "finetune":
+        run.log(f"U's other settings (and the BatchNorm policy) from {base_source}")
+    else:
+        run.log(f"tuning the {spec.method} method (settings not searched: {spec_source})")
 
     init_path = run.file("init.safetensors")  # seeded: a resumed study rewrites the same network
     described = write_for_workers(cfg.init, cfg.model_config(dropout=base.dropout), init_path, seed=cfg.seed)
@@ -300,7 +368,9 @@ def tune(cfg: TuneConfig, *, progress: bool = True, pool: Pool | None = None) ->
     own_pool = pool is None
     pool = pool or Pool(cfg.workers, str(choose_device(cfg.device)))
     try:
-        objective = make_objective(pool, str(init_path), replace(cfg, data=data_key), episodes, base, search)
+        objective = (make_objective(pool, str(init_path), replace(cfg, data=data_key), episodes, base, search)
+                     if spec.method == "finetune" else
+                     make_method_objective(pool, str(init_path), replace(cfg, data=data_key), episodes, spec))
         curves = Curves(run.path)
         while _count(study) < cfg.trials:
             # A sampler seeded by the trial's position: a study resumed after a kill proposes what an uninterrupted
@@ -316,15 +386,45 @@ def tune(cfg: TuneConfig, *, progress: bool = True, pool: Pool | None = None) ->
             done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
             if done:
                 best = max(done, key=lambda t: t.value)
-                bar.set_postfix(best=f"{100 * best.value:.1f}", lr=f"{best.params.get('lr', base.lr):.2g}",
-                                steps=best.user_attrs.get("median_steps"))
+                if spec.method == "finetune":
+                    bar.set_postfix(best=f"{100 * best.value:.1f}", lr=f"{best.params.get('lr', base.lr):.2g}",
+                                    steps=best.user_attrs.get("median_steps"))
+                else:
+                    bar.set_postfix(best=f"{100 * best.value:.1f}", **{k: str(v) for k, v in best.params.items()})
     finally:
         if own_pool:
             pool.close()
         if "curves" in locals():
             curves.close()
     bar.close()
+    if spec.method != "finetune":
+        return write_method_results(study, run, cfg, spec, described)
     return write_results(study, run, cfg, base, described)
+
+
+def tuned_method(cfg: TuneConfig) -> tuple[MethodSpec, str]:
+    from fewshotseg.config import resolve_method
+    from fewshotseg.runs.initialization import init_card
+
+    return resolve_method(init_card(cfg.init), cfg.method)
+
+
+def write_method_results(study: optuna.Study, run: RunDir, cfg: TuneConfig, spec: MethodSpec, described: str) -> dict:
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    trials = [{"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
+               "random": t.number < max(1, cfg.trials // 2)} for t in study.trials]
+    _write_json(run.file("trials.json"), {"study": cfg.study, "shots": cfg.shots, "init": cfg.init,
+                                          "described": described, "method": spec.method, "trials": trials})
+    if not complete:
+        raise RuntimeError(f"study {cfg.study!r}: no trial completed (all {len(study.trials)} failed)")
+    best = max(complete, key=lambda t: t.value)
+    best_spec = MethodSpec.of(spec.method, {**spec.as_dict()["settings"], **method_settings(spec.method, best.params)})
+    result = {**best_spec.as_dict(), "shots": cfg.shots, "objective": best.value, "trial": best.number,
+              "study": cfg.study, "init": cfg.init, "described": described}
+    _write_json(run.file("method.json"), result, indent=2)
+    run.log(f"best of {len(complete)} trials: mean IoU {100 * best.value:.2f} % with {best_spec.describe()} "
+            f"-> {run.file('method.json')}")
+    return result
 
 
 def write_results(study: optuna.Study, run: RunDir, cfg: TuneConfig, base: UpdateParams, described: str) -> dict:
@@ -367,8 +467,13 @@ def _sampler_seed(cfg: TuneConfig) -> int:
 
 
 def _check_same_study(study: optuna.Study, cfg: TuneConfig, described: str) -> None:
+    spec, _ = tuned_method(cfg)
     identity = {"init": described, "data": cfg.data, "shots": cfg.shots, "search": cfg.search, "size": cfg.size,
                 "max_steps": cfg.max_steps, "split": cfg.split}
+    if spec.method != "finetune":  # studies of U keep their identity of before methods existed
+        identity["method"] = spec.method
+    if cfg.bn_policy:
+        identity["bn_policy"] = cfg.bn_policy
     saved = study.user_attrs.get("identity")
     if saved is None:
         study.set_user_attr("identity", identity)

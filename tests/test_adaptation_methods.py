@@ -1,0 +1,187 @@
+"""The adaptation methods (U, probe, prototype, rf) behind one interface, and the closed-form heads under them."""
+
+from __future__ import annotations
+
+import copy
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from fewshotseg.adaptation import MethodSpec, OneClassSupportError, make_adapter, settings_for
+from fewshotseg.data.tasks import TaskTensors
+from fewshotseg.models.closed_form import balanced_weights, logistic_head, pixel_features, ridge_head
+from fewshotseg.models.efficientlab import ModelConfig, build_model
+
+
+def test_the_probe_is_exact_on_separable_features():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1000, 8, generator=g)
+    direction = torch.randn(8, generator=g)
+    score = x @ direction - 0.3
+    x, score = x[score.abs() > 0.5], score[score.abs() > 0.5]  # separable with a margin, unbalanced
+    y = (score > 0).float()
+    head = logistic_head(x, y, 1e-4, balanced_weights(y), max_iter=500)
+    assert head.converged
+    assert torch.equal((x @ head.weight + head.bias) > 0, y.bool())
+    # ridge regression recovers a target that is exactly linear in the features (weights and bias)
+    xd = x.double()
+    target = xd @ direction.double() + 0.25
+    exact = ridge_head(xd, target, 1e-9)
+    torch.testing.assert_close(exact.weight, direction.double(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(exact.bias, torch.tensor(0.25, dtype=torch.float64), rtol=1e-6, atol=1e-6)
+
+
+def test_ridge_gradient_matches_autograd_through_a_naive_solve():
+    g = torch.Generator().manual_seed(1)
+    for n in (30, 6):  # the primal (n > C) and the dual (n <= C) solve
+        x = torch.randn(n, 10, dtype=torch.float64, generator=g, requires_grad=True)
+        y = (torch.rand(n, generator=g, dtype=torch.float64) > 0.5).double()
+        w = balanced_weights(y)
+        head = ridge_head(x, y, 0.5, w)
+        q = torch.randn(5, 10, dtype=torch.float64, generator=g)
+        loss = ((q @ head.weight + head.bias) ** 2).sum()
+        (grad,) = torch.autograd.grad(loss, x)
+
+        x2 = x.detach().clone().requires_grad_(True)
+        xb = torch.cat([x2, torch.ones(n, 1, dtype=torch.float64)], 1)
+        reg = torch.diag(torch.tensor([0.5] * 10 + [0.0], dtype=torch.float64))
+        naive = torch.linalg.inv(xb.T @ torch.diag(w) @ xb + reg) @ xb.T @ (w * y) if n > 10 else None
+        if naive is None:  # the dual's bias is penalised by a tiny amount; compare with the same problem
+            reg[-1, -1] = 1e-6 * 0.5
+            naive = torch.linalg.inv(xb.T @ torch.diag(w) @ xb + reg) @ xb.T @ (w * y)
+        loss2 = ((q @ naive[:-1] + naive[-1]) ** 2).sum()
+        (grad2,) = torch.autograd.grad(loss2, x2)
+        torch.testing.assert_close(head.weight, naive[:-1].detach(), rtol=1e-6, atol=1e-8)
+        torch.testing.assert_close(grad, grad2, rtol=1e-5, atol=1e-8)
+
+
+def _task(dataset, cls: str, idx: list[int]) -> TaskTensors:
+    return TaskTensors.from_dataset(dataset, cls).take(idx)
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    torch.manual_seed(0)
+    return build_model(ModelConfig(encoder="tinynet_e")).eval()
+
+
+def test_lp_ft_head_after_the_probe_step_is_the_probes_solution(tiny_model, tiny_dataset):
+    from fewshotseg.meta_learning.update_routine import probe_head_
+    from fewshotseg.models.closed_form import flatten, mask_targets
+
+    support = _task(tiny_dataset, tiny_dataset.names[0], [0, 1, 2])
+    model = copy.deepcopy(tiny_model)
+    probe_head_(model, support.images, support.masks, 1e-3)
+    model.eval()
+    with torch.no_grad():
+        feats = pixel_features(model, support.images, ("decoder",), normalise=False)
+        labels = (mask_targets(support.masks, feats.shape[-2:]) >= 0.5).float().flatten()
+        head = logistic_head(flatten(feats), labels, 1e-3, balanced_weights(labels))
+        skip, deep = model.encoder((support.images - model.mean) / model.std)
+        logits = model.head(model.decoder(skip, deep))  # stride 4, before upsampling
+    torch.testing.assert_close(logits[:, 1] - logits[:, 0], head.logits(feats), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["finetune", "probe", "prototype", "rf"])
+def test_each_method_beats_the_all_foreground_floor_on_tiny_tasks(tiny_model, tiny_dataset, method):
+    from fewshotseg.meta_learning.update_routine import UpdateParams
+
+    ious, floors = [], []
+    for cls in tiny_dataset.names[:6]:
+        support, query = _task(tiny_dataset, cls, [0, 1, 2, 3, 4]), _task(tiny_dataset, cls, [5, 6, 7])
+        adapter = make_adapter(MethodSpec.of(method), params=UpdateParams(lr=0.02, steps=10, bn_policy="support"))
+        adapter.fit(tiny_model, support, np.random.default_rng(0))
+        pred = adapter.predict(query.images) > 0.5
+        truth = query.masks.bool()
+        ious.append(float((pred & truth).sum() / (pred | truth).sum()))
+        floors.append(float(truth.float().mean()))  # the IoU of predicting everything foreground
+    assert np.mean(ious) > np.mean(floors)
+
+
+def test_a_one_class_support_set_is_refused_and_a_non_converged_probe_warns(tiny_model, tiny_dataset):
+    support = _task(tiny_dataset, tiny_dataset.names[0], [0, 1])
+    full = TaskTensors(support.images, torch.ones_like(support.masks))
+    with pytest.raises(OneClassSupportError, match="only foreground"):
+        make_adapter(MethodSpec.of("probe")).fit(tiny_model, full, np.random.default_rng(0))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make_adapter(MethodSpec.of("probe", {"max_iter": 1, "l2": 1e-6})).fit(tiny_model, support,
+                                                                             np.random.default_rng(0))
+    assert any("did not converge" in str(w.message) and "max_iter" in str(w.message) for w in caught)
+
+
+def test_settings_are_validated_by_name():
+    with pytest.raises(ValueError, match="unknown probe setting"):
+        settings_for("probe", {"lr": 1})
+    with pytest.raises(ValueError, match="features"):
+        settings_for("prototype", {"features": ["skipp"]})
+    with pytest.raises(ValueError, match="unknown adaptation method"):
+        MethodSpec.of("knn")
+    spec = MethodSpec.of("probe", {"features": ["skip", "deep"]})
+    assert MethodSpec.of(**spec.as_dict()) == spec and "skip+deep" in spec.describe()
+
+
+def test_evaluate_runs_a_method_on_the_same_episodes_and_records_it(tiny_benchmark, tmp_path):
+    from fewshotseg.evaluation.evaluate import EvaluateConfig, evaluate
+
+    rows = {}
+    for method in ("finetune", "probe"):
+        cfg = EvaluateConfig(init="random", data=str(tiny_benchmark), run_dir=str(tmp_path / method), shots=[1],
+                             size=32, encoder="tinynet_e", max_tasks=2, workers=1, method=method)
+        results = evaluate(cfg, progress=False)
+        assert results["method"]["method"] == method
+        assert results["shots"]["1"]["seconds_per_episode"] > 0
+        rows[method] = [json.loads(line) for line in (tmp_path / method / "episodes.jsonl").read_text().splitlines()]
+    assert [(r["class"], r["split"], r["query"]) for r in rows["finetune"]] == \
+        [(r["class"], r["split"], r["query"]) for r in rows["probe"]]
+
+
+def test_tune_searches_a_methods_settings_and_records_them_in_the_card(tiny_benchmark, tmp_path, tiny_config):
+    from fewshotseg.cli import main
+    from fewshotseg.models.efficientlab import build_model
+    from fewshotseg.runs.card import read_card
+    from fewshotseg.runs.initialization import save_initialization
+
+    torch.manual_seed(0)
+    init = tmp_path / "init" / "model.safetensors"
+    init.parent.mkdir()
+    save_initialization(init, build_model(tiny_config))
+    assert main(["tune", "--init", str(init), "--data", str(tiny_benchmark), "--run-dir", str(tmp_path / "t"),
+                 "--method", "probe", "--trials", "3", "--val-tasks", "3", "--shots", "1", "--size", "32"]) == 0
+    result = json.loads((tmp_path / "t" / "method.json").read_text())
+    assert result["method"] == "probe" and 1e-5 <= result["settings"]["l2"] <= 1e-1
+    trials = json.loads((tmp_path / "t" / "trials.json").read_text())["trials"]
+    assert result["objective"] == max(t["value"] for t in trials if t["value"] is not None)
+    card = read_card(init.parent)
+    assert card.adaptation["method"] == "probe" and card.adaptation["settings"] == result["settings"]
+    # the card's method is now the default of evaluate (and adapt, serve, FewShotSegmenter)
+    from fewshotseg.evaluation.evaluate import EvaluateConfig, method_spec
+
+    spec, source = method_spec(EvaluateConfig(init=str(init.parent), data="x", run_dir="y"))
+    assert spec.method == "probe" and "method.json" in source
+
+
+def test_r2d2_meta_steps_lower_the_query_loss_under_the_closed_form_head(tiny_dataset, tiny_config):
+    from fewshotseg.meta_learning.meta_learner import MetaLearner
+    from fewshotseg.meta_learning.meta_update import ridge_query_loss
+    from fewshotseg.meta_learning.update_routine import UpdateParams
+
+    torch.manual_seed(0)
+    model = build_model(tiny_config)
+    task = TaskTensors.from_dataset(tiny_dataset, tiny_dataset.names[0])
+    support, query = task.take([0, 1, 2, 3, 4]), task.take([5, 6, 7, 8, 9])
+
+    def loss() -> float:
+        probe = copy.deepcopy(model).train()
+        return float(ridge_query_loss(probe, support, query, 1e-3))
+
+    before = loss()
+    meta = MetaLearner(model, "r2d2", UpdateParams(lr=1.0, steps=1), meta_optimizer="adam", meta_step=1e-3,
+                       train_shots=10, val_shots=5)
+    for i in range(5):
+        meta.meta_step([task], rngs=[np.random.default_rng(i)])
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert loss() < before
