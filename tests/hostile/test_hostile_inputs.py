@@ -141,6 +141,40 @@ def split_without(key: str) -> Callable:
     return setup
 
 
+def no_signal_pair(folder: Path, kind: str) -> None:
+    """Turn the pair 1.jpg + 1.png of `folder` into one that carries no signal."""
+    import numpy as np
+    from PIL import Image
+
+    image = np.asarray(Image.open(folder / "1.jpg"))
+    h, w = image.shape[:2]
+    if kind == "1x1":
+        Image.fromarray(image[:1, :1]).save(folder / "1.jpg")
+        Image.fromarray(np.full((1, 1), 255, np.uint8)).save(folder / "1.png")
+    elif kind == "all-foreground":
+        Image.fromarray(np.full((h, w), 255, np.uint8)).save(folder / "1.png")
+    else:  # noise
+        Image.fromarray((np.random.default_rng(0).random((h, w)) < 0.5).astype(np.uint8) * 255).save(folder / "1.png")
+
+
+def support_without_signal(kind: str) -> Callable:
+    def setup(tmp: Path, world: World) -> None:
+        import shutil
+
+        shutil.copytree(world.support, tmp / "support")
+        no_signal_pair(tmp / "support", kind)
+    return setup
+
+
+def data_without_signal(kind: str) -> Callable:
+    def setup(tmp: Path, world: World) -> None:
+        import shutil
+
+        shutil.copytree(world.data, tmp / "data", ignore=shutil.ignore_patterns(".fewshotseg-cache"))
+        no_signal_pair(next(p for p in sorted((tmp / "data").iterdir()) if p.is_dir()), kind)
+    return setup
+
+
 def no_cuda() -> str:
     return "a CUDA device is present" if torch.cuda.is_available() else ""
 
@@ -331,6 +365,13 @@ CASES = [
     Case("pr-file-not-folder", "prepare {tmp}/f.txt --size 32", "f.txt", setup=write("f.txt", "x")),
     Case("cd-folder-missing", "check-data {tmp}/nowhere --size 32", "nowhere"),
     Case("cd-size-negative", "check-data {data} --size -4", "--size"),
+    # data pairs that carry no signal are skipped and named (--strict: exit code 1)
+    Case("cd-pair-image-1x1", "check-data {tmp}/data --size 32 --strict", ("1.jpg", "1x1 px"), code=1,
+         setup=data_without_signal("1x1")),
+    Case("cd-pair-mask-all-foreground", "check-data {tmp}/data --size 32 --strict", ("1.png", "every pixel"), code=1,
+         setup=data_without_signal("all-foreground")),
+    Case("cd-pair-mask-noise", "check-data {tmp}/data --size 32 --strict", ("1.png", "noise"), code=1,
+         setup=data_without_signal("noise")),
     # --- report ---------------------------------------------------------------------------------------------------
     Case("rp-missing-path", "report {tmp}/nowhere --out {tmp}/rep", "nowhere"),
     Case("rp-notes-missing", "report {init} --out {tmp}/rep --notes {tmp}/notes.md", "notes.md"),
@@ -356,6 +397,13 @@ CASES = [
     Case("ad-threshold-above-one", AD + " --threshold 1.5", "--threshold"),
     Case("ad-size-not-stride-multiple", AD.replace("--size 32", "--size 33"), "--size"),
     Case("ad-init-garbage", AD.replace("{init}", "{tmp}/w.pt"), "w.pt", setup=random_bytes("w.pt")),
+    # support pairs that carry no signal: refused, naming the pair, the reason and what to do
+    Case("ad-support-image-1x1", AD.replace("{support}", "{tmp}/support"), ("1.jpg", "1x1 px", "leave the pair out"),
+         setup=support_without_signal("1x1")),
+    Case("ad-support-mask-all-foreground", AD.replace("{support}", "{tmp}/support"),
+         ("1.jpg", "every pixel as the object", "background 0"), setup=support_without_signal("all-foreground")),
+    Case("ad-support-mask-noise", AD.replace("{support}", "{tmp}/support"), ("1.jpg", "noise", "leave the pair out"),
+         setup=support_without_signal("noise")),
     # --- the command line itself ----------------------------------------------------------------------------------
     Case("no-command", "", "command"),
     Case("unknown-command", "train --data {data}", "train"),

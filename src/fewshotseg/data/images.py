@@ -26,7 +26,8 @@ Then the scale is decided (the mask scale rule):
     label map. Guessing which of those values mean "object" would silently teach the wrong thing.
 
 A pair (`decode_pair`) is then rejected when the mask's size differs from the image's, when the mask has no
-foreground at all (a support image with no foreground teaches nothing) or when its foreground vanishes after
+foreground at all (a support image with no foreground teaches nothing), when the pair carries no signal (`no_signal`:
+an image under 8 px a side, a mask with no background, a mask of noise) or when its foreground vanishes after
 resizing. Images are resized (squashed, never cropped) to S x S with antialiased bilinear filtering, masks with
 nearest neighbour so they stay binary.
 """
@@ -297,6 +298,9 @@ def decode_pair(pair: Pair, size: int, *, keep_original: bool = False) -> Decode
             "mask has no foreground pixels (a support image with no foreground teaches nothing): "
             "fix the mask or delete the pair",
         )
+    reason = no_signal(image.shape[:2], mask)
+    if reason is not None:
+        raise BadFile(pair.image if reason.startswith("the image") else pair.mask, reason)
     small = resize_mask(mask, size)
     if not (small == 1).any():
         raise BadFile(
@@ -306,6 +310,35 @@ def decode_pair(pair: Pair, size: int, *, keep_original: bool = False) -> Decode
         )
     original = encode_original(mask) if keep_original else None
     return DecodedPair(resize_image(image, size), small, (image.shape[0], image.shape[1]), notes, original)
+
+
+MIN_SIDE = 8  # px: a smaller image cannot show an object and its background
+NOISE_TRANSITIONS = 0.2  # share of neighbouring pixel pairs that differ: real masks stay below 0.03
+NOISE_ISOLATED = 0.5  # share of foreground pixels with no foreground neighbour: real masks stay below 0.03
+
+
+def no_signal(shape: tuple[int, int], mask: np.ndarray) -> str | None:
+    """Why an image of `shape` (H, W) with its (H, W) mask ({0, 1}, or {0, 1, IGNORE}) teaches nothing, or None:
+    an image smaller than MIN_SIDE px, a mask with no background, or a mask of noise rather than an object. The
+    thresholds leave real masks a wide margin (the fixtures' photos, the built-in benchmark: below 3 %)."""
+    h, w = shape
+    if min(h, w) < MIN_SIDE:
+        return (f"the image is {w}x{h} px, too small to show an object and its background (at least {MIN_SIDE}x"
+                f"{MIN_SIDE} px): use the full-size photo, or leave the pair out")
+    fg, bg = mask == 1, mask == 0
+    if not bg.any():
+        return ("its mask marks every pixel as the object: with no background it says nothing about where the object "
+                "ends; mark only the object (background 0), or leave the pair out")
+    differ = (fg[:, 1:] != fg[:, :-1]).sum() + (fg[1:] != fg[:-1]).sum()
+    transitions = differ / (fg[:, 1:].size + fg[1:].size)
+    padded = np.pad(fg, 1)
+    alone = fg & ~(padded[:-2, 1:-1] | padded[2:, 1:-1] | padded[1:-1, :-2] | padded[1:-1, 2:])
+    isolated = alone.sum() / max(fg.sum(), 1)
+    if transitions > NOISE_TRANSITIONS or (fg.sum() >= 20 and isolated > NOISE_ISOLATED):
+        return (f"its mask looks like noise, not an object ({100 * transitions:.0f} % of neighbouring pixels differ, "
+                f"{100 * isolated:.0f} % of its object pixels touch no other): was another file saved as the mask? "
+                "Export the object's mask (its region white, background 0), or leave the pair out")
+    return None
 
 
 def strict_error(problem: Problem) -> DataError:
