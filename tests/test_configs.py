@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from fewshotseg.config import PRESETS, JointTrainConfig, MetaTrainConfig, resolve
 from fewshotseg.evaluation.analyze_weights import AnalyzeConfig
@@ -31,7 +33,21 @@ def test_config_files_resolve(path):
     required = {k: v for k, v in REQUIRED.items() if k in cls.__dataclass_fields__}
     cfg = resolve(cls, file=path, **required)
     if path.stem == "general":  # the shipped initialization's CPU-budget config (see its comments)
-        assert (cfg.encoder, cfg.size, cfg.meta_optimizer, cfg.inner_lr) == ("tf_efficientnet_lite0", 128, "adam", 0.01)
+        assert (cfg.encoder, cfg.size, cfg.meta_optimizer, cfg.inner_lr) == ("tf_efficientnet_lite0", 160, "adam", 0.01)
+        # it reproduces what shipped: the settings the shipped card records for both of its training runs
+        card = json.loads((CONFIGS.parent / "src/fewshotseg/inits/general/card.json").read_text())
+        assert (card["model"]["encoder"], card["model"]["variant"], card["size"]) == (cfg.encoder, cfg.variant, cfg.size)
+        first, second = card["training"]["init_training"], card["training"]
+        assert "--config configs/general.yaml" in first["command"] and "--init" not in first["command"]
+        assert first["init"] == yaml.safe_load(path.read_text())["init"]  # (the test passes its own init above)
+        for run in (first, second):
+            assert (run["algorithm"], run["meta_batch"]) == (cfg.algorithm, cfg.meta_batch)
+            assert f"--size {cfg.size}" in run["command"]
+        assert (first["meta_optimizer"], first["meta_step"], first["meta_step_final"]) == (
+            cfg.meta_optimizer, cfg.meta_step, cfg.meta_step_final)
+        assert second["meta_optimizer"] == f"{cfg.meta_optimizer} {cfg.meta_step:g} -> {cfg.meta_step_final:g}"
+        omega = card["update_params"]["default"]
+        assert (omega["lr"], omega["steps"], omega["bn_policy"]) == (cfg.inner_lr, cfg.inner_steps, cfg.bn_policy)
         return
     assert cfg.size == 224  # every paper config runs at the paper's resolution
     if cls is MetaTrainConfig:

@@ -1,29 +1,44 @@
 """Turn a meta-training run folder into a packaged initialization (weights + card + model card).
 
     python tools/package_initialization.py RUN_DIR src/fewshotseg/inits/general --name general \
-        [--bench bench-results.json] [--summary "..."]
+        --license GPL-3.0-only [--license-file FILE] [--license-notes "..."] [--limitation "..."] \
+        [--bench bench-results.json] [--summary "..."] [--relative-to .] [--allow-dirty]
 
 The run folder's card (written by `meta-train`, with the update parameters `tune` recorded in it per shot count)
 is copied with the new name and summary (and, when the run continued from another run's weights, that run's
 training record as `training.init_training`); `--bench` adds the measured mean IoUs of `bench/real_photos.py --out` for
 the row labelled with the same name. A run folder written without a card gets one first (`write_run_card`, from its
 config.yaml and metrics.jsonl).
+
+What the card must let a reader recover is refused when missing:
+* a dirty checkout: packaging from a git tree with uncommitted changes (or untracked files; the output folder does
+  not count) is refused, listing the files; so is a run whose training record says it ran from a dirty tree
+  (`git_commit` ending in `+dirty`). `--allow-dirty` packages anyway and, for the checkout's changes, writes their
+  diff beside the card as `source.diff` with its SHA-256 in the card (`training.packaging`).
+* a licence: the card must name the weights' licence (an SPDX expression: `--license`, or the run card's own);
+  `--license-file` copies the licence text beside the weights as `LICENSE`, which the model card links.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from fewshotseg.runs.card import read_card
+from fewshotseg.runs.card import LICENSE_FILE, read_card
 from fewshotseg.runs.initialization import write_run_card
 from fewshotseg.segmenter import FewShotSegmenter
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir")
     parser.add_argument("out")
@@ -33,8 +48,42 @@ def main() -> None:
     parser.add_argument("--relative-to", nargs="+", default=[], metavar="FOLDER",
                         help="write paths under these folders relative to them (the work folder, the checkout): the "
                              "card records where the data, run and config were, not whose disk")
-    args = parser.parse_args()
-    run = Path(args.run_dir)
+    parser.add_argument("--license", default="", metavar="SPDX",
+                        help="the weights' licence as an SPDX expression (e.g. GPL-3.0-only); required unless the run's "
+                             "card names one")
+    parser.add_argument("--license-notes", default="", help="why that licence (shown in the model card)")
+    parser.add_argument("--license-file", default="", help="the licence text, copied beside the weights as LICENSE")
+    parser.add_argument("--limitation", action="append", default=[],
+                        help="a measured failure case or limit for the model card (repeat for several)")
+    parser.add_argument("--allow-dirty", action="store_true",
+                        help="package from a checkout with uncommitted changes (their diff is written beside the card "
+                             "as source.diff) or a run trained from one")
+    args = parser.parse_args(argv)
+    try:
+        package(args)
+    except PackagingError as err:
+        sys.exit(f"package_initialization: {err}")
+
+
+class PackagingError(Exception):
+    """What stops packaging, with what to do about it."""
+
+
+def package(args: argparse.Namespace) -> Path:
+    run, out = Path(args.run_dir), Path(args.out)
+    checkout = Path(__file__).resolve().parent.parent  # the code that packages (and, committed, trained) the run
+    state = source_state(checkout, exclude=[out])
+    if state.commit is None and not args.allow_dirty:
+        raise PackagingError(f"{checkout} is not a git checkout (or git is missing), so the card could not say which "
+                             "code packaged it; run from a git checkout, or pass --allow-dirty")
+    if state.changed and not args.allow_dirty:
+        listed = "\n  ".join(state.changed)
+        raise PackagingError(f"the checkout {checkout} has uncommitted changes, so the card could not say which code "
+                             f"packaged it:\n  {listed}\ncommit them (or remove them), or pass --allow-dirty to "
+                             "record their diff beside the card as source.diff")
+    license_expression = _spdx(args.license) if args.license else ""
+    if args.license_file and not Path(args.license_file).is_file():
+        raise PackagingError(f"--license-file {args.license_file}: no such file")
     if read_card(run) is None:  # a run folder from before cards: derive one from its config and metrics
         cfg = yaml.safe_load((run / "config.yaml").read_text())
         seg = FewShotSegmenter.from_pretrained(run, device="cpu")
@@ -66,14 +115,116 @@ def main() -> None:
                 card.metrics.append({"data": "tests/fixtures/real-photos (4 classes)", "protocol": "leave-one-out",
                                      "shots": "2-3", "mean_iou": value["mean"], "ci95": value["ci95"],
                                      "episodes": value["cases"]})
+    card.license = license_expression or card.license
+    if not card.license:
+        raise PackagingError(f"the card of {run} names no licence for the weights; choose one that the training data's "
+                             "licences allow (see the README's Licences section) and pass it as --license SPDX, e.g. "
+                             "--license GPL-3.0-only, with --license-file for its text")
+    card.license_notes = args.license_notes or card.license_notes
+    card.limitations = list(args.limitation) or card.limitations
+    dirty_runs = [t.get("run_dir") or t.get("command") or "a run" for t in _phases(card.training)
+                  if str(t.get("git_commit") or "").endswith("+dirty")]
+    if dirty_runs and not args.allow_dirty:
+        raise PackagingError(f"{', '.join(map(str, dirty_runs))} ran from a checkout with uncommitted changes (its "
+                             "git_commit ends in +dirty) that were not recorded, so its code cannot be recovered; "
+                             "train again from a clean checkout, or pass --allow-dirty (the model card then says so)")
+    card.training["packaging"] = {"git_commit": state.commit}
+    if state.changed:
+        card.training["packaging"].update({"changed": state.changed, "diff_file": DIFF_FILE,
+                                           "diff_sha256": hashlib.sha256(state.diff).hexdigest()})
     if args.relative_to:
         text = json.dumps(card.to_json())
         for folder in args.relative_to:
             text = text.replace(str(Path(folder).resolve()) + "/", "")
         card = type(card).from_json(json.loads(text), "card")
     seg.card = card
-    folder = seg.save_pretrained(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.license_file and Path(args.license_file).resolve() != (out / LICENSE_FILE).resolve():
+        shutil.copyfile(args.license_file, out / LICENSE_FILE)  # before the card, so that the model card links it
+    (out / DIFF_FILE).unlink(missing_ok=True)  # a diff left by an earlier, dirty packaging is not this one's
+    folder = seg.save_pretrained(out)
+    if state.changed:
+        (folder / DIFF_FILE).write_bytes(state.diff)
+        print(f"packaged from a dirty checkout: {len(state.changed)} changed file(s), diff in {folder / DIFF_FILE}")
     print(f"packaged {run} as {args.name!r} in {folder} ({(folder / 'model.safetensors').stat().st_size / 1e6:.1f} MB)")
+    return folder
+
+
+DIFF_FILE = "source.diff"
+
+
+@dataclass
+class SourceState:
+    commit: str | None  # HEAD, or None outside a git checkout
+    changed: list[str] = field(default_factory=list)  # paths with uncommitted changes, untracked ones included
+    diff: bytes = b""  # `git diff HEAD` of those paths, untracked files as new files
+
+
+def source_state(checkout: Path, exclude: Sequence[Path] = ()) -> SourceState:
+    """HEAD of the git checkout and its uncommitted changes (paths under `exclude` left out: the output folder)."""
+    def git(*cmd: str, ok: tuple[int, ...] = (0,)) -> bytes:
+        done = subprocess.run(["git", *cmd], cwd=checkout, capture_output=True, timeout=60)
+        if done.returncode not in ok:
+            raise PackagingError(f"git {' '.join(cmd[:2])} failed in {checkout}: {done.stderr.decode().strip()[:300]}")
+        return done.stdout
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=checkout, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return SourceState(None)
+    if head.returncode != 0:
+        return SourceState(None)
+    root = Path(git("rev-parse", "--show-toplevel").decode().strip())
+    skip = []
+    for path in exclude:
+        try:
+            skip.append(Path(path).resolve().relative_to(root).as_posix().rstrip("/") + "/")
+        except ValueError:  # outside the checkout
+            pass
+    entries = git("-C", str(root), "status", "--porcelain=v1", "-z", "--untracked-files=all").split(b"\0")
+    changed, untracked, i = [], [], 0
+    while i < len(entries):
+        entry = entries[i].decode()
+        i += 1
+        if not entry:
+            continue
+        status, path = entry[:2], entry[3:]
+        if status[0] in "RC":  # a rename's source path follows
+            i += 1
+        if any((path + "/").startswith(s) for s in skip):
+            continue
+        changed.append(path)
+        if status == "??":
+            untracked.append(path)
+    diff = b""
+    if changed:
+        tracked = [p for p in changed if p not in untracked]
+        if tracked:
+            diff += git("-C", str(root), "diff", "--binary", "HEAD", "--", *tracked)
+        for path in untracked:
+            diff += git("-C", str(root), "diff", "--binary", "--no-index", "--", "/dev/null", path, ok=(0, 1))
+    return SourceState(head.stdout.strip(), sorted(changed), diff)
+
+
+def _spdx(expression: str) -> str:
+    """The expression in its canonical SPDX form; an unknown licence identifier is refused."""
+    try:
+        from packaging.licenses import InvalidLicenseExpression, canonicalize_license_expression
+    except ImportError:  # packaging < 24.2: take it as given
+        return expression.strip()
+    try:
+        return str(canonicalize_license_expression(expression))
+    except InvalidLicenseExpression as err:
+        raise PackagingError(f"--license {expression!r}: not an SPDX licence expression ({err}); use identifiers from "
+                             "https://spdx.org/licenses/, e.g. GPL-3.0-only or MIT") from None
+
+
+def _phases(training: dict) -> list[dict]:
+    phases = []
+    while isinstance(training, dict) and training:
+        phases.append(training)
+        training = training.get("init_training") or {}
+    return phases
 
 
 def _earlier_training(init: str | None) -> dict | None:
