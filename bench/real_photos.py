@@ -12,6 +12,7 @@ Each `--row "LABEL=KEY=VALUE,..."` is one method on one initialization:
   settings  the method's settings: a file (`tune --method`'s method.json) or inline `k:v;k:v` (lists with `+`)
   params    U's hyperparameters for finetune: a `tune` result, `{k}` becoming the nearest tuned shot count (1 or 5)
   bn        U's BatchNorm regime for finetune (paper, transductive, frozen, support); default: U's own
+  encoder   the encoder of `imagenet` and `random` (default tf_efficientnet_lite0; lite1 and lite2 with the lite extra)
 Every row is adapted through `FewShotSegmenter` exactly as `adapt` adapts it (seed 0, the card's method and regime
 unless the row says otherwise) at the same size (--size, or the first row's card), on exactly the same episodes.
 
@@ -50,7 +51,7 @@ def iou(pred: np.ndarray, mask: np.ndarray) -> float:
 def parse_row(text: str) -> tuple[str, dict[str, str]]:
     label, _, rest = text.partition("=")
     fields = dict(item.split("=", 1) for item in rest.split(",") if item)
-    unknown = set(fields) - {"init", "method", "settings", "params", "bn"}
+    unknown = set(fields) - {"init", "method", "settings", "params", "bn", "encoder"}
     if not label or "init" not in fields or unknown:
         raise SystemExit(f"--row {text!r}: write LABEL=init=...,method=...,settings=...,params=...,bn=... "
                          f"(unknown keys: {sorted(unknown)})")
@@ -81,7 +82,7 @@ class Row:
 
         self.label, self.fields = label, fields
         self.seg = FewShotSegmenter.from_pretrained(fields["init"], device="cpu", size=size,
-                                                    model_config=ModelConfig(encoder="tf_efficientnet_lite0"))
+                                                    model_config=ModelConfig(encoder=fields.get("encoder", "tf_efficientnet_lite0")))
         settings = fields.get("settings", "")
         file = settings if settings and Path(settings).is_file() else None
         self.spec, self.source = self.seg.method_for(fields.get("method", "card"), file=file,
@@ -167,7 +168,7 @@ def adapt_latency(fields: dict[str, str], size: int) -> float:
                "--query", str(query), "--out", str(Path(tmp) / "o"), "--device", "cpu",
                "--method", fields.get("method", "card")]
         if fields["init"] in ("imagenet", "random"):
-            cmd += ["--encoder", "tf_efficientnet_lite0", "--size", str(size)]
+            cmd += ["--encoder", fields.get("encoder", "tf_efficientnet_lite0"), "--size", str(size)]
         if fields.get("settings") and Path(fields["settings"]).is_file():
             cmd += ["--method-settings", fields["settings"]]
         if fields.get("params"):

@@ -49,6 +49,13 @@ def test_config_files_resolve(path):
         omega = card["update_params"]["default"]
         assert (omega["lr"], omega["steps"], omega["bn_policy"]) == (cfg.inner_lr, cfg.inner_steps, cfg.bn_policy)
         return
+    if path.stem == "r2d2":  # compared with FOMAML* in one budget: everything but the algorithm as general.yaml
+        general = resolve(cls, file=CONFIGS / "general.yaml", **required)
+        assert cfg.algorithm == "r2d2"
+        same = ("variant", "encoder", "init", "size", "meta_optimizer", "meta_step", "meta_step_final", "meta_batch",
+                "eval_interval", "eval_tasks", "eval_shots")
+        assert {k: getattr(cfg, k) for k in same} == {k: getattr(general, k) for k in same}
+        return
     assert cfg.size == 224  # every paper config runs at the paper's resolution
     if cls is MetaTrainConfig:
         assert cfg.iterations == 50000 and cfg.meta_batch == 5 and cfg.inner_lr == 0.005

@@ -94,16 +94,21 @@ def test_l2_excludes_batchnorm_parameters_only():
     assert id(model.head[1].bias) in l2  # biases are penalised, as in the reference
 
 
-def test_lite0_imagenet_weights_load_strictly_and_name_the_coffee_photo():
+@pytest.mark.parametrize("name", ["tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2"])
+def test_lite_imagenet_weights_load_strictly_and_name_the_coffee_photo(name):
     skimage = pytest.importorskip("skimage")
+    import importlib
+
     import timm
     from PIL import Image
     from timm.data import ImageNetInfo
 
-    from fewshotseg.models.pretrained import lite0_package_state_dict
+    from fewshotseg.models.pretrained import PACKAGED_WEIGHTS, package_state_dict
 
-    classifier = timm.create_model("tf_efficientnet_lite0")
-    classifier.load_state_dict(lite0_package_state_dict(), strict=True)
+    pytest.importorskip(PACKAGED_WEIGHTS[name][1])
+    importlib.import_module(PACKAGED_WEIGHTS[name][1])
+    classifier = timm.create_model(name)
+    classifier.load_state_dict(package_state_dict(name), strict=True)
     classifier.eval()
     photo = Image.fromarray(skimage.data.coffee()).resize((224, 224), Image.BICUBIC)
     x = torch.from_numpy(np.array(photo)).permute(2, 0, 1)[None].float() / 255

@@ -39,10 +39,10 @@ import torch
 from PIL import Image, ImageOps
 from torch import nn
 
+from fewshotseg.adaptation import Adapter, FinetuneAdapter, MethodSpec, OneClassSupportError, make_adapter
 from fewshotseg.data.images import binarize_mask, no_signal, read_image, read_mask
 from fewshotseg.data.tasks import TaskTensors, episode_rng
 from fewshotseg.errors import UserError
-from fewshotseg.adaptation import Adapter, FinetuneAdapter, MethodSpec, OneClassSupportError, make_adapter
 from fewshotseg.meta_learning import batchnorm
 from fewshotseg.meta_learning.update_routine import UpdateParams
 from fewshotseg.models.efficientlab import ModelConfig

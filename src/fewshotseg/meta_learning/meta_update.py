@@ -81,7 +81,13 @@ def ridge_query_loss(model: nn.Module, support: TaskTensors, query: TaskTensors,
 
     Support and query go through the network in one batch (train mode: BatchNorm on their joint statistics);
     features as the probe's (`pixel_features`), labels of stride-4 cells by their foreground fraction."""
-    from fewshotseg.models.closed_form import balanced_weights, flatten, mask_targets, pixel_features, ridge_head
+    from fewshotseg.models.closed_form import (
+        balanced_weights,
+        flatten,
+        mask_targets,
+        pixel_features,
+        ridge_head,
+    )
 
     images = torch.cat([support.images, query.images])
     feats = pixel_features(model, images)

