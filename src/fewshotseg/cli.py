@@ -113,7 +113,55 @@ def config_from_args(cls: type, args: argparse.Namespace):
     from fewshotseg.config import resolve
 
     overrides = {f.name: getattr(args, f.name, None) for f in fields(cls)}
-    return resolve(cls, preset=getattr(args, "preset", None), file=getattr(args, "config", None), **overrides)
+    cfg = resolve(cls, preset=getattr(args, "preset", None), file=getattr(args, "config", None), **overrides)
+    return with_init_architecture(cfg, given_settings(cls, args), args.verb)
+
+
+def given_settings(cls: type, args: argparse.Namespace) -> set[str]:
+    """The settings the user gave: flags, the --config file's fields and the preset's."""
+    from dataclasses import fields
+
+    from fewshotseg.config import PRESETS, load_yaml
+
+    given = {f.name for f in fields(cls) if getattr(args, f.name, None) is not None}
+    if getattr(args, "config", None):
+        values = load_yaml(args.config)
+        given |= set(values) | set(PRESETS.get(values.get("preset"), {}) if isinstance(values.get("preset"), str) else ())
+    return given | set(PRESETS.get(getattr(args, "preset", None) or "", {}))
+
+
+def with_init_architecture(cfg, given: set[str], verb: str):
+    """`cfg` with the variant and encoder of its `--init` when that initialization carries its own (a file, a
+    folder, `general`), so what is recorded (config.yaml, run.json, results.json) is what runs. A given variant or
+    encoder that disagrees is refused, naming both; a given --size that differs from the initialization's wins, and
+    says so."""
+    from dataclasses import fields, replace
+
+    from fewshotseg.config import flag_name
+    from fewshotseg.errors import SettingError
+    from fewshotseg.runs.initialization import ARCHITECTURE, init_architecture
+
+    names = {f.name for f in fields(cfg)}
+    if "init" not in names or not set(ARCHITECTURE) <= names:
+        return cfg
+    own = init_architecture(cfg.init)
+    if own is None:
+        return cfg
+    architecture, size, where = own
+    clash = [k for k in ARCHITECTURE if k in given and getattr(cfg, k) != architecture[k]]
+    if clash:
+        asked = ", ".join(f"{flag_name(k)} {getattr(cfg, k)}" for k in clash)
+        theirs = ", ".join(f"{k} {architecture[k]}" for k in clash)
+        raise SettingError(f"--init {cfg.init} has {theirs} (recorded in {where}), but {asked} was given: an "
+                           f"initialization's weights fix its architecture. Leave out {', '.join(flag_name(k) for k in clash)} "
+                           "(it is taken from the initialization), or pass --init random or imagenet to build that "
+                           "architecture")
+    cfg = replace(cfg, **architecture)
+    if "size" in names and cfg.size and size and cfg.size != size:
+        why = "as given" if "size" in given else "the default"
+        print(f"fewshotseg {verb}: note: running at {cfg.size} px ({why}); the initialization was trained at {size} px "
+              f"({where})" + ("" if "size" in given else f"; pass --size {size} to keep its size"), file=sys.stderr)
+    return cfg
 
 
 def add_make_synthetic(sub: argparse._SubParsersAction) -> None:
@@ -186,7 +234,8 @@ def run_meta_train(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(MetaTrainConfig, args)
     with claimed(args, "meta-train", cfg, free=("iterations", "eval_interval", "eval_tasks", "checkpoint_interval")):
-        meta_train(cfg, resume=args.resume, max_minutes=args.max_minutes, started=STARTED)
+        meta_train(cfg, resume=args.resume, max_minutes=args.max_minutes, started=STARTED,
+                   continue_to=cfg.iterations if "iterations" in given_settings(MetaTrainConfig, args) else None)
     return 0
 
 

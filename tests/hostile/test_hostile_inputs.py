@@ -175,6 +175,16 @@ def data_without_signal(kind: str) -> Callable:
     return setup
 
 
+def edited_run_config(old: str, new: str) -> Callable:
+    """A copy of the world's meta-training run whose config.yaml was edited by hand."""
+    def setup(tmp: Path, world: World) -> None:
+        copy_init_run(tmp, world)
+        text = (tmp / "run" / "config.yaml").read_text()
+        assert old in text
+        (tmp / "run" / "config.yaml").write_text(text.replace(old, new))
+    return setup
+
+
 def no_cuda() -> str:
     return "a CUDA device is present" if torch.cuda.is_available() else ""
 
@@ -246,6 +256,14 @@ CASES = [
     Case("mt-resume-changed-settings", MT + " --iterations 2 --meta-batch 1 --inner-steps 2 --inner-batch 2 "
          "--checkpoint-interval 1 --resume --inner-lr 0.9", ("inner_lr", "0.9"), setup=copy_init_run),
     Case("mt-existing-run-without-resume", MT + " " + INIT_FLAGS, ("--resume", "--overwrite"), setup=copy_init_run),
+    # a resumed run goes on with its checkpoint's settings: an edited config.yaml is refused, showing the difference
+    Case("mt-resume-config-yaml-edited", MT + " " + INIT_FLAGS + " --resume", ("config.yaml", "inner_lr: 0.005 -> 0.9"),
+         setup=edited_run_config("inner_lr: 0.005", "inner_lr: 0.9")),
+    Case("mt-resume-config-yaml-iterations-edited", MT + " " + INIT_FLAGS + " --resume",
+         ("config.yaml", "iterations: 2 -> 5", "--iterations 5 with --resume"),
+         setup=edited_run_config("iterations: 2", "iterations: 5")),
+    Case("mt-resume-fewer-iterations-than-done", MT + " " + INIT_FLAGS.replace("--iterations 2", "--iterations 1") +
+         " --resume", ("--iterations 1", "already done 2"), setup=copy_init_run),
     Case("mt-foreign-results", MT + " --iterations 1", ("results", "--overwrite"), setup=foreign_results),
     Case("mt-locked-run-folder", MT + " --iterations 1", ("run", "another process"), setup=locked_run),
     Case("mt-init-truncated", MT + " --iterations 1 --init {tmp}/trunc.safetensors", "trunc.safetensors",
@@ -256,6 +274,9 @@ CASES = [
          ("diverged", "lr")),
     Case("mt-cuda-without-gpu", MT + " --device cuda --iterations 1", "cuda", skip_if=no_cuda),
     Case("mt-cuda-index-missing", MT + " --device cuda:7 --iterations 1", "cuda:7"),
+    # an initialization's weights fix its architecture: a flag that disagrees is refused, naming both
+    Case("mt-init-variant-disagrees", MT + " --init {init} --variant efficientlab-6-3 --iterations 1",
+         ("--variant efficientlab-6-3", "efficientlab-3")),
     # --- evaluate -------------------------------------------------------------------------------------------------
     Case("ev-shots-negative", EV.replace("--shots 1", "--shots -1"), "--shots"),
     Case("ev-shots-more-than-the-data", EV.replace("--shots 1", "--shots 4"), ("4", "support")),
@@ -300,6 +321,8 @@ CASES = [
     Case("ev-diverges", EV.replace("--u-steps 1", "--u-steps 4") + " --u-lr 1e12", ("diverged", "smaller")),
     Case("ev-cuda-without-gpu", EV + " --device cuda", "cuda", skip_if=no_cuda),
     Case("ev-missing-init", "evaluate --data {data} --run-dir {run}", "--init"),
+    Case("ev-encoder-disagrees-with-init", EV + " --encoder tf_efficientnet_b0",
+         ("--encoder tf_efficientnet_b0", "tinynet_e", "card.json")),
     # every shot count is checked before anything runs (8 pairs: 5-shot needs 5 + 5)
     Case("ev-shots-1-5-five-cannot-run", EV.replace("--shots 1", "--shots 1 5"), ("--shots 5", "10", "nothing was run")),
     Case("ev-hsnet-shots-more-than-any-class", EV.replace("--shots 1", "--shots 8") + " --protocol hsnet --episodes 2",
@@ -323,6 +346,8 @@ CASES = [
     # 6 pairs: 1 support + 5 query leave no image to stop early on; refused before the study, not an optuna traceback
     Case("tu-shots-1-no-image-for-early-stopping", TU.replace("{data}", "{tmp}/d6"), ("7 images", "early stopping"),
          setup=small_classes, absent=("Trial", "optuna")),
+    Case("tu-encoder-disagrees-with-init", TU + " --encoder mobilenetv3_small_100",
+         ("--encoder mobilenetv3_small_100", "tinynet_e")),
     Case("tu-split-without-val", TU + " --splits file:{tmp}/s.json", ("no validation class", "s.json"),
          setup=split_without("val")),
     # --- joint-train ----------------------------------------------------------------------------------------------
@@ -397,6 +422,10 @@ CASES = [
     Case("ad-threshold-above-one", AD + " --threshold 1.5", "--threshold"),
     Case("ad-size-not-stride-multiple", AD.replace("--size 32", "--size 33"), "--size"),
     Case("ad-init-garbage", AD.replace("{init}", "{tmp}/w.pt"), "w.pt", setup=random_bytes("w.pt")),
+    Case("ad-variant-disagrees-with-init", AD + " --variant efficientlab-6-3", ("--variant efficientlab-6-3",
+                                                                                "efficientlab-3")),
+    Case("ad-general-with-another-encoder", AD.replace("{init}", "general").replace(" --size 32", "") +
+         " --encoder tinynet_e", ("--encoder tinynet_e", "tf_efficientnet_lite0")),
     # support pairs that carry no signal: refused, naming the pair, the reason and what to do
     Case("ad-support-image-1x1", AD.replace("{support}", "{tmp}/support"), ("1.jpg", "1x1 px", "leave the pair out"),
          setup=support_without_signal("1x1")),

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
+import sys
 from pathlib import Path
 
-from .conftest import World
+from .conftest import INIT_FLAGS, TINY, World
 from .test_hostile_inputs import run_in_process
 
 AD = ["--size", "32", "--u-steps", "1", "--device", "cpu"]
@@ -27,3 +29,43 @@ def test_adapt_lists_what_the_query_folder_holds_besides_images(world: World, tm
     summary = json.loads((tmp_path / "out" / "adapt.json").read_text())
     assert len(summary["skipped"]) == 3 and summary["failed"] == []
     assert len(summary["queries"]) == len(list(world.query.glob("*.jpg")))
+
+
+def test_the_initializations_architecture_is_what_is_recorded(world: World, tmp_path: Path, capfd):
+    """evaluate without --encoder: results.json and run.json record the initialization's encoder (tinynet_e), not
+    the flag's default; a --size other than the initialization's wins, is said, and is what is recorded."""
+    run = tmp_path / "run"
+    code, output = run_in_process(["evaluate", "--init", str(world.init), "--data", str(world.data), "--run-dir",
+                                   str(run), "--size", "64", "--shots", "1", "--u-steps", "1", "--max-tasks", "1",
+                                   "--device", "cpu"], capfd)
+    assert code == 0, output
+    assert "running at 64 px (as given); the initialization was trained at 32 px" in output
+    results = json.loads((run / "results.json").read_text())
+    settings = json.loads((run / "run.json").read_text())["settings"]
+    assert results["config"]["encoder"] == settings["encoder"] == "tinynet_e"
+    assert results["size"] == results["config"]["size"] == 64
+
+
+def test_resume_with_more_iterations_continues_to_them_and_the_card_says_what_ran(world: World, tmp_path: Path, capfd,
+                                                                                  monkeypatch):
+    """--iterations 4 with --resume on a finished 2-iteration run: 2 more meta-iterations, recorded in config.yaml,
+    the checkpoint and the card, whose training record holds the first command and the resuming one."""
+    import torch
+
+    run = tmp_path / "run"
+    shutil.copytree(world.init, run)
+    flags = ["meta-train", "--data", str(world.data), "--run-dir", str(run), *TINY, "--eval-interval", "0",
+             "--threads", "1", *INIT_FLAGS.replace("--iterations 2", "--iterations 4").split(), "--resume"]
+    first = torch.load(world.init / "checkpoint.pt", weights_only=True)["commands"]
+    monkeypatch.setattr(sys, "argv", ["fewshotseg", *flags])  # the command line the card records
+    code, output = run_in_process(flags, capfd)
+    assert code == 0, output
+    assert "continuing to 4 meta-iterations (the run was for 2" in output
+    assert "iterations: 4" in (run / "config.yaml").read_text()
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert state["iteration"] == 4 and state["config"]["iterations"] == 4 and state["requested_iterations"] == 4
+    training = json.loads((run / "card.json").read_text())["training"]
+    assert training["iterations"] == 4
+    assert training["command"] == first[0] and training["resumed_with"] == [shlex.join(["fewshotseg", *flags])]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [1, 2, 3, 4]

@@ -248,6 +248,22 @@ def card_size(spec: str) -> int:
     return int(init_card(spec).size)
 
 
+ARCHITECTURE = ("variant", "encoder")  # what an initialization's weights fix; flags cannot change them
+
+
+def init_architecture(spec: str) -> tuple[dict[str, Any], int, str] | None:
+    """({variant, encoder}, input size, the file that records them) of an initialization that carries its own
+    architecture (`general`, a folder, a run folder, a weights file); None for `random` and `imagenet`, which are
+    built from the settings."""
+    if not spec or spec in ("random", "imagenet"):
+        return None
+    path = find_initialization(spec)
+    config, _, extra = read_initialization(path)
+    card = card_for(path, config, extra)
+    where = path.parent / "card.json" if (path.parent / "card.json").is_file() else path
+    return {k: getattr(config, k) for k in ARCHITECTURE}, int(card.size), str(where)
+
+
 def write_run_card(folder: str | Path, model: nn.Module, *, size: int, update_params: dict[str, Any], source: str,
                    training: dict[str, Any], summary: str) -> Card:
     """card.json + README.md beside a run's `model.safetensors`: meta-training's omega as the default U, what it

@@ -75,6 +75,35 @@ def resumable_state(path: Path, resume: bool, log: Callable[[str], None] | None 
     raise AssertionError("unreachable")
 
 
+def check_config_file(path: Path, state: dict[str, Any], fixed: tuple[str, ...]) -> None:
+    """A run's config.yaml edited since the run wrote it is refused, showing the difference: a resumed run goes on
+    with its checkpoint's settings, so an edit there would be silently ignored. `iterations` counts too, unless a
+    time budget has refitted it (config.yaml then holds the latest fit, newer than the checkpoint's)."""
+    import yaml
+
+    if not path.is_file():
+        return
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise RunFolderError(f"{path}: unreadable ({err}); restore the file the run wrote, or pass --overwrite to "
+                             "start a new run in that folder") from None
+    if not isinstance(values, dict):
+        raise RunFolderError(f"{path}: not a mapping of settings; restore the file the run wrote")
+    saved = state["config"]
+    keys = list(fixed)
+    if state.get("requested_iterations") == saved.get("iterations"):  # never refitted to a time budget
+        keys.append("iterations")
+    changed = [k for k in keys if k in values and k in saved and values[k] != saved[k]]
+    if changed:
+        shown = ", ".join(f"{k}: {saved[k]!r} -> {values[k]!r}" for k in changed)
+        how = (f" To continue to another number of meta-iterations, pass --iterations {values['iterations']} with "
+               "--resume." if "iterations" in changed else "")
+        raise RunFolderError(f"{path} was edited since the run wrote it ({shown}); a resumed run goes on with the "
+                             "settings of its checkpoint. Restore config.yaml (the values before each arrow), or start "
+                             f"a new run with the edited settings: --config {path} --run-dir NEW_FOLDER.{how}")
+
+
 def check_unchanged(config: Any, saved: dict[str, Any], fixed: tuple[str, ...]) -> None:
     """A resumed run must keep the settings that shape its result; the refusal shows every difference."""
     changed = [k for k in fixed if k in saved and getattr(config, k) != saved[k]]

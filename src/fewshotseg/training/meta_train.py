@@ -20,6 +20,8 @@ rank, which keeps the sum bit-identical to the one-process sum.
 from __future__ import annotations
 
 import math
+import shlex
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -32,7 +34,7 @@ from fewshotseg.adaptation import MethodSpec
 from fewshotseg.config import MetaTrainConfig, as_dict
 from fewshotseg.data.dataset import SegmentationDataset
 from fewshotseg.data.tasks import TaskTensors, episode_rng, sample_classes
-from fewshotseg.errors import DivergedError
+from fewshotseg.errors import DivergedError, RunFolderError
 from fewshotseg.evaluation.intervals import Estimate, t_interval
 from fewshotseg.evaluation.protocols import paper_episodes, run_episode
 from fewshotseg.meta_learning.meta_learner import MetaLearner
@@ -46,10 +48,16 @@ from fewshotseg.runs.initialization import (
     save_initialization,
     write_run_card,
 )
+from fewshotseg.runs.provenance import environment
 from fewshotseg.runs.run_dir import RunDir
 from fewshotseg.training import distributed
 from fewshotseg.training.budget import Budget
-from fewshotseg.training.checkpoint import check_unchanged, resumable_state, save_checkpoint
+from fewshotseg.training.checkpoint import (
+    check_config_file,
+    check_unchanged,
+    resumable_state,
+    save_checkpoint,
+)
 
 # Changing these on --resume would silently change the run; everything else (eval cadence, threads) may change.
 _FIXED_ON_RESUME = ("data", "size", "splits", "fold", "algorithm", "variant", "encoder", "meta_batch", "meta_optimizer",
@@ -58,18 +66,40 @@ _FIXED_ON_RESUME = ("data", "size", "splits", "fold", "algorithm", "variant", "e
 
 
 def meta_train(cfg: MetaTrainConfig, *, resume: bool = False, max_minutes: float = 0.0,
-               started: float | None = None) -> Path:
+               started: float | None = None, continue_to: int | None = None) -> Path:
     """Meta-train an initialization; returns the path of the exported `model.safetensors`. `max_minutes` counts
-    from `started` (a `time.monotonic()` value; the call when not given)."""
+    from `started` (a `time.monotonic()` value; the call when not given).
+
+    On `resume`, the run continues to its own iteration count (as fitted to its time budget, if it had one), or to
+    `continue_to` when that is another count than the one it was asked for (`--iterations` given with `--resume`): the
+    meta step size then decays linearly over the new count from where the run stands. A config.yaml edited since the
+    run wrote it is refused, showing the difference."""
     check_algorithm(cfg.algorithm)
     budget = Budget(max_minutes, started=started) if max_minutes and not resume else None  # loading counts too
     ctx = distributed.setup(cfg.device, cfg.threads)
     run = RunDir(cfg.run_dir, writer=ctx.is_main)
     ckpt_path = run.file("checkpoint.pt")
     state = resumable_state(ckpt_path, resume)
+    requested = cfg.iterations  # what the run was asked for, before any time budget refits it
+    commands = [shlex.join(environment()["command"])]  # every process that ran it: the card records them
     if state is not None:
         check_unchanged(cfg, state["config"], _FIXED_ON_RESUME)
-        cfg = replace(cfg, iterations=state["config"]["iterations"])  # as fitted to a time budget, if it was
+        check_config_file(run.file("config.yaml"), state, _FIXED_ON_RESUME)
+        commands = _commands(state, run) + commands
+        requested = state.get("requested_iterations", state["config"]["iterations"])
+        if continue_to is not None and continue_to not in (requested, state["config"]["iterations"]):
+            if continue_to <= state["iteration"]:
+                raise RunFolderError(f"--iterations {continue_to} with --resume: the run in {run.path} has already done "
+                                     f"{state['iteration']} meta-iterations (of {state['config']['iterations']}); pass "
+                                     f"more than {state['iteration']} to continue it further, or leave out --iterations "
+                                     "to finish it")
+            requested = continue_to
+            cfg = replace(cfg, iterations=continue_to)
+        else:
+            cfg = replace(cfg, iterations=state["config"]["iterations"])  # as fitted to a time budget, if it was
+        if max_minutes:
+            print(f"note: --max-minutes is not applied on --resume; the run continues to {cfg.iterations} "
+                  "meta-iterations (pass --iterations N with --resume to change that)", file=sys.stderr)
 
     from fewshotseg.data.cache import load_dataset, load_split
     from fewshotseg.data.splits import resolve_splits
@@ -100,6 +130,11 @@ def meta_train(cfg: MetaTrainConfig, *, resume: bool = False, max_minutes: float
         start = meta.iteration = state["iteration"]
         run.truncate_metrics(start)
         run.log(f"resumed from {ckpt_path} at iteration {start}")
+        if cfg.iterations != state["config"]["iterations"]:
+            run.log(f"continuing to {cfg.iterations} meta-iterations (the run was for {state['config']['iterations']}, "
+                    f"as asked with --iterations); the meta step size now decays to {cfg.meta_step_final:g} over "
+                    f"{cfg.iterations} iterations")
+            run.write_config(as_dict(cfg))  # the run's record holds the iterations it really runs
     else:
         run.write_config(as_dict(cfg))
         run.log(f"meta-training {cfg.algorithm} from {described} on {len(train)} classes of {cfg.data} "
@@ -144,7 +179,8 @@ def meta_train(cfg: MetaTrainConfig, *, resume: bool = False, max_minutes: float
         progress.set_postfix(loss=f"{loss:.3f}", eps=f"{epsilon:.2g}",
                              **({"val": f"{100 * record['val_miou']:.1f}"} if "val_miou" in record else {}))
         if it % cfg.checkpoint_interval == 0 or it == cfg.iterations:
-            _checkpoint(ckpt_path, model, outer, it, cfg, ctx)
+            _checkpoint(ckpt_path, model, outer, it, cfg, ctx,
+                        extra={"requested_iterations": requested, "commands": commands})
         curves.scalars(it, {"train/loss": loss, "train/epsilon": epsilon, "val/miou": record.get("val_miou"),
                             "train/step_seconds": time.monotonic() - step_started})
         if budget is not None:
@@ -165,7 +201,8 @@ def meta_train(cfg: MetaTrainConfig, *, resume: bool = False, max_minutes: float
                        source="meta-training's omega", summary=f"EfficientLab initialization meta-trained with "
                        f"{cfg.algorithm} from {cfg.init} weights.",
                        training={"algorithm": cfg.algorithm, "init": cfg.init, "data": cfg.data, "splits": cfg.splits,
-                                 "iterations": cfg.iterations, "meta_batch": cfg.meta_batch,
+                                 "iterations": cfg.iterations, "meta_batch": cfg.meta_batch, "command": commands[0],
+                                 **({"resumed_with": commands[1:]} if len(commands) > 1 else {}),
                                  "meta_optimizer": f"{cfg.meta_optimizer} {cfg.meta_step:g} -> {cfg.meta_step_final:g}"})
         if cfg.algorithm == "r2d2":  # the inner loop it was trained for is the default way to adapt it
             card = read_card(run.path)
@@ -212,13 +249,28 @@ def _validation_episodes(val: SegmentationDataset, cfg: MetaTrainConfig) -> list
     return paper_episodes(val, names, cfg.eval_shots, splits=1, seed=cfg.seed)
 
 
-def _checkpoint(path: Path, model, outer, iteration: int, cfg: MetaTrainConfig, ctx: distributed.Context) -> None:
+def _checkpoint(path: Path, model, outer, iteration: int, cfg: MetaTrainConfig, ctx: distributed.Context,
+                extra: dict | None = None) -> None:
     if ctx.is_main:
         save_checkpoint(path, {
             "format": "fewshotseg-checkpoint", "iteration": iteration, "model": model_state(model),
             "model_config": as_dict(model.config), "optimizer": outer.state_dict(),
-            "rng": {"torch": torch.get_rng_state()}, "config": as_dict(cfg),
+            "rng": {"torch": torch.get_rng_state()}, "config": as_dict(cfg), **(extra or {}),
         })
+
+
+def _commands(state: dict, run: RunDir) -> list[str]:
+    """The command lines that ran the run so far: the checkpoint's record, else (a checkpoint written before it
+    kept one) the command config.yaml records."""
+    if state.get("commands"):
+        return list(state["commands"])
+    try:
+        import yaml
+
+        command = (yaml.safe_load(run.file("config.yaml").read_text()) or {}).get("environment", {}).get("command")
+    except (OSError, ValueError, AttributeError):
+        command = None
+    return [shlex.join(command)] if isinstance(command, list) and command else []
 
 
 def _refit(cfg: MetaTrainConfig, iterations: int, budget: Budget, run: RunDir, progress) -> MetaTrainConfig:
