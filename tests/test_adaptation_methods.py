@@ -185,3 +185,36 @@ def test_r2d2_meta_steps_lower_the_query_loss_under_the_closed_form_head(tiny_da
         meta.meta_step([task], rngs=[np.random.default_rng(i)])
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert loss() < before
+
+
+def test_frozen_features_of_an_untrained_decoder_are_refused_naming_both():
+    from fewshotseg.config import resolve_method
+    from fewshotseg.errors import SettingError
+    from fewshotseg.runs.initialization import init_card
+
+    spec, _ = resolve_method(init_card("imagenet"), "probe")
+    assert spec.as_dict()["settings"]["features"] == ["skip", "deep"]  # the encoder's features by default
+    with pytest.raises(SettingError, match="probe method on the imagenet initialization with decoder features"):
+        resolve_method(init_card("imagenet"), "probe", settings={"features": ["skip", "decoder"]})
+
+
+@pytest.mark.parametrize("method,policy", [("finetune", "support"), ("probe", None), ("prototype", None)])
+def test_a_saved_fitted_segmenter_predicts_the_same_masks_when_loaded(tmp_path, tiny_config, method, policy):
+    from conftest import REAL_PHOTOS
+
+    from fewshotseg.meta_learning.update_routine import UpdateParams
+    from fewshotseg.segmenter import ADAPTER_FILE, FewShotSegmenter
+
+    torch.manual_seed(0)
+    seg = FewShotSegmenter.from_pretrained("random", model_config=tiny_config, size=64, device="cpu")
+    duck = REAL_PHOTOS / "duck_toy"
+    params = UpdateParams(lr=0.01, steps=2, bn_policy=policy) if policy else None
+    settings = {"stats": "support"} if method == "probe" else None
+    seg.fit([duck / "1.jpg", duck / "2.jpg"], [duck / "1.png", duck / "2.png"], method=method, settings=settings,
+            update_params=params)
+    before = seg.predict([duck / "3.jpg"])[0].probability
+    seg.save_pretrained(tmp_path / "fitted")
+    assert (tmp_path / "fitted" / ADAPTER_FILE).is_file() == (method != "finetune")
+    loaded = FewShotSegmenter.from_pretrained(tmp_path / "fitted", device="cpu")
+    assert loaded.fitted and loaded.method.method == method
+    np.testing.assert_allclose(loaded.predict([duck / "3.jpg"])[0].probability, before, atol=1e-5)

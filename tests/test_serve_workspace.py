@@ -189,5 +189,10 @@ def test_the_page_gives_the_apis_masks_for_every_method(ws, tiny_init, method):
     seg = FewShotSegmenter.from_pretrained(tiny_init, device="cpu")
     seg.fit([DUCK / "1.jpg", DUCK / "2.jpg"], [DUCK / "1.png", DUCK / "2.png"], method=method)
     np.testing.assert_array_equal(page_mask, seg.predict([DUCK / "3.jpg"])[0].mask)
-    with pytest.raises(UserError, match="only a network fine-tuned"):
+    assert ws.savable and ws.weights().is_file()  # the fitted head is kept beside the frozen network
+    loaded = FewShotSegmenter.from_pretrained(ws.weights().parent, device="cpu")
+    np.testing.assert_array_equal(loaded.predict([DUCK / "3.jpg"])[0].mask, page_mask)
+    ws.adapt(init, lr=None, steps=None, seed=0, method="rf")
+    assert not ws.savable
+    with pytest.raises(UserError, match="pickle"):
         ws.weights()

@@ -54,7 +54,8 @@ class AdaptConfig(ModelFields):
                                 "query-batch or running")
     size: int = option(0, "network input size (0: the initialization's own, from its card)")
     threshold: float = option(0.5, "foreground probability threshold")
-    save_weights: bool = option(False, "also write the adapted network (weights + card) to <out>/adapted/")
+    save_weights: bool = option(False, "also write the fitted segmenter (weights, fitted head, card) to "
+                                       "<out>/adapted/, loadable with FewShotSegmenter.from_pretrained")
     onnx: bool = option(False, "also export the adapted network to adapted.onnx")
     overwrite: bool = option(False, "replace the results of an earlier adapt in --out")
     seed: int = option(0, "seed of U's augmentation and batching")
@@ -163,9 +164,12 @@ def adapt(cfg: AdaptConfig, *, u_overrides: dict[str, Any] | None = None, progre
     seg = FewShotSegmenter.from_pretrained(cfg.init, device=cfg.device, size=cfg.size,
                                            model_config=cfg.model_config())
     spec, spec_source = seg.method_for(cfg.method, file=cfg.method_settings or None)
-    if spec.method != "finetune" and (cfg.onnx or cfg.save_weights):
-        raise UserError(f"--onnx and --save-weights write a fine-tuned network; the {spec.method} method keeps the "
-                        "initialization frozen: pass --method finetune to write one")
+    if spec.method != "finetune" and cfg.onnx:
+        raise UserError(f"--onnx exports a fine-tuned network; the {spec.method} method keeps the initialization "
+                        "frozen: pass --method finetune to export one (or --save-weights to keep this fit)")
+    if spec.method == "rf" and cfg.save_weights:
+        raise UserError("--save-weights with --method rf: a random forest can only be stored with pickle, which "
+                        "fewshotseg never loads; keep the support pairs and run adapt again")
     progress(f"adapting {seg.described} to {len(support)} support pair(s) at {seg.size} px")
     params, source = None, ""
     if spec.method == "finetune":

@@ -439,6 +439,13 @@ def resolve_method(card: Card, method: str = "card", *, settings: dict[str, Any]
     else:
         values, source = {}, f"{name} defaults"
     values.update(settings or {})
+    if card.name in ("imagenet", "random") and name in ("probe", "prototype"):
+        # their decoder is freshly initialised: its output describes nothing, so the features are the encoder's
+        if "decoder" in values.get("features", ()):
+            raise SettingError(f"the {name} method on the {card.name} initialization with decoder features: its "
+                               "decoder is untrained (random weights), so its features describe nothing; use "
+                               "features skip and deep (the encoder's), or a trained initialization")
+        values.setdefault("features", ["skip", "deep"])
     try:
         spec = MethodSpec.of(name, values)
     except ValueError as err:

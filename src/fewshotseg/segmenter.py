@@ -39,7 +39,14 @@ import torch
 from PIL import Image, ImageOps
 from torch import nn
 
-from fewshotseg.adaptation import Adapter, FinetuneAdapter, MethodSpec, OneClassSupportError, make_adapter
+from fewshotseg.adaptation import (
+    Adapter,
+    FinetuneAdapter,
+    MethodSpec,
+    OneClassSupportError,
+    RFAdapter,
+    make_adapter,
+)
 from fewshotseg.data.images import binarize_mask, no_signal, read_image, read_mask
 from fewshotseg.data.tasks import TaskTensors, episode_rng
 from fewshotseg.errors import UserError
@@ -48,12 +55,13 @@ from fewshotseg.meta_learning.update_routine import UpdateParams
 from fewshotseg.models.efficientlab import ModelConfig
 from fewshotseg.runs.card import Card
 from fewshotseg.runs.device import choose_device
-from fewshotseg.runs.initialization import resolve_pretrained, save_pretrained
+from fewshotseg.runs.initialization import find_initialization, resolve_pretrained, save_pretrained
 
 log = logging.getLogger(__name__)
 
 ImageLike = str | Path | Image.Image | np.ndarray
 STATS = ("card", "support", "query-batch", "running")
+ADAPTER_FILE = "adapter.safetensors"  # a fitted frozen-feature method's head, beside the network
 STATS_POLICY = {"support": "support", "query-batch": "transductive", "running": "paper"}
 
 
@@ -85,25 +93,66 @@ class FewShotSegmenter:
     def from_pretrained(cls, spec: str | Path = "general", *, device: str = "auto", size: int = 0,
                         model_config: ModelConfig | None = None) -> FewShotSegmenter:
         """`general` (shipped with the package), a folder with `card.json` (`save_pretrained`'s), a run folder
-        or `model.safetensors`, or `imagenet` / `random` (architecture from `model_config`)."""
+        or `model.safetensors`, or `imagenet` / `random` (architecture from `model_config`).
+
+        A folder that `save_pretrained` wrote after `fit` holds a fitted segmenter: it predicts at once (and `fit`
+        adapts it again, from the network it holds)."""
         model, card, described = resolve_pretrained(str(spec), model_config=model_config, size=size)
-        return cls(model, card, device=choose_device(device), described=described)
+        seg = cls(model, card, device=choose_device(device), described=described)
+        fitted = (card.adaptation or {}).get("fitted")
+        if fitted:
+            seg._restore(Path(find_initialization(str(spec))).parent, fitted)
+        return seg
 
     def save_pretrained(self, folder: str | Path) -> Path:
-        """Write the current network (adapted, after `fit`) with a card that says how it was made."""
-        if self._adapter is not None and not isinstance(self._adapter, FinetuneAdapter):
-            raise UserError(f"save_pretrained after a {self._adapter.method} fit: only a network fine-tuned with U is "
-                            "a new initialization; the initialization itself is unchanged (save its support pairs "
-                            "and fit again: a frozen-feature fit takes a fraction of a second)")
-        model = self.model
+        """Write the segmenter: after `fit`, the fitted one (the adapted network, or the frozen network and the
+        fitted head as `adapter.safetensors`), with a card that says how it was made, so `from_pretrained` gives
+        a segmenter that predicts the same masks; before `fit`, the initialization."""
         card = copy.deepcopy(self.card)
-        if self._adapter is not None and self.params is not None:
-            card.name = Path(folder).name
-            card.summary = f"{self.card.name} adapted with U to {self._fitted} labelled image(s)."
-            card.training = {**card.training, "adapted_from": self.described, "adapted_with": self.params_source}
-            card.metrics = []
-            card.adaptation = {}
-        return save_pretrained(folder, model, card)
+        adapter = self._adapter
+        if adapter is None or self.method is None:
+            return save_pretrained(folder, self.init, card)
+        if isinstance(adapter, RFAdapter):
+            raise UserError("save_pretrained after an rf fit: a random forest can only be stored with pickle, which "
+                            "fewshotseg never loads; keep the support pairs and fit again (seconds)")
+        card.name = Path(folder).name
+        card.summary = f"{self.card.name} adapted to {self._fitted} labelled image(s) with {self.method.describe()}."
+        card.training = {**card.training, "adapted_from": self.described,
+                         "adapted_with": self.params_source or self.method_source}
+        card.metrics = []
+        fitted: dict[str, Any] = {"support_images": self._fitted, "from": self.described}
+        if self.params is not None:
+            fitted["update_params"] = self.params.as_dict()
+        card.adaptation = {**self.method.as_dict(), "source": self.method_source or "fit", "fitted": fitted}
+        out = save_pretrained(folder, adapter.network(), card)
+        tensors = adapter.tensors()
+        if tensors:
+            from safetensors.torch import save_file
+
+            save_file({k: v.detach().cpu() for k, v in tensors.items()}, str(Path(out) / ADAPTER_FILE))
+        return out
+
+    def _restore(self, folder: Path, fitted: dict[str, Any]) -> None:
+        spec = MethodSpec.of(self.card.adaptation["method"], self.card.adaptation.get("settings"))
+        self.method, self.method_source = spec, self.card.adaptation.get("source", "saved fit")
+        self._fitted = int(fitted.get("support_images", 0))
+        if spec.method == "finetune":
+            self.params = UpdateParams.from_dict(fitted["update_params"])
+            self._adapter = FinetuneAdapter.restore(copy.deepcopy(self.init), self.params, self.device)
+            return
+        from safetensors.torch import load_file
+
+        path = folder / ADAPTER_FILE
+        if not path.is_file():
+            raise UserError(f"{folder}: its card says it holds a fitted {spec.method}, but {ADAPTER_FILE} is missing; "
+                            "copy the whole folder that save_pretrained wrote")
+        adapter = make_adapter(spec, device=self.device)
+        self._adapter = type(adapter).restore(self.init, adapter.settings, load_file(str(path)), self.device)
+
+    @property
+    def fitted(self) -> bool:
+        """Whether `predict` can run: after `fit`, or when loaded from a fitted segmenter's folder."""
+        return self._adapter is not None
 
     # ------------------------------------------------------------------------------------------ U
 

@@ -181,6 +181,22 @@ class FinetuneAdapter(Adapter):
     def model(self) -> nn.Module | None:
         return None if self.learner is None else self.learner.model
 
+    def network(self) -> nn.Module:
+        """The adapted network as it predicts (support statistics set under the support policy)."""
+        assert self.learner is not None, "fit first"
+        self.learner.refresh_statistics()
+        return self.learner.model
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {}  # everything is in the network
+
+    @classmethod
+    def restore(cls, network: nn.Module, params: UpdateParams, device: torch.device | str = "cpu") -> FinetuneAdapter:
+        """A fitted adapter from a saved adapted network (its statistics already final)."""
+        learner = Learner(network, device)
+        learner.params = params
+        return cls(params, device, learner=learner)
+
 
 class _FrozenFeatures(Adapter):
     """Shared by probe and prototype: the frozen network's per-pixel features, BatchNorm as the settings say."""
@@ -222,6 +238,27 @@ class _FrozenFeatures(Adapter):
 
     @abstractmethod
     def logits(self, features: torch.Tensor) -> torch.Tensor: ...
+
+    def network(self) -> nn.Module:
+        """The frozen network whose features the fitted head reads (support statistics set, if asked for)."""
+        assert self.model is not None, "fit first"
+        return self.model
+
+    @abstractmethod
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """What was fit, to save beside the network (safetensors)."""
+
+    @abstractmethod
+    def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None: ...
+
+    @classmethod
+    def restore(cls, network: nn.Module, settings, tensors: dict[str, torch.Tensor],
+                device: torch.device | str = "cpu") -> _FrozenFeatures:
+        """A fitted adapter from a saved network (its BatchNorm statistics as they were fit) and fitted tensors."""
+        adapter = cls(settings, device)
+        adapter.model = network.to(adapter.device).eval()
+        adapter.load_tensors({k: v.to(adapter.device) for k, v in tensors.items()})
+        return adapter
 
     def probability(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(logits)
@@ -267,6 +304,12 @@ class ProbeAdapter(_FrozenFeatures):
     def logits(self, features):
         return self.head.logits(features)
 
+    def tensors(self):
+        return {"weight": self.head.weight.contiguous(), "bias": self.head.bias.reshape(1).contiguous()}
+
+    def load_tensors(self, tensors):
+        self.head = LinearHead(tensors["weight"], tensors["bias"].reshape(()))
+
     def probability(self, logits):
         return logits.clamp(0, 1) if self.settings.solver == "ridge" else torch.sigmoid(logits)
 
@@ -287,6 +330,12 @@ class PrototypeAdapter(_FrozenFeatures):
         fg = F.cosine_similarity(features, self.foreground[None, :, None, None], dim=1)
         bg = F.cosine_similarity(features, self.background[None, :, None, None], dim=1)
         return self.settings.temperature * (fg - bg)  # softmax over the two = sigmoid of the difference
+
+    def tensors(self):
+        return {"foreground": self.foreground.contiguous(), "background": self.background.contiguous()}
+
+    def load_tensors(self, tensors):
+        self.foreground, self.background = tensors["foreground"], tensors["background"]
 
 
 class RFAdapter(Adapter):

@@ -296,9 +296,9 @@ def build_page(inits: list[Initialization], limits: Limits, root: Path, *, concu
         def results(ws: Workspace, text: str):
             shown_ = [(o, n) for n, o, _ in ws.results]
             has = bool(ws.results)
-            tuned = ws.fine_tuned  # a frozen-feature method leaves the initialization as it was: nothing to download
+            keep, tuned = ws.savable, ws.fine_tuned  # ONNX exports a fine-tuned network only
             return (ws, text, shown_, gr.DownloadButton(value=str(ws.masks_zip()) if has else None, visible=has),
-                    gr.DownloadButton(value=str(ws.weights()) if tuned else None, visible=tuned),
+                    gr.DownloadButton(value=str(ws.weights()) if keep else None, visible=keep),
                     gr.Button(visible=tuned), gr.DownloadButton(visible=False))
 
         result_outs = [state, status, gallery, zip_dl, weights_dl, onnx_btn, onnx_dl]

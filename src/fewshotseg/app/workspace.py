@@ -233,8 +233,13 @@ class Workspace:
 
     @property
     def fine_tuned(self) -> bool:
-        """Whether the adapted network is a new network (U), which can be downloaded and exported."""
+        """Whether the adapted network is a new network (U), which can be exported to ONNX."""
         return self.segmenter is not None and self.settings.get("update_params") is not None
+
+    @property
+    def savable(self) -> bool:
+        """Whether the fitted segmenter can be downloaded (every method but the random forest, which needs pickle)."""
+        return self.segmenter is not None and self.settings.get("method", {}).get("method") != "rf"
 
     def segment(self) -> list[tuple[str, np.ndarray, np.ndarray]]:
         """(name, overlay, mask) per query at its own size, all queries in one call as `fewshotseg adapt` predicts
@@ -269,7 +274,8 @@ class Workspace:
         return path
 
     def weights(self) -> Path:
-        """The adapted network's model.safetensors (its card.json and README.md are written beside it)."""
+        """The fitted segmenter's model.safetensors (its card.json and README.md, and for a frozen-feature method
+        the fitted head's adapter.safetensors, are written beside it)."""
         if self.segmenter is None:
             raise UserError("adapt first: there are no adapted weights yet")
         folder = self.segmenter.save_pretrained(self.folder / "downloads" / "adapted")

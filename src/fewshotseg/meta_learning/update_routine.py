@@ -228,15 +228,20 @@ class Learner:
             torch.manual_seed(seed)
             yield
 
+    def refresh_statistics(self) -> None:
+        """Under the support policy, set the BatchNorm statistics from the task's support images if the weights
+        moved since (what `predict` does first); a no-op otherwise."""
+        if self.params.bn_policy == "support" and self._stale and self._support is not None:
+            batchnorm.set_statistics_(self.model, self._support.to(self.device))
+            self._stale = False
+
     @torch.no_grad()
     def predict(self, images: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
         """Foreground probabilities (B, H, W) with the BN policy's prediction mode.
 
         Under the transductive policy all images go through together (their statistics normalise each other).
         """
-        if self.params.bn_policy == "support" and self._stale and self._support is not None:
-            batchnorm.set_statistics_(self.model, self._support.to(self.device))
-            self._stale = False
+        self.refresh_statistics()
         batchnorm.prediction_mode(self.model, self.params.bn_policy)
         self._mode = "predict"
         if self.params.bn_policy == "transductive":
