@@ -201,7 +201,6 @@ def test_frozen_features_of_an_untrained_decoder_are_refused_naming_both():
 @pytest.mark.parametrize("method,policy", [("finetune", "support"), ("probe", None), ("prototype", None)])
 def test_a_saved_fitted_segmenter_predicts_the_same_masks_when_loaded(tmp_path, tiny_config, method, policy):
     from conftest import REAL_PHOTOS
-
     from fewshotseg.meta_learning.update_routine import UpdateParams
     from fewshotseg.segmenter import ADAPTER_FILE, FewShotSegmenter
 
