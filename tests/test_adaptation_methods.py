@@ -217,3 +217,13 @@ def test_a_saved_fitted_segmenter_predicts_the_same_masks_when_loaded(tmp_path, 
     loaded = FewShotSegmenter.from_pretrained(tmp_path / "fitted", device="cpu")
     assert loaded.fitted and loaded.method.method == method
     np.testing.assert_allclose(loaded.predict([duck / "3.jpg"])[0].probability, before, atol=1e-5)
+
+
+def test_flip_gives_mirror_symmetric_predictions(tiny_model, tiny_dataset):
+    support, query = _task(tiny_dataset, tiny_dataset.names[1], [0, 1, 2]), _task(tiny_dataset, tiny_dataset.names[1], [3])
+    for method in ("probe", "prototype"):
+        adapter = make_adapter(MethodSpec.of(method, {"flip": True}))
+        adapter.fit(tiny_model, support, np.random.default_rng(0))
+        # fitting on the support and its mirror, predicting image and mirror: a mirrored query is mirrored output
+        torch.testing.assert_close(adapter.predict(query.images.flip(-1)), adapter.predict(query.images).flip(-1),
+                                   rtol=1e-3, atol=1e-3)

@@ -61,6 +61,7 @@ class ProbeSettings:
     l2: float = 1e-3  # penalty on the weights (logistic: l2/2 ||w||^2 added to the mean weighted loss)
     stats: str = "running"  # BatchNorm statistics of the frozen network: its own (running) or the support images'
     max_iter: int = 200  # L-BFGS iterations of the logistic solver
+    flip: bool = False  # also fit on the mirrored support images, and average each query with its mirror image
 
     def __post_init__(self) -> None:
         _check_features(self.features)
@@ -75,6 +76,7 @@ class PrototypeSettings:
     features: list[str] = field(default_factory=lambda: list(FEATURES))
     temperature: float = 20.0  # PANet's scale of the cosine similarities
     stats: str = "running"
+    flip: bool = False
 
     def __post_init__(self) -> None:
         _check_features(self.features)
@@ -223,8 +225,11 @@ class _FrozenFeatures(Adapter):
 
     def _support(self, init: nn.Module, support: TaskTensors) -> tuple[torch.Tensor, torch.Tensor]:
         self.model = self._network(init, support)
-        feats = self.features(support.images)
-        return feats, mask_targets(support.masks.to(self.device), feats.shape[-2:])
+        images, masks = support.images, support.masks
+        if self.settings.flip:  # the mirrored images as more examples (BatchNorm statistics from the originals)
+            images, masks = torch.cat([images, images.flip(-1)]), torch.cat([masks, masks.flip(-1)])
+        feats = self.features(images)
+        return feats, mask_targets(masks.to(self.device), feats.shape[-2:])
 
     @torch.no_grad()
     def predict(self, images, batch_size=16):
@@ -232,6 +237,8 @@ class _FrozenFeatures(Adapter):
         for i in range(0, len(images), batch_size):
             chunk = images[i:i + batch_size]
             logits = self.logits(self.features(chunk))
+            if self.settings.flip:  # the mean of the logits of the image and of its mirror image, mirrored back
+                logits = (logits + self.logits(self.features(chunk.flip(-1))).flip(-1)) / 2
             full = F.interpolate(logits[:, None], size=chunk.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
             out.append(self.probability(full).float().cpu())
         return torch.cat(out) if out else torch.zeros(0, *images.shape[-2:])
