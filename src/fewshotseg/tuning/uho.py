@@ -87,6 +87,8 @@ class TuneConfig(ModelFields):
                                  "max_depth)")
     bn_policy: str = option("", "U's BatchNorm regime while tuning and in the result (paper, transductive, frozen, "
                                 "support); default: U's own, the one adapt deploys")
+    lr_range: str = option("5e-4,5e-2", "LOW,HIGH of the searched learning rate (log-uniform; the paper's range by "
+                                        "default): widen it when the best lr lands on a bound")
     device: str = option("auto", "cpu, cuda or auto")
 
 
@@ -273,18 +275,32 @@ def make_method_objective(pool: Pool, init_path: str, cfg: TuneConfig, episodes:
     return objective
 
 
-def suggest(trial: optuna.Trial, base: UpdateParams, search: list[str]) -> UpdateParams:
+def suggest(trial: optuna.Trial, base: UpdateParams, search: list[str],
+            lr_range: tuple[float, float] | None = None) -> UpdateParams:
     values: dict = {}
     for name in search:
         if name == "head_init":
             values[name] = trial.suggest_categorical(name, list(SEARCH_SPACE[name]))
             continue
         low, high, log, integer = SEARCH_SPACE[name]
+        if name == "lr" and lr_range is not None:
+            low, high = lr_range
         if integer:
             values[name] = trial.suggest_int(name, low, high, log=log)
         else:
             values[name] = trial.suggest_float(name, low, high, log=log)
     return base.replace(**values)
+
+
+def lr_range(cfg: TuneConfig) -> tuple[float, float]:
+    """The searched learning-rate range: the paper's [5e-4, 5e-2] unless --lr-range LOW,HIGH widens it."""
+    try:
+        low, high = (float(x) for x in cfg.lr_range.split(","))
+    except ValueError:
+        raise UserError(f"--lr-range {cfg.lr_range!r}: write LOW,HIGH, e.g. 5e-4,5e-2") from None
+    if not 0 < low < high:
+        raise UserError(f"--lr-range {cfg.lr_range!r}: need 0 < LOW < HIGH")
+    return low, high
 
 
 def make_objective(pool: Pool, init_path: str, cfg: TuneConfig, episodes: list[Episode], base: UpdateParams,
@@ -294,7 +310,7 @@ def make_objective(pool: Pool, init_path: str, cfg: TuneConfig, episodes: list[E
     def objective(trial: optuna.Trial) -> float:
         trial.set_user_attr("host", socket.gethostname())
         trial.set_user_attr("pid", os.getpid())
-        params = suggest(trial, base, search)
+        params = suggest(trial, base, search, lr_range(cfg))
         jobs = [(init_path, cfg.data, cfg.size, ep, params, stopping, cfg.holdout, cfg.seed) for ep in episodes]
         found = list(pool.map(early_stopping_job, jobs))
         steps = median_steps([f["best_step"] for f in found])
@@ -447,6 +463,13 @@ def write_results(study: optuna.Study, run: RunDir, cfg: TuneConfig, base: Updat
     _write_json(run.file("update_params.json"), result, indent=2)
     run.log(f"best of {len(complete)} trials: mean IoU {100 * best.value:.2f} % with lr {params.lr:.3g}, "
             f"{params.steps} steps (median early-stopping step) -> {run.file('update_params.json')}")
+    low, high = lr_range(cfg)
+    if "lr" in best.params and (best.params["lr"] < low * 1.25 or best.params["lr"] > high / 1.25):
+        run.log(f"warning: the best lr {best.params['lr']:.3g} lies at the edge of the searched range [{low:g}, "
+                f"{high:g}]; the optimum may lie outside it: widen --lr-range and tune again")
+    if best.user_attrs.get("median_steps") == cfg.max_steps:
+        run.log(f"warning: the median early-stopping step is the cap --max-steps {cfg.max_steps}; more steps may be "
+                "better: raise --max-steps and tune again")
     return result
 
 
@@ -474,6 +497,8 @@ def _check_same_study(study: optuna.Study, cfg: TuneConfig, described: str) -> N
         identity["method"] = spec.method
     if cfg.bn_policy:
         identity["bn_policy"] = cfg.bn_policy
+    if cfg.lr_range != "5e-4,5e-2":
+        identity["lr_range"] = cfg.lr_range
     saved = study.user_attrs.get("identity")
     if saved is None:
         study.set_user_attr("identity", identity)
