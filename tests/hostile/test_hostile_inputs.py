@@ -185,6 +185,42 @@ def edited_run_config(old: str, new: str) -> Callable:
     return setup
 
 
+def nan_weight_init(tmp: Path, world: World) -> None:
+    """The world's initialization with one NaN weight: the file is broken, not the learning rate."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    src = world.init / "model.safetensors"
+    with safe_open(str(src), "pt") as fh:
+        meta = fh.metadata()
+    state = load_file(str(src))
+    name = next(k for k, v in state.items() if v.is_floating_point() and v.ndim == 4)
+    state[name].view(-1)[0] = float("nan")
+    save_file(state, str(tmp / "nan.safetensors"), metadata=meta)
+
+
+def edited_card(key: str, value) -> Callable:
+    """A copy of the world's initialization whose card.json holds a bad value (key "a.b" for nested fields)."""
+    def setup(tmp: Path, world: World) -> None:
+        import json
+        import shutil
+
+        shutil.copytree(world.init, tmp / "bad")
+        card = json.loads((tmp / "bad" / "card.json").read_text())
+        *parents, leaf = key.split(".")
+        node = card
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+        (tmp / "bad" / "card.json").write_text(json.dumps(card))
+    return setup
+
+
+def hub_weights_cached() -> str:
+    cache = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub"
+    return "timm's tf_efficientnet_b0 weights are in the hub cache" if any(cache.glob("*tf_efficientnet_b0*")) else ""
+
+
 def no_cuda() -> str:
     return "a CUDA device is present" if torch.cuda.is_available() else ""
 
@@ -321,6 +357,15 @@ CASES = [
     Case("ev-diverges", EV.replace("--u-steps 1", "--u-steps 4") + " --u-lr 1e12", ("diverged", "smaller")),
     Case("ev-cuda-without-gpu", EV + " --device cuda", "cuda", skip_if=no_cuda),
     Case("ev-missing-init", "evaluate --data {data} --run-dir {run}", "--init"),
+    # messages that point to the right fix
+    Case("ev-init-nan-weight", EV.replace("{init}", "{tmp}/nan.safetensors"),
+         ("nan.safetensors", "NaN", "the initialization itself is broken"), setup=nan_weight_init, absent=("--u-lr",)),
+    Case("ev-card-bad-size", EV.replace("{init}", "{tmp}/bad").replace(" --size 32", ""),
+         ("card.json", "size 'big'"), setup=edited_card("size", "big")),
+    Case("ev-card-bad-lr", EV.replace("{init}", "{tmp}/bad").replace(" --u-steps 1", ""),
+         ("card.json", "update_params['default']", "lr"), setup=edited_card("update_params.default.lr", "fast")),
+    Case("ev-imagenet-offline", EV.replace("{init}", "imagenet") + " --encoder tf_efficientnet_b0",
+         ("--encoder tf_efficientnet_lite0", "offline"), skip_if=hub_weights_cached, absent=("internal error",)),
     Case("ev-encoder-disagrees-with-init", EV + " --encoder tf_efficientnet_b0",
          ("--encoder tf_efficientnet_b0", "tinynet_e", "card.json")),
     # every shot count is checked before anything runs (8 pairs: 5-shot needs 5 + 5)
@@ -426,6 +471,10 @@ CASES = [
                                                                                 "efficientlab-3")),
     Case("ad-general-with-another-encoder", AD.replace("{init}", "general").replace(" --size 32", "") +
          " --encoder tinynet_e", ("--encoder tinynet_e", "tf_efficientnet_lite0")),
+    Case("ad-init-nan-weight", AD.replace("{init}", "{tmp}/nan.safetensors"), ("nan.safetensors", "NaN"),
+         setup=nan_weight_init, absent=("smaller learning rate", "--u-lr")),
+    Case("ad-card-bad-steps", AD.replace("{init}", "{tmp}/bad").replace(" --u-steps 1", ""), ("card.json", "steps"),
+         setup=edited_card("update_params.default.steps", -3)),
     # support pairs that carry no signal: refused, naming the pair, the reason and what to do
     Case("ad-support-image-1x1", AD.replace("{support}", "{tmp}/support"), ("1.jpg", "1x1 px", "leave the pair out"),
          setup=support_without_signal("1x1")),

