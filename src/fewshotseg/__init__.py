@@ -12,12 +12,32 @@ stays fast):
 * initialization files: `save_initialization`, `read_initialization`, `load_initialization`
 * for practitioners: `FewShotSegmenter` (`from_pretrained("general")`, `fit`, `predict`, `save_pretrained`),
   `Prediction`, and the initialization card `Card`; the corpus builder `make_corpus`, `CorpusSpec`
+* adaptation methods: `MethodSpec` (`finetune`, `probe`, `prototype`, `rf`) and `make_adapter`
+
+Type checkers and IDEs see every name through the `TYPE_CHECKING` imports below, so `from fewshotseg import
+FewShotSegmenter` is typed (a test runs mypy on a user's script).
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what the lazy `__getattr__` returns, for mypy, pyright and IDEs; never run
+    from fewshotseg.adaptation import MethodSpec, make_adapter
+    from fewshotseg.data.cache import load_dataset
+    from fewshotseg.data.corpus import CorpusSpec, make_corpus
+    from fewshotseg.data.dataset import SegmentationDataset
+    from fewshotseg.data.synthetic import SyntheticSpec, make_synthetic
+    from fewshotseg.data.tasks import TaskTensors, sample_classes
+    from fewshotseg.evaluation.protocols import Episode, paper_episodes
+    from fewshotseg.evaluation.results import ClassResult, EvaluationResult, evaluate_initialization
+    from fewshotseg.meta_learning.meta_learner import MetaLearner
+    from fewshotseg.meta_learning.update_routine import Learner, UpdateParams
+    from fewshotseg.models.efficientlab import VARIANTS, EfficientLab, ModelConfig, build_model
+    from fewshotseg.runs.card import Card
+    from fewshotseg.runs.initialization import load_initialization, read_initialization, save_initialization
+    from fewshotseg.segmenter import FewShotSegmenter, Prediction
 
 __version__ = "0.1.0"
 
@@ -49,6 +69,8 @@ _EXPORTS: dict[str, str] = {
     "Card": "fewshotseg.runs.card",
     "make_corpus": "fewshotseg.data.corpus",
     "CorpusSpec": "fewshotseg.data.corpus",
+    "MethodSpec": "fewshotseg.adaptation",
+    "make_adapter": "fewshotseg.adaptation",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -67,6 +67,8 @@ STATS_POLICY = {"support": "support", "query-batch": "transductive", "running": 
 
 @dataclass
 class Prediction:
+    """One image's result: its mask and foreground probability at the image's own (upright) size."""
+
     mask: np.ndarray  # (H, W) bool at the input's own (upright) size
     probability: np.ndarray  # (H, W) float32 foreground probability
 

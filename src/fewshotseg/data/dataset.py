@@ -37,6 +37,9 @@ class DataError(ValueError):
 
 @dataclass
 class SegmentationDataset:
+    """Every class's image/mask pairs decoded at one square size (memory-mapped from the cache): images (N, S, S, 3)
+    uint8, masks (N, S, S) uint8 in {0, 1, IGNORE}, with per-class offsets, file names and what was skipped."""
+
     root: Path
     size: int
     names: list[str]  # class names, sorted

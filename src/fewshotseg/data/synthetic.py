@@ -83,6 +83,8 @@ TEXTURES = list(_texture_fns())
 
 @dataclass(frozen=True)
 class SyntheticSpec:
+    """What the built-in benchmark generates: classes, pairs per class, image size, seed and the splits' shares."""
+
     classes: int = 1000
     pairs: int = 10
     size: int = 64

@@ -44,6 +44,9 @@ HSNET_SEEDS = 5  # runs of those episodes with different seeds, averaged
 
 @dataclass(frozen=True)
 class Episode:
+    """One evaluation episode: a class, its split (or query position), and the local indices of its support,
+    query and unused images."""
+
     cls: str
     split: int  # split number (paper) or query position (hsnet)
     class_index: int

@@ -30,6 +30,9 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...], bool]] = {
 
 @dataclass
 class ModelConfig:
+    """EfficientLab's architecture and its regularisation: variant (paper Table 1), timm encoder, classes, dropout,
+    BatchNorm momentum, drop-connect, memory format."""
+
     variant: str = "efficientlab-3"
     encoder: str = "tf_efficientnet_b0"  # the paper's; tinynet_e / mobilenetv3_small_100 for CPU runs
     num_classes: int = 2  # background, foreground; joint training uses train classes + 1
@@ -46,6 +49,9 @@ class ModelConfig:
 
 
 class EfficientLab(nn.Module):
+    """EfficientNet encoder cut at stride 16, residual skip decoder(s), dropout and a 1x1 classifier; images in
+    [0, 1] -> logits at the input's size (the module docstring has the shapes)."""
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config

@@ -46,6 +46,9 @@ class CardError(UserError, ValueError):
 
 @dataclass
 class Card:
+    """What an initialization says about itself: architecture, input size, how to adapt it (U per shot count, or
+    another method), what it was trained on, how well it did, its licence; `card.json` and a model-card README."""
+
     name: str
     model: dict[str, Any]  # ModelConfig fields
     size: int  # square input size the weights were trained at

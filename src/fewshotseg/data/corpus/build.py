@@ -73,6 +73,9 @@ SPLITS = ("train", "val", "test")
 
 @dataclass
 class CorpusSpec:
+    """What `make-corpus` builds: image size, pairs per class, seed, the drawn classes' validation share, and the
+    thresholds that make a class."""
+
     size: int = 224  # stored image side; training resizes from here
     pairs: int = 10  # image/mask pairs per class (FSS-1000's 10)
     seed: int = 0
