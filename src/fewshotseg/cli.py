@@ -258,7 +258,7 @@ def run_joint_train(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(JointTrainConfig, args)
     with claimed(args, "joint-train", cfg, free=("epochs", "max_minutes", "checkpoint_interval")):
-        joint_train(cfg, resume=args.resume, started=STARTED)
+        joint_train(cfg, resume=args.resume, started=STARTED, given=frozenset(given_settings(JointTrainConfig, args)))
     return 0
 
 

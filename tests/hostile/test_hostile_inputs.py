@@ -221,6 +221,23 @@ def hub_weights_cached() -> str:
     return "timm's tf_efficientnet_b0 weights are in the hub cache" if any(cache.glob("*tf_efficientnet_b0*")) else ""
 
 
+JT_RUN = " --epochs 0.1 --batch-size 4 --threads 1"
+
+
+def joint_run(edit: tuple[str, str] | None = None) -> Callable:
+    """A finished 0.1-epoch joint training in {tmp}/run (its config.yaml optionally edited by hand)."""
+    def setup(tmp: Path, world: World) -> None:
+        from fewshotseg.cli import main
+
+        argv = [a.format(data=world.data, run=tmp / "run") for a in shlex.split(JT + JT_RUN)]
+        assert main(argv) == 0
+        if edit is not None:
+            text = (tmp / "run" / "config.yaml").read_text()
+            assert edit[0] in text
+            (tmp / "run" / "config.yaml").write_text(text.replace(*edit))
+    return setup
+
+
 def no_cuda() -> str:
     return "a CUDA device is present" if torch.cuda.is_available() else ""
 
@@ -404,6 +421,10 @@ CASES = [
     Case("jt-max-minutes-negative", JT + " --max-minutes -1", "--max-minutes"),
     Case("jt-optimizer-unknown", JT + " --optimizer lbfgs", "--optimizer"),
     Case("jt-resume-nothing", JT + " --epochs 0.1 --resume", ("nothing to resume", "run")),
+    Case("jt-resume-more-epochs", JT + JT_RUN.replace("0.1", "0.5") + " --resume", ("--epochs 0.5", "the run's: 0.1"),
+         setup=joint_run()),
+    Case("jt-resume-config-yaml-edited", JT + JT_RUN + " --resume", ("config.yaml", "lr: 0.005 -> 0.5"),
+         setup=joint_run(("lr: 0.005", "lr: 0.5"))),
     # --- fp-k -----------------------------------------------------------------------------------------------------
     Case("fk-ks-zero", FK + " --ks 0 2", "--ks"),
     Case("fk-repeats-zero", FK + " --ks 1 2 --repeats 0", "--repeats"),

@@ -26,6 +26,7 @@ from fewshotseg.config import JointTrainConfig, as_dict
 from fewshotseg.data.augment import augment_batch
 from fewshotseg.data.dataset import IGNORE
 from fewshotseg.data.tasks import TaskTensors, episode_rng, torch_generator
+from fewshotseg.errors import RunFolderError
 from fewshotseg.models.losses import l2_parameters, segmentation_loss
 from fewshotseg.runs.curves import Curves
 from fewshotseg.runs.initialization import (
@@ -37,20 +38,39 @@ from fewshotseg.runs.initialization import (
 from fewshotseg.runs.run_dir import RunDir
 from fewshotseg.training import distributed
 from fewshotseg.training.budget import Budget
-from fewshotseg.training.checkpoint import check_unchanged, resumable_state, save_checkpoint
+from fewshotseg.training.checkpoint import (
+    check_config_file,
+    check_unchanged,
+    resumable_state,
+    save_checkpoint,
+)
 
 
-def joint_train(cfg: JointTrainConfig, *, resume: bool = False, started: float | None = None) -> Path:
+def joint_train(cfg: JointTrainConfig, *, resume: bool = False, started: float | None = None,
+                given: frozenset[str] = frozenset()) -> Path:
     """Train the joint baseline; returns the path of the exported weights. `cfg.max_minutes` counts from `started`
-    (a `time.monotonic()` value; the call when not given)."""
+    (a `time.monotonic()` value; the call when not given). A resumed run keeps its own epochs and time budget: one of
+    them in `given` (the settings the user gave) with another value is refused, as is an edited config.yaml."""
     budget = Budget(cfg.max_minutes, started=started) if cfg.max_minutes and not resume else None
     ctx = distributed.setup(cfg.device, cfg.threads)
     run = RunDir(cfg.run_dir, writer=ctx.is_main)
     ckpt_path = run.file("checkpoint.pt")
     state = resumable_state(ckpt_path, resume)
     if state is not None:
-        check_unchanged(cfg, state["config"], ("data", "size", "splits", "fold", "variant", "encoder", "batch_size", "lr",
-                                               "lr_final", "optimizer", "dropout", "aug_rate", "l2", "seed"))
+        fixed = ("data", "size", "splits", "fold", "variant", "encoder", "batch_size", "lr", "lr_final", "optimizer",
+                 "dropout", "aug_rate", "l2", "seed")
+        check_unchanged(cfg, state["config"], fixed)
+        # under a time budget the epochs are the fitted ones (config.yaml holds the latest fit), not the asked-for
+        own = ("max_minutes",) if state["config"].get("max_minutes") else ("epochs", "max_minutes")
+        check_config_file(run.file("config.yaml"), state, (*fixed, *own))
+        changed = [k for k in own if k in given and getattr(cfg, k) != state["config"][k]]
+        if changed:
+            shown = ", ".join(f"--{k.replace('_', '-')} {getattr(cfg, k):g} (the run's: {state['config'][k]:g})"
+                              for k in changed)
+            raise RunFolderError(f"{shown} with --resume: a resumed joint training finishes its own schedule (its "
+                                 "learning rate decays over the steps it was started with); resume without "
+                                 f"{', '.join('--' + k.replace('_', '-') for k in changed)}, or start a new run in "
+                                 "another --run-dir")
         cfg = replace(cfg, **{k: state["config"][k] for k in ("epochs", "max_minutes")})
 
     from fewshotseg.data.cache import load_dataset
