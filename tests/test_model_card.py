@@ -93,9 +93,9 @@ def test_the_model_card_has_hugging_face_front_matter_and_every_section():
     assert "**GPL-3.0-only**" in body and "Because the sources are GPL-2+" in body and "MIT" in body
     assert "Hendryx, Sean M. and Leach, Andrew B. and Hein, Paul D. and Morrison, Clayton T." in body
     assert "Meta-Learning Initializations for Image Segmentation" in body and "@software{fewshotseg" in body
-    assert "Default adaptation method" not in body  # fine-tuning with U, the table above
+    assert "Default adaptation method: `finetune` (the update routine U below)" in body  # no other method recorded
     probe = corpus_card(adaptation={"method": "probe", "settings": {"c": 0.5}, "source": "tune: t"}).model_card()
-    assert "Default adaptation method: `probe` (c: 0.5), from tune: t." in probe
+    assert "Default adaptation method: `probe` (c: 0.5), from tune: t;" in probe
 
 
 def test_an_old_card_json_still_reads_and_says_what_it_does_not_record():

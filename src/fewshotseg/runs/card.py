@@ -129,19 +129,24 @@ class Card:
                   f"{m.get('variant')} with the {m.get('encoder')} encoder, {self.size} x {self.size} px input "
                   f"({self.weights.get('bytes', 0) / 1e6:.1f} MB of weights"
                   + (f", SHA-256 `{self.weights['sha256']}`" if self.weights.get("sha256") else "") + ").", "",
-                  "## How to adapt it (U)", "",
-                  "The update routine U that adapts these weights to a new task, per number of support images "
-                  "(the nearest tuned shot count is used, else the default):", "",
+                  "## How to adapt it", ""]
+        method = self.adaptation.get("method", "finetune")
+        if self.adaptation.get("method"):
+            settings = _plain(self.adaptation.get("settings") or {})
+            lines += [f"Default adaptation method: `{method}`"
+                      + (f" ({settings})" if settings != "none" else "")
+                      + (f", from {self.adaptation['source']}" if self.adaptation.get("source") else "") + "; "
+                      "`adapt`, `serve` and `FewShotSegmenter` use it unless `--method` / `method=` says otherwise.",
+                      ""]
+        else:
+            lines += ["Default adaptation method: `finetune` (the update routine U below).", ""]
+        lines += ["The update routine U (`--method finetune`" + (", the default" if method == "finetune" else "")
+                  + ") per number of support images (the nearest tuned shot count is used, else the default):", "",
                   "| shots | lr | steps | batch | BatchNorm | source |", "|---|---|---|---|---|---|"]
         for key, values in sorted(self.update_params.items()):
             lines.append(f"| {key} | {_num(values.get('lr'))} | {values.get('steps')} | {values.get('batch_size')} | "
                          f"{values.get('bn_policy')} | {values.get('source', '')} |")
         lines.append("")
-        if self.adaptation.get("method"):
-            settings = _plain(self.adaptation.get("settings") or {})
-            lines += [f"Default adaptation method: `{self.adaptation['method']}`"
-                      + (f" ({settings})" if settings != "none" else "")
-                      + (f", from {self.adaptation['source']}" if self.adaptation.get("source") else "") + ".", ""]
         lines += self._evaluation() + self._licence_section(licence_file) + _citation(self)
         return "\n".join(lines).rstrip() + "\n"
 
@@ -285,7 +290,10 @@ class Card:
                   "| data | protocol | shots | mean IoU | CI95 | episodes |", "|---|---|---|---:|---|---:|"]
         for r in self.metrics:
             ci = r.get("ci95")
-            shown = f"± {100 * ci:.1f}" if isinstance(ci, int | float) and ci > 0 else _no_ci_reason(r)
+            if isinstance(r.get("low"), int | float) and isinstance(r.get("high"), int | float):
+                shown = f"[{100 * r['low']:.1f}, {100 * r['high']:.1f}]"  # a percentile interval (class bootstrap)
+            else:
+                shown = f"± {100 * ci:.1f}" if isinstance(ci, int | float) and ci > 0 else _no_ci_reason(r)
             lines.append(f"| {r.get('data')} | {r.get('protocol')} | {r.get('shots')} | {100 * r['mean_iou']:.1f} % | "
                          f"{shown} | {r.get('episodes', '')} |")
         return lines + [""]
