@@ -320,3 +320,23 @@ def test_a_run_trained_from_a_dirty_checkout_is_refused_unless_allowed(checkout,
     card = package(checkout, run, tmp_path / "out", "--license", "MIT", "--allow-dirty")
     assert "diff_sha256" not in card.training["packaging"]  # the checkout itself was clean
     assert "`abc123` with uncommitted changes" in (tmp_path / "out" / "README.md").read_text()
+
+
+def test_packaging_the_imagenet_encoder_with_a_method_and_bench_numbers(checkout, tmp_path):
+    bench = tmp_path / "bench.json"
+    bench.write_text(json.dumps({"split": "val", "classes": ["a", "b"], "rows": {"probe row": {
+        "fields": {"init": "imagenet"}, "1shot": {"mean": 0.3, "low": 0.2, "high": 0.4, "splits": 4, "classes": 2},
+        "5shot": {"mean": 0.5, "low": 0.4, "high": 0.6, "splits": 4, "classes": 2}}}}))
+    out = tmp_path / "out"
+    card = package(checkout, "imagenet", out, "--license", "Apache-2.0", "--size", "96", "--method", "probe",
+                   "--method-settings", '{"features": ["skip", "deep"], "l2": 0.01}', "--method-source", "validation",
+                   "--bench", str(bench), "--bench-row", "probe row")
+    assert card.size == 96 and card.model["encoder"] == "tf_efficientnet_lite0"
+    assert card.adaptation["method"] == "probe" and card.adaptation["settings"]["l2"] == 0.01
+    assert [(m["shots"], m["low"], m["high"]) for m in card.metrics] == [(1, 0.2, 0.4), (5, 0.4, 0.6)]
+    readme = (out / "README.md").read_text()
+    assert "Default adaptation method: `probe`" in readme and "[20.0, 40.0]" in readme
+    from fewshotseg.segmenter import FewShotSegmenter
+
+    seg = FewShotSegmenter.from_pretrained(out, device="cpu")  # the card's method is what fit uses by default
+    assert seg.method_for()[0].as_dict()["settings"]["features"] == ["skip", "deep"]

@@ -55,6 +55,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--license-file", default="", help="the licence text, copied beside the weights as LICENSE")
     parser.add_argument("--limitation", action="append", default=[],
                         help="a measured failure case or limit for the model card (repeat for several)")
+    parser.add_argument("--encoder", default="tf_efficientnet_lite0",
+                        help="with RUN_DIR `imagenet`: the ImageNet-trained encoder to package (its weights offline)")
+    parser.add_argument("--size", type=int, default=0, help="the input size to record (default: the run's own)")
+    parser.add_argument("--method", default="", help="the default adaptation method to record in the card "
+                        "(finetune, probe, prototype, rf); default: the run card's own")
+    parser.add_argument("--method-settings", default="",
+                        help="that method's settings: a JSON object, or a file (`tune --method`'s method.json)")
+    parser.add_argument("--method-source", default="", help="where the method and its settings were chosen")
+    parser.add_argument("--bench-row", default="", help="the row of --bench to record (default: --name)")
     parser.add_argument("--allow-dirty", action="store_true",
                         help="package from a checkout with uncommitted changes (their diff is written beside the card "
                              "as source.diff) or a run trained from one")
@@ -84,7 +93,16 @@ def package(args: argparse.Namespace) -> Path:
     license_expression = _spdx(args.license) if args.license else ""
     if args.license_file and not Path(args.license_file).is_file():
         raise PackagingError(f"--license-file {args.license_file}: no such file")
-    if read_card(run) is None:  # a run folder from before cards: derive one from its config and metrics
+    if str(run) == "imagenet":  # no training: the ImageNet-trained encoder as it is (its decoder untrained)
+        from fewshotseg.models.efficientlab import ModelConfig
+
+        seg = FewShotSegmenter.from_pretrained("imagenet", device="cpu", size=args.size or 224,
+                                               model_config=ModelConfig(encoder=args.encoder))
+        seg.card.training = {"algorithm": "none: the ImageNet-trained encoder, unchanged (its decoder and head are "
+                                          "freshly initialised, and unused by frozen-feature methods on skip + deep "
+                                          "features)", "init": f"imagenet ({args.encoder})"}
+        seg.card.summary = seg.card.summary or f"The ImageNet-trained {args.encoder} encoder."
+    elif read_card(run) is None:  # a run folder from before cards: derive one from its config and metrics
         cfg = yaml.safe_load((run / "config.yaml").read_text())
         seg = FewShotSegmenter.from_pretrained(run, device="cpu")
         u = {k: v for k, v in seg.card.update_params["default"].items() if k != "source"}
@@ -94,17 +112,33 @@ def package(args: argparse.Namespace) -> Path:
                                                                         "meta_step", "meta_step_final")},
                                              "command": " ".join(cfg.get("environment", {}).get("command", [])),
                                              "git_commit": cfg.get("environment", {}).get("git_commit")})
-    seg = FewShotSegmenter.from_pretrained(run, device="cpu")
+    if str(run) != "imagenet":
+        seg = FewShotSegmenter.from_pretrained(run, device="cpu", size=args.size)
     card = seg.card
     card.name = args.name
+    if args.method:
+        settings = args.method_settings
+        if settings and Path(settings).is_file():
+            values = json.loads(Path(settings).read_text())
+            values = values.get("settings", values)
+        else:
+            values = json.loads(settings) if settings else {}
+        from fewshotseg.adaptation import MethodSpec
+
+        card.adaptation = {**MethodSpec.of(args.method, values).as_dict(),
+                           "source": args.method_source or "package_initialization --method"}
     card.summary = args.summary or card.summary
-    card.training["run_dir"] = str(run)
+    if str(run) != "imagenet":
+        card.training["run_dir"] = str(run)
     earlier = _earlier_training(card.training.get("init"))
     if earlier:  # meta-training continued from another run: keep that run's record too
         card.training["init_training"] = earlier
     if args.bench:
         bench = json.loads(Path(args.bench).read_text())
-        row = bench["rows"][args.name]
+        row = bench["rows"][args.bench_row or args.name]
+        if "fields" in row:  # bench/real_photos.py's rows since methods: class-bootstrap intervals
+            card.metrics += bench_metrics(row, bench.get("split", "test"), bench.get("classes", []))
+            row = {}
         for key, value in row.items():
             if key.startswith("corpus_"):
                 shots = int(key.split("_")[1].rstrip("shot"))
@@ -148,6 +182,24 @@ def package(args: argparse.Namespace) -> Path:
         print(f"packaged from a dirty checkout: {len(state.changed)} changed file(s), diff in {folder / DIFF_FILE}")
     print(f"packaged {run} as {args.name!r} in {folder} ({(folder / 'model.safetensors').stat().st_size / 1e6:.1f} MB)")
     return folder
+
+
+def bench_metrics(row: dict, split: str, classes: list[str]) -> list[dict]:
+    """The card's metric rows from one row of `bench/real_photos.py --out`."""
+    what = ("make-corpus real-photo test classes (never trained or tuned on)" if split == "test" else
+            "make-corpus real-photo validation classes (where the method and settings were chosen)")
+    out = []
+    for key, value in row.items():
+        if key.endswith("shot") and key[:-4].isdigit():
+            out.append({"data": f"{what}, {value.get('classes', len(classes))} classes",
+                        "protocol": "paper, 2 splits x 5 queries; class bootstrap", "shots": int(key[:-4]),
+                        "mean_iou": value["mean"], "low": value["low"], "high": value["high"],
+                        "episodes": value["splits"], "seconds_per_episode": value.get("seconds_per_episode")})
+        elif key == "fixtures":
+            out.append({"data": "tests/fixtures/real-photos (4 classes)", "protocol": "leave-one-out; class bootstrap",
+                        "shots": "/".join(map(str, value.get("shots", []))), "mean_iou": value["mean"],
+                        "low": value["low"], "high": value["high"], "episodes": value["cases"]})
+    return out
 
 
 DIFF_FILE = "source.diff"
