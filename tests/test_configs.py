@@ -35,7 +35,7 @@ def test_config_files_resolve(path):
     if path.stem == "general":  # the shipped initialization's CPU-budget config (see its comments)
         assert (cfg.encoder, cfg.size, cfg.meta_optimizer, cfg.inner_lr) == ("tf_efficientnet_lite0", 160, "adam", 0.01)
         # it reproduces what shipped: the settings the shipped card records for both of its training runs
-        card = json.loads((CONFIGS.parent / "src/fewshotseg/inits/general/card.json").read_text())
+        card = json.loads((CONFIGS.parent / "src/fewshotseg/inits/general-fomaml/card.json").read_text())
         assert (card["model"]["encoder"], card["model"]["variant"], card["size"]) == (cfg.encoder, cfg.variant, cfg.size)
         first, second = card["training"]["init_training"], card["training"]
         assert "--config configs/general.yaml" in first["command"] and "--init" not in first["command"]

@@ -19,7 +19,7 @@ from conftest import REPO
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
-GENERAL = REPO / "src" / "fewshotseg" / "inits" / "general"
+GENERAL = REPO / "src" / "fewshotseg" / "inits" / "general-fomaml"
 FRONT_MATTER_KEYS = {"license", "library_name", "pipeline_tag", "datasets", "tags", "metrics"}
 SECTIONS = ["## Intended use", "## Out-of-scope use", "## Known limitations", "## Training data",
             "## Training procedure", "## Evaluation", "## Licence", "## How to cite"]

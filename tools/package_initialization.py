@@ -44,7 +44,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out")
     parser.add_argument("--name", required=True)
     parser.add_argument("--summary", default="")
-    parser.add_argument("--bench", default="", help="JSON written by bench/real_photos.py --out")
+    parser.add_argument("--bench", nargs="+", default=[], metavar="JSON",
+                        help="JSON written by bench/real_photos.py --out (several: e.g. the validation and the test run)")
     parser.add_argument("--relative-to", nargs="+", default=[], metavar="FOLDER",
                         help="write paths under these folders relative to them (the work folder, the checkout): the "
                              "card records where the data, run and config were, not whose disk")
@@ -96,6 +97,9 @@ def package(args: argparse.Namespace) -> Path:
     if str(run) == "imagenet":  # no training: the ImageNet-trained encoder as it is (its decoder untrained)
         from fewshotseg.models.efficientlab import ModelConfig
 
+        import torch
+
+        torch.manual_seed(0)  # the unused decoder and head: the same bytes every time
         seg = FewShotSegmenter.from_pretrained("imagenet", device="cpu", size=args.size or 224,
                                                model_config=ModelConfig(encoder=args.encoder))
         seg.card.training = {"algorithm": "none: the ImageNet-trained encoder, unchanged (its decoder and head are "
@@ -133,8 +137,8 @@ def package(args: argparse.Namespace) -> Path:
     earlier = _earlier_training(card.training.get("init"))
     if earlier:  # meta-training continued from another run: keep that run's record too
         card.training["init_training"] = earlier
-    if args.bench:
-        bench = json.loads(Path(args.bench).read_text())
+    for bench_file in args.bench:
+        bench = json.loads(Path(bench_file).read_text())
         row = bench["rows"][args.bench_row or args.name]
         if "fields" in row:  # bench/real_photos.py's rows since methods: class-bootstrap intervals
             card.metrics += bench_metrics(row, bench.get("split", "test"), bench.get("classes", []))

@@ -158,7 +158,10 @@ def write_for_workers(spec: str, config: ModelConfig, path: Path, *, seed: int) 
 # --------------------------------------------------------------------------------------------------------------
 # Self-describing initializations: weights + card (see runs/card.py), Hugging Face style folders.
 
-PACKAGED = {"general": "general"}  # name -> folder under fewshotseg/inits/
+# name -> folder under fewshotseg/inits/. `general` is the default of adapt, serve and FewShotSegmenter (chosen on the
+# corpus's real-photo validation classes; README, "The general initialization"); `general-fomaml` is the FOMAML*
+# meta-learned network that was the default before it, kept for comparison and for fine-tuning with U.
+PACKAGED = {"general": "general", "general-fomaml": "general-fomaml"}
 U_FROM_META_TRAIN = {"inner_lr": "lr", "inner_steps": "steps", "inner_batch": "batch_size", "dropout": "dropout",
                      "aug_rate": "aug_rate", "inner_optimizer": "optimizer", "l2": "l2", "bn_policy": "bn_policy"}
 
