@@ -493,6 +493,82 @@ def run_adapt(args: argparse.Namespace) -> int:
     return 1 if summary["failed"] else 0
 
 
+def add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="label a whole folder tree with a fitted segmenter (masks, COCO, YOLO)",
+                       description="Apply a fitted segmenter (adapt --save-weights' <out>/adapted/, or "
+                       "save_pretrained's folder) to every image of a folder tree: batched, over --workers "
+                       "processes or a GPU, resumable (a re-run skips what is written), shardable over machines.")
+    p.add_argument("--model", help="the fitted segmenter's folder (card.json + model.safetensors)")
+    p.add_argument("--images", help="the folder tree of .jpg/.jpeg/.png images to label")
+    p.add_argument("--out", help="output folder (not inside --images); its layout keeps the tree's relative paths")
+    p.add_argument("--format", default="png", help="one or more of png (masks/<path>_mask.png, 0/255), coco "
+                   "(coco.json, RLE) and yolo (labels/<path>.txt, Ultralytics segmentation), comma-separated "
+                   "[default: png]")
+    p.add_argument("--label", default="", help="the COCO category's name [default: the card's name]")
+    p.add_argument("--coco-polygons", action="store_true", help="COCO segmentation as polygons (outer contours; "
+                   "holes filled) instead of exact RLE: editable in CVAT, importable by Label Studio's converter")
+    p.add_argument("--polygon-tolerance", type=float, default=0.5, metavar="PX",
+                   help="simplify polygons (COCO, YOLO) within this many pixels: 0.5 keeps the pixel outline, 1 or "
+                   "more gives fewer vertices to edit [default: 0.5]")
+    p.add_argument("--threshold", type=float, default=0.5, help="foreground probability threshold [default: 0.5]")
+    p.add_argument("--batch-size", type=at_least(1), default=8, metavar="N",
+                   help="images per batch; under the transductive BatchNorm policy a batch is normalised together "
+                   "[default: 8]")
+    p.add_argument("--workers", type=at_least(1), default=1, metavar="N",
+                   help="processes, each loading the segmenter once, one torch thread each (1: this process) "
+                   "[default: 1]")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto [default: auto]")
+    p.add_argument("--shard", default="0/1", metavar="I/N", help="take only the batches whose index %% N == I: "
+                   "run I = 0 ... N-1 anywhere (one machine each), same flags, same --out [default: 0/1]")
+    p.add_argument("--tile", type=at_least(0), default=0, metavar="PX", help="predict large images in overlapping "
+                   "tiles of this side (image pixels; each resized to the network's input) [default: 0, off]")
+    p.add_argument("--overlap", type=at_least(0), default=64, metavar="PX",
+                   help="overlap of neighbouring tiles; probabilities are averaged there [default: 64]")
+    p.add_argument("--tile-above", type=at_least(0), default=0, metavar="PIXELS", help="tile only images of more "
+                   "pixels than this [default: 0, images with a side over --tile]")
+    p.add_argument("--overwrite", action="store_true", help="predict every image again and replace its outputs "
+                   "(also after a change of segmenter or settings)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--merge-coco", nargs="+", metavar="FILE", help="merge COCO files instead of predicting: the "
+                   "merged file first, then the shards' (e.g. out/coco-shard-0-of-2.json out/coco-shard-1-of-2.json)")
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from fewshotseg.errors import UserError
+    from fewshotseg.predict import PredictOptions, merge_coco_files, predict_folder
+
+    if args.merge_coco:
+        if args.model or args.images or args.out:
+            raise UserError("--merge-coco merges COCO files and predicts nothing: leave out --model, --images and "
+                            "--out")
+        target, *sources = args.merge_coco
+        merged = merge_coco_files(target, sources, overwrite=args.overwrite)
+        print(f"wrote {target}: {len(merged['images'])} image(s), {len(merged['annotations'])} annotation(s) from "
+              f"{len(sources)} file(s)")
+        return 0
+    missing = [f"--{name}" for name in ("model", "images", "out") if not getattr(args, name)]
+    if missing:
+        raise UserError(f"predict needs {', '.join(missing)}: e.g. fewshotseg predict --model run/adapted "
+                        "--images photos/ --out labels/")
+    summary = predict_folder(PredictOptions(
+        model=args.model, images=args.images, out=args.out, formats=args.format, label=args.label,
+        coco_polygons=args.coco_polygons, polygon_tolerance=args.polygon_tolerance, threshold=args.threshold,
+        batch_size=args.batch_size, workers=args.workers, device=args.device, shard=args.shard, tile=args.tile,
+        overlap=args.overlap, tile_above=args.tile_above, overwrite=args.overwrite, progress=not args.no_progress))
+    rate = f" at {summary['images_per_second']:g} images/s" if summary["images_per_second"] else ""
+    print(f"predicted {summary['predicted']} image(s){rate} into {args.out} ({summary['already_done']} already "
+          f"done, {summary['in_shard']} in shard {summary['shard']} of {summary['listed']} listed)")
+    if summary["coco"]:
+        print(f"COCO: {summary['coco']}")
+    problems = [f"{s['file']}: {s['reason']}" for s in summary["failed"] + summary["skipped"]]
+    for line in problems[:10]:
+        print(f"skipped: {line}", file=sys.stderr)
+    if len(problems) > 10:
+        print(f"skipped: ... and {len(problems) - 10} more; every one is listed in {args.out}/predict*.json",
+              file=sys.stderr)
+    return 1 if summary["failed"] else 0
+
+
 def add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="a web page to label, adapt and segment your own images (extra: app)",
                        description="Serve one page: upload support images, paint or upload their masks, adapt an "
@@ -556,6 +632,7 @@ def run_quickstart(args: argparse.Namespace) -> int:
 VERBS = {
     "quickstart": (add_quickstart, run_quickstart),
     "adapt": (add_adapt, run_adapt),
+    "predict": (add_predict, run_predict),
     "serve": (add_serve, run_serve),
     "report": (add_report, run_report),
     "tune": (add_tune, run_tune),
