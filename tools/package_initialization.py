@@ -106,6 +106,10 @@ def package(args: argparse.Namespace) -> Path:
                                           "freshly initialised, and unused by frozen-feature methods on skip + deep "
                                           "features)", "init": f"imagenet ({args.encoder})"}
         seg.card.summary = seg.card.summary or f"The ImageNet-trained {args.encoder} encoder."
+        from fewshotseg.meta_learning.update_routine import UpdateParams
+
+        seg.card.update_params = {"default": {**UpdateParams().as_dict(), "source": "paper Table 3 (not tuned for "
+                                                                                    "these weights)"}}
     elif read_card(run) is None:  # a run folder from before cards: derive one from its config and metrics
         cfg = yaml.safe_load((run / "config.yaml").read_text())
         seg = FewShotSegmenter.from_pretrained(run, device="cpu")

@@ -161,7 +161,7 @@ class Card:
         tags = ["few-shot-segmentation", "image-segmentation", "meta-learning"]
         for phase in self._phases():
             for tag in (phase.get("algorithm"), self.model.get("variant"), self.model.get("encoder")):
-                if tag and str(tag) not in tags:
+                if tag and str(tag) not in tags and str(tag).replace("-", "").replace("_", "").isalnum():
                     tags.append(str(tag))
         meta.update({"library_name": "fewshotseg", "pipeline_tag": "image-segmentation",
                      "datasets": self.datasets(), "tags": tags, "metrics": ["mean_iou"]})
@@ -187,13 +187,21 @@ class Card:
             record = record.get("init_training") or {}
         return phases[::-1]
 
+    def _how(self) -> str:
+        """The default adaptation method, in words."""
+        method = (self.adaptation or {}).get("method", "finetune")
+        return {"finetune": "the update routine U (fine-tuning these weights)",
+                "probe": "a linear probe on the frozen network's features",
+                "prototype": "foreground and background prototypes of the frozen network's features",
+                "rf": "a random-forest pixel classifier"}.get(method, f"the {method} method")
+
     def _intended_use(self) -> list[str]:
         shots = sorted({str(r.get("shots")) for r in self.metrics if r.get("shots") is not None})
         measured = f" (measured with {', '.join(shots)} support image(s); see Evaluation)" if shots else ""
         return ["## Intended use", "",
                 "A starting point for segmenting **one new kind of object** in photographs or drawings from a few "
-                f"labelled examples{measured}: U adapts these weights to the support images and their binary masks, "
-                f"then the adapted network predicts a mask for each new image (run at {self.size} x {self.size} px, "
+                f"labelled examples{measured}: {self._how()} learns from the support images and their binary masks, "
+                f"then predicts a mask for each new image (run at {self.size} x {self.size} px, "
                 "masks returned at the image's own size). This is what `fewshotseg adapt`, `fewshotseg serve` and "
                 "`FewShotSegmenter` do with it. It is also a baseline for research on meta-learned initializations "
                 "for few-shot segmentation.", ""]
