@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "fewshotseg"
 # lower layers; cycles inside a layer are caught separately. The package root (`fewshotseg/__init__.py`) is the
 # public API above everything; lower units may take only `__version__` from it.
 LAYERS: list[set[str]] = [
-    {"errors", "models", "data", "runs", "reports"},  # errors; tensors; files and pixels; run plumbing; run-folder reports
+    {"errors", "paths", "models", "data", "runs", "reports"},  # errors; `~` in paths; tensors; files and pixels; run plumbing; reports
     {"meta_learning", "analysis"},  # models and task tensors; computations on weights
     {"adaptation"},  # the adaptation methods (U, probe, prototype, rf) behind one interface
     {"config"},  # one dataclass per command

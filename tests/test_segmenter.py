@@ -216,6 +216,7 @@ def test_adapt_by_default_uses_the_shipped_general_initialization(tmp_path):
         (support / f"{last.stem}.png").unlink()
         assert main(["adapt", "--support", str(support), "--query", str(query), "--out", str(tmp_path / name / "o")]) == 0
         summary = json.loads((tmp_path / name / "o" / "adapt.json").read_text())
-        assert "general" in summary["init"] and "card of general" in summary["update_params_source"]
+        assert "general" in summary["init"] and "card of general" in summary["method_source"]
+        assert summary["method"]["method"] == "probe"  # the shipped default: the card's method
         for q in summary["queries"]:
             assert q["foreground_fraction"] > 0, q

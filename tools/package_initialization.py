@@ -95,9 +95,9 @@ def package(args: argparse.Namespace) -> Path:
     if args.license_file and not Path(args.license_file).is_file():
         raise PackagingError(f"--license-file {args.license_file}: no such file")
     if str(run) == "imagenet":  # no training: the ImageNet-trained encoder as it is (its decoder untrained)
-        from fewshotseg.models.efficientlab import ModelConfig
-
         import torch
+
+        from fewshotseg.models.efficientlab import ModelConfig
 
         torch.manual_seed(0)  # the unused decoder and head: the same bytes every time
         seg = FewShotSegmenter.from_pretrained("imagenet", device="cpu", size=args.size or 224,

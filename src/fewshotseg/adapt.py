@@ -128,8 +128,7 @@ def read_support(folder: Path) -> tuple[list[tuple[np.ndarray, np.ndarray, str]]
     """((upright image, mask, name) per readable pair, problems, every input file) of a support folder."""
     from fewshotseg.data.folder import LAYOUTS, pair_folder
     from fewshotseg.data.fss1000 import pair_class_folder
-    from fewshotseg.data.images import report_problems
-    from fewshotseg.segmenter import read_pair
+    from fewshotseg.data.images import read_pair, report_problems
 
     folder = pair_folder(folder)
     pairs, problems = pair_class_folder(folder)
@@ -153,7 +152,8 @@ def read_support(folder: Path) -> tuple[list[tuple[np.ndarray, np.ndarray, str]]
 def adapt(cfg: AdaptConfig, *, u_overrides: dict[str, Any] | None = None, progress=print) -> dict[str, Any]:
     """Adapt and segment (see the module docstring); `u_overrides` replace single fields of U (`--u-lr` ...)."""
     from fewshotseg.data.folder import list_queries, skipped_queries
-    from fewshotseg.segmenter import FewShotSegmenter, load_image
+    from fewshotseg.data.images import load_image
+    from fewshotseg.segmenter import FewShotSegmenter
 
     queries = list_queries(cfg.query)
     skipped = skipped_queries(cfg.query)  # reported with the results, never silently left out

@@ -397,7 +397,10 @@ def resolve_card_update_params(card: Card, shots: int | None, *, preset: str = "
         values, source = card.update_params_for(shots)
         source = f"card of {card.name}: {source}"
     given = {k: v for k, v in overrides.items() if v is not None}
-    sources = {**dict.fromkeys(values, source), **{k: f"flag --u-{k.replace('_', '-')}" for k in given}}
+    where = source
+    if not file and preset != "paper" and getattr(card, "where", ""):  # a card file: name it and the entry
+        where = f"{card.where} (update_params[{card.update_params_key(shots)!r}])"
+    sources = {**dict.fromkeys(values, where), **{k: f"flag --u-{k.replace('_', '-')}" for k in given}}
     params = validate(UpdateParams, {**values, **given}, sources)
     if given:
         source += " with " + ", ".join(f"{k}={v}" for k, v in given.items())

@@ -375,7 +375,7 @@ def _tiled(job: Job, shape: tuple[int, ...]) -> bool:
 
 def predict_batch(seg, job: Job, rels: list[str], writer: Writer, together: bool) -> list[dict[str, Any]]:
     """Read, predict and write one batch; one result per image ({"file", "foreground"} or {"file", "error"})."""
-    from fewshotseg.segmenter import load_image
+    from fewshotseg.data.images import load_image
 
     root, out = Path(job.root), Path(job.out)
     results: list[dict[str, Any]] = []

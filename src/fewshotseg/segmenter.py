@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from torch import nn
 
 from fewshotseg.adaptation import (
@@ -47,7 +47,7 @@ from fewshotseg.adaptation import (
     RFAdapter,
     make_adapter,
 )
-from fewshotseg.data.images import binarize_mask, no_signal, read_image, read_mask
+from fewshotseg.data.images import ImageLike, load_image, no_signal, read_pair  # noqa: F401 (re-exported)
 from fewshotseg.data.tasks import TaskTensors, episode_rng
 from fewshotseg.errors import UserError
 from fewshotseg.meta_learning import batchnorm
@@ -59,7 +59,6 @@ from fewshotseg.runs.initialization import find_initialization, resolve_pretrain
 
 log = logging.getLogger(__name__)
 
-ImageLike = str | Path | Image.Image | np.ndarray
 STATS = ("card", "support", "query-batch", "running")
 ADAPTER_FILE = "adapter.safetensors"  # a fitted frozen-feature method's head, beside the network
 STATS_POLICY = {"support": "support", "query-batch": "transductive", "running": "paper"}
@@ -268,74 +267,6 @@ def support_statistics_(model: nn.Module, images: torch.Tensor) -> None:
 
 def _name(x: ImageLike, i: int) -> str:
     return str(x) if isinstance(x, (str, Path)) else f"image {i + 1}"
-
-
-def load_image(x: ImageLike, name: str) -> np.ndarray:
-    """(H, W, 3) uint8 RGB, upright by its EXIF orientation."""
-    if isinstance(x, (str, Path)):
-        return read_image(x, exif=True)
-    if isinstance(x, Image.Image):
-        return np.asarray(ImageOps.exif_transpose(x).convert("RGB"))
-    if isinstance(x, np.ndarray):
-        a = x
-        if a.ndim == 2:
-            a = np.repeat(a[..., None], 3, axis=2)
-        if a.ndim != 3 or a.shape[2] not in (3, 4):
-            raise UserError(f"{name}: an image array must be (H, W, 3) or (H, W); got shape {x.shape}")
-        a = a[..., :3]
-        if a.dtype != np.uint8:
-            if not np.issubdtype(a.dtype, np.floating) or a.min() < 0 or a.max() > 1:
-                raise UserError(f"{name}: a non-uint8 image array must be float in [0, 1] (got {a.dtype})")
-            a = (a * 255).round().astype(np.uint8)
-        return np.ascontiguousarray(a)
-    raise UserError(f"{name}: expected a path, a PIL image or a numpy array, got {type(x).__name__}")
-
-
-def read_pair(image: ImageLike, mask: ImageLike, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """(upright (H, W, 3) uint8 image, (H, W) bool mask on the same grid) of one labelled example."""
-    rgb = load_image(image, name)
-    return rgb, _oriented_mask(mask, rgb.shape[:2], image, name)
-
-
-def _oriented_mask(mask: ImageLike, shape: tuple[int, int], image: ImageLike, name: str) -> np.ndarray:
-    """(H, W) bool mask on the upright image's grid.
-
-    A mask file with its own EXIF orientation is turned by it. A mask without one is taken as drawn on the upright
-    picture (what a viewer or labelling tool shows) when its size is the upright image's; when instead its size is
-    the image's stored pixel grid, the image's EXIF orientation is applied to it too."""
-    if isinstance(mask, (str, Path)):
-        m = read_mask(mask, exif=True).astype(bool)
-    elif isinstance(mask, Image.Image):
-        m = binarize_mask(np.asarray(ImageOps.exif_transpose(mask).convert("L")), name).astype(bool)
-    elif isinstance(mask, np.ndarray):
-        values = mask.max(axis=2) if mask.ndim == 3 else mask
-        if values.ndim != 2:
-            raise UserError(f"{name}: a mask array must be (H, W); got shape {mask.shape}")
-        m = values.astype(bool) if values.dtype == bool else binarize_mask(values.astype(np.uint8), name).astype(bool)
-    else:
-        raise UserError(f"mask of {name}: expected a path, a PIL image or a numpy array, got {type(mask).__name__}")
-    if m.shape == shape:
-        return m
-    if m.shape == shape[::-1] and isinstance(image, (str, Path, Image.Image)):
-        turned = _apply_orientation(m, image)
-        if turned.shape == shape:
-            return turned
-    raise UserError(f"{name}: mask is {m.shape[1]}x{m.shape[0]} px but the image is {shape[1]}x{shape[0]} px; "
-                    "a mask must have its image's size")
-
-
-def _apply_orientation(mask: np.ndarray, image: str | Path | Image.Image) -> np.ndarray:
-    """Turn a mask drawn on the image's stored pixel grid the way the image's EXIF orientation turns the image."""
-    im = Image.open(image) if isinstance(image, (str, Path)) else image
-    try:
-        orientation = im.getexif().get(0x0112, 1)
-    finally:
-        if im is not image:
-            im.close()
-    pil = Image.fromarray(mask.astype(np.uint8) * 255)
-    method = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
-              6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}.get(orientation)
-    return (np.asarray(pil.transpose(method)) > 127) if method is not None else mask
 
 
 def _resize_image(rgb: np.ndarray, size: int) -> np.ndarray:

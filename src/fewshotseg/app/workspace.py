@@ -38,8 +38,9 @@ from PIL import Image, UnidentifiedImageError
 
 from fewshotseg.adapt import export_onnx, overlay
 from fewshotseg.data.dataset import DataError
+from fewshotseg.data.images import load_image, read_pair
 from fewshotseg.errors import UserError
-from fewshotseg.segmenter import FewShotSegmenter, load_image, read_pair
+from fewshotseg.segmenter import FewShotSegmenter
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 

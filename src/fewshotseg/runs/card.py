@@ -68,17 +68,24 @@ class Card:
 
     # ---------------------------------------------------------------------------------------------- U
 
-    def update_params_for(self, shots: int | None = None) -> tuple[dict[str, Any], str]:
-        """(U's fields, where they came from) for `shots` support images: the entry for that shot count, else the
-        nearest tuned shot count, else the default."""
+    def update_params_key(self, shots: int | None = None) -> str:
+        """The update_params entry used for `shots` support images (see `update_params_for`)."""
         tuned = sorted(int(k) for k in self.update_params if k.isdigit())
         key = "default"
         if shots is not None and tuned:
             key = str(min(tuned, key=lambda k: (abs(k - shots), k)))
-        elif shots is None and not tuned and "default" not in self.update_params:
-            raise CardError(f"card {self.name}: no update parameters")
         if key not in self.update_params:
             key = str(tuned[0]) if tuned else "default"
+        return key
+
+    def update_params_for(self, shots: int | None = None) -> tuple[dict[str, Any], str]:
+        """(U's fields, where they came from) for `shots` support images: the entry for that shot count, else the
+        nearest tuned shot count, else the default."""
+        if shots is None and not self.update_params:
+            raise CardError(f"card {self.name}: no update parameters")
+        key = self.update_params_key(shots)
+        if key not in self.update_params:
+            raise CardError(f"card {self.name}: no update parameters for {shots} shot(s) and no default")
         values = dict(self.update_params[key])
         source = values.pop("source", "unknown")
         label = f"{source}" + (f" (tuned for {key}-shot)" if key.isdigit() else "")

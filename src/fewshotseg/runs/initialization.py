@@ -180,6 +180,7 @@ def card_for(path: Path, config: ModelConfig, extra: dict[str, Any]) -> Card:
     card = read_card(folder)
     if card is not None:
         check_card_values(card, folder / "card.json")
+        card.where = str(folder / "card.json")  # for messages about its values (not saved)
         check_card(card, asdict(config), extra, folder / "card.json")
         return card
     run_config: dict[str, Any] = {}
@@ -204,9 +205,8 @@ def card_for(path: Path, config: ModelConfig, extra: dict[str, Any]) -> Card:
 
 def check_card_values(card: Card, where: Path) -> None:
     """The values of a card that commands use (input size, U's settings per shot count), checked as settings are,
-    with errors naming the card file: a hand-edited card fails here, not deep inside a command."""
-    from fewshotseg.config import validate
-    from fewshotseg.meta_learning.update_routine import UpdateParams
+    with errors naming the card file: a hand-edited card fails here, not deep inside a command. (U's values are
+    checked, naming the same file, where they are resolved: `config.resolve_card_update_params`.)"""
     from fewshotseg.runs.card import CardError
 
     size = card.size
@@ -219,8 +219,6 @@ def check_card_values(card: Card, where: Path) -> None:
         if not isinstance(key, str) or not (key == "default" or key.isdigit()) or not isinstance(entry, dict):
             raise CardError(f"{where}: update_params entry {key!r}: keys are \"default\" or a shot count, each "
                             "holding a mapping of U's settings")
-        values = {k: v for k, v in entry.items() if k != "source"}
-        validate(UpdateParams, values, dict.fromkeys(values, f"{where} (update_params[{key!r}])"))
 
 
 def resolve_pretrained(spec: str, *, model_config: ModelConfig | None = None,
