@@ -507,9 +507,9 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--label", default="", help="the COCO category's name [default: the card's name]")
     p.add_argument("--coco-polygons", action="store_true", help="COCO segmentation as polygons (outer contours; "
                    "holes filled) instead of exact RLE: editable in CVAT, importable by Label Studio's converter")
-    p.add_argument("--polygon-tolerance", type=float, default=0.5, metavar="PX",
-                   help="simplify polygons (COCO, YOLO) within this many pixels: 0.5 keeps the pixel outline, 1 or "
-                   "more gives fewer vertices to edit [default: 0.5]")
+    p.add_argument("--polygon-tolerance", type=float, default=0.0, metavar="PX",
+                   help="simplify polygons (COCO, YOLO) within this many pixels: 0 keeps each region's pixel "
+                   "outline exactly; 1 or more gives far fewer vertices to edit [default: 0]")
     p.add_argument("--threshold", type=float, default=0.5, help="foreground probability threshold [default: 0.5]")
     p.add_argument("--batch-size", type=at_least(1), default=8, metavar="N",
                    help="images per batch; under the transductive BatchNorm policy a batch is normalised together "

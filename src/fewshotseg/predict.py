@@ -65,7 +65,7 @@ class PredictOptions:
     formats: tuple[str, ...] = ("png",)
     label: str = ""  # the COCO category's name; "" = the card's name
     coco_polygons: bool = False  # COCO segmentation as outer-contour polygons instead of RLE
-    polygon_tolerance: float = 0.5  # px: polygon simplification (COCO polygons, YOLO)
+    polygon_tolerance: float = 0.0  # px: polygon simplification (COCO polygons, YOLO); 0: the pixel outline
     threshold: float = 0.5
     batch_size: int = 8
     workers: int = 1
@@ -324,12 +324,13 @@ def write_image_outputs(writer: Writer, job: Job, rel: str, mask: np.ndarray) ->
     todo = {f: p for f, p in paths.items() if job.overwrite or not p.is_file()}
     if "png" in todo:
         writer.write(todo["png"], lambda tmp: Image.fromarray(mask.astype(np.uint8) * 255).save(tmp, format="PNG"))
+    polygons = outer_polygons(mask, job.polygon_tolerance) if {"yolo", "coco"} & set(todo) else []
     if "yolo" in todo:
         h, w = mask.shape
-        text = yolo_text(outer_polygons(mask, job.polygon_tolerance), w, h)
+        text = yolo_text(polygons, w, h)
         writer.write(todo["yolo"], lambda tmp: tmp.write_text(text))
     if "coco" in todo:
-        record = json.dumps(coco_record(rel, mask, job.polygon_tolerance), separators=(",", ":"))
+        record = json.dumps(coco_record(rel, mask, polygons=polygons), separators=(",", ":"))
         writer.write(todo["coco"], lambda tmp: tmp.write_text(record + "\n"))
 
 

@@ -1,12 +1,12 @@
 """Binary masks as the labels other tools read: COCO instances (RLE or polygons) and YOLO segmentation.
 
 Coordinates are in pixel-edge units, COCO's convention: the top-left pixel covers [0, 1) x [0, 1), so the polygon
-(0, 0), (w, 0), (w, h), (0, h) covers a whole w x h image. Polygons are the outer contours of the mask's regions
-(skimage's marching squares at the 0.5 level, with the pixel corners it cuts put back, so the outline is the pixels'
-own), simplified by Douglas-Peucker within `tolerance` px: 0 keeps every vertex, 0.5 (the default) drops those on
-straight runs and keeps the pixel outline (the tests find it exact), 1 or more rounds staircases into slopes (far
-fewer vertices to edit; small regions lose most). A region's holes are filled, since neither a COCO polygon nor a
-YOLO row can carry one. RLE (pycocotools) is exact.
+(0, 0), (w, 0), (w, h), (0, h) covers a whole w x h image. Polygons are the outer contours of the mask's regions:
+skimage's marching squares at the 0.5 level, with the pixel corners it cuts put back and the points along straight
+runs left out, so that by default (`tolerance` 0) a polygon is its region's pixel outline, corner by corner, and
+rasterises back to the region exactly. A `tolerance` in px simplifies it further by Douglas-Peucker (skimage;
+1 px rounds staircases into slopes: far fewer vertices to edit, small regions lose most, and it is slower). A
+region's holes are filled, since neither a COCO polygon nor a YOLO row can carry one. RLE (pycocotools) is exact.
 
     coco_record(file, mask)      one image's record: size, RLE, polygons, area, bbox (JSON-ready)
     coco_document(records, ...)  the COCO instances file: one category, one annotation per image with foreground
@@ -34,10 +34,10 @@ def rle(mask: np.ndarray) -> dict[str, Any]:
     return {"size": [int(s) for s in encoded["size"]], "counts": encoded["counts"].decode("ascii")}
 
 
-def outer_polygons(mask: np.ndarray, tolerance: float = 0.5) -> list[np.ndarray]:
+def outer_polygons(mask: np.ndarray, tolerance: float = 0.0) -> list[np.ndarray]:
     """The outer contour of every region of an (H, W) bool mask, each (N, 2) x, y in pixel-edge coordinates
-    (N >= 3, not closed: the last point is not the first repeated), simplified within `tolerance` px (0: not
-    simplified)."""
+    (N >= 3, not closed: the last point is not the first repeated): the pixel outline's corners, simplified within
+    `tolerance` px when it is above 0."""
     padded = np.pad(mask.astype(np.float32), 1)  # regions touching the border get closed contours too
     polygons = []
     for contour in measure.find_contours(padded, 0.5):
@@ -45,7 +45,7 @@ def outer_polygons(mask: np.ndarray, tolerance: float = 0.5) -> list[np.ndarray]
         if 0.5 * np.sum(cols[:-1] * rows[1:] - cols[1:] * rows[:-1]) <= 0:
             continue  # a hole (marching squares winds holes the other way round)
         # padded pixel-centre (row, col) -> pixel-edge (x, y): -1 for the padding, +0.5 for the centre
-        exact = _staircase(contour[:, ::-1] - 0.5)
+        exact = _corners(_staircase(contour[:, ::-1] - 0.5))
         simple = measure.approximate_polygon(exact, tolerance) if tolerance > 0 else exact
         points = (simple if len(simple) >= 4 else exact)[:-1]  # a speck keeps its exact outline
         if len(points) >= 3:
@@ -66,24 +66,32 @@ def _staircase(points: np.ndarray) -> np.ndarray:
     out[at] = p
     out[(at + 1)[turns]] = corner[turns]
     out[-1] = out[0]
-    if turns.any():  # start at a corner, which simplification then keeps, rather than mid-edge
-        start = int((at + 1)[turns][0])
-        out = np.concatenate([out[start:-1], out[:start + 1]])
     return out
+
+
+def _corners(points: np.ndarray) -> np.ndarray:
+    """A closed polygon (last point = first) without the points along straight runs; closed again. Its coordinates
+    are multiples of 0.5, so the collinearity test is exact."""
+    ring = points[:-1]
+    before, after = ring - np.roll(ring, 1, axis=0), np.roll(ring, -1, axis=0) - ring
+    kept = ring[before[:, 0] * after[:, 1] - before[:, 1] * after[:, 0] != 0]
+    return np.concatenate([kept, kept[:1]]) if len(kept) else points
 
 
 def _flat(points: np.ndarray, digits: int = 2) -> list[float]:
     return [round(float(v), digits) for v in points.reshape(-1)]
 
 
-def coco_record(file_name: str, mask: np.ndarray, tolerance: float = 0.5) -> dict[str, Any]:
-    """What the COCO file needs of one image, kept beside the outputs so a resumed run can assemble the file."""
+def coco_record(file_name: str, mask: np.ndarray, tolerance: float = 0.0,
+                polygons: list[np.ndarray] | None = None) -> dict[str, Any]:
+    """What the COCO file needs of one image, kept beside the outputs so a resumed run can assemble the file
+    (`polygons`: the mask's `outer_polygons`, when already computed)."""
     h, w = mask.shape
     encoded = rle(mask)
     x, y, bw, bh = (round(float(v), 2) for v in coco_mask.toBbox({**encoded, "counts": encoded["counts"].encode()}))
     return {"file_name": file_name, "width": int(w), "height": int(h), "area": int(mask.sum()),
             "bbox": [x, y, bw, bh], "rle": encoded,
-            "polygons": [_flat(p) for p in outer_polygons(mask, tolerance)]}
+            "polygons": [_flat(p) for p in (outer_polygons(mask, tolerance) if polygons is None else polygons)]}
 
 
 def coco_document(records: list[dict[str, Any]], category: str, *, polygons: bool = False,
