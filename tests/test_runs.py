@@ -66,3 +66,19 @@ def test_worker_pool_results_equal_inline_results(tiny_benchmark, tiny_dataset, 
         got = [untimed(rows) for rows, _ in pool.map(episode_job, jobs)]
     assert got == expected
     assert len({round(r["iou"], 6) for rows in got for r in rows}) > 1  # not a constant that any path would give
+
+
+def test_jsonl_reader_skips_a_torn_last_line_and_counts_unreadable_lines(tmp_path):
+    """One reader for every JSONL a command writes: a killed write's torn last line is skipped (and counted, which
+    reports show); an unreadable line before the last is an error naming the file and the line."""
+    from fewshotseg.runs.run_dir import read_jsonl, scan_jsonl
+
+    path = tmp_path / "metrics.jsonl"
+    assert read_jsonl(path) == [] and scan_jsonl(path) == ([], [])
+    path.write_text('{"iteration": 1}\n\n{"iteration": 2}\n{"iter')
+    assert read_jsonl(path) == [{"iteration": 1}, {"iteration": 2}]
+    assert scan_jsonl(path) == ([{"iteration": 1}, {"iteration": 2}], [4])
+    path.write_text('{"iteration": 1}\nnot json\n{"iteration": 3}\n')
+    assert scan_jsonl(path) == ([{"iteration": 1}, {"iteration": 3}], [2])
+    with pytest.raises(ValueError, match="metrics.jsonl: line 2 is not valid JSON"):
+        read_jsonl(path)

@@ -130,6 +130,19 @@ def test_joint_training_gives_an_initialization_with_a_fresh_two_class_head(tiny
     assert read_jsonl(tmp_path / "joint" / "metrics.jsonl")[-1]["loss"] > 0
 
 
+def test_joint_training_stops_on_a_non_finite_loss(tiny_benchmark, tmp_path, monkeypatch):
+    """The same divergence error as meta-training's, naming the setting to change; no initialization is written."""
+    from fewshotseg.errors import DivergedError
+    from fewshotseg.training import joint_train as module
+
+    monkeypatch.setattr(module, "segmentation_loss", lambda logits, labels: logits.sum() * float("nan"))
+    cfg = JointTrainConfig(data=str(tiny_benchmark), run_dir=str(tmp_path / "joint"), size=32, encoder="tinynet_e",
+                           epochs=0.2, batch_size=4, threads=1)
+    with pytest.raises(DivergedError, match="joint training diverged at step 0 .*lower --lr"):
+        module.joint_train(cfg)
+    assert not (tmp_path / "joint" / "model.safetensors").exists()
+
+
 def test_meta_train_writes_a_card_and_stops_on_non_finite_weights(tiny_benchmark, tmp_path, monkeypatch):
     """The run's card holds meta-training's omega as U; a meta-update that makes weights infinite is a divergence
     error (the inner loss may still be finite at that moment), and no initialization is written."""

@@ -15,7 +15,7 @@ from fewshotseg.evaluation import jobs
 from fewshotseg.evaluation.intervals import interval_by_class
 from fewshotseg.evaluation.protocols import Episode, paper_episodes
 from fewshotseg.meta_learning.update_routine import UpdateParams
-from fewshotseg.runs.run_dir import RunDir
+from fewshotseg.runs.run_dir import WEIGHT_ROWS, WEIGHT_SUMMARY, RunDir
 from fewshotseg.runs.workers import Pool, WorkerState
 
 
@@ -79,10 +79,10 @@ def analyze_weights(cfg: AnalyzeConfig, *, progress: bool = True) -> dict:
             rows += found
             bar.update()
     bar.close()
-    run.file("weight_distances.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run.file(WEIGHT_ROWS).write_text("".join(json.dumps(r) + "\n" for r in rows))
     summary = summarise(rows)
-    run.file("weight_summary.json").write_text(json.dumps({"update_params": params.as_dict(), "tasks": len(names),
-                                                           "summary": summary}, indent=2) + "\n")
+    run.file(WEIGHT_SUMMARY).write_text(json.dumps({"update_params": params.as_dict(), "tasks": len(names),
+                                                    "summary": summary}, indent=2) + "\n")
     return summary
 
 

@@ -39,7 +39,7 @@ from fewshotseg.evaluation.protocols import (
     run_episode,
 )
 from fewshotseg.meta_learning.update_routine import UpdateParams
-from fewshotseg.runs.run_dir import RunDir, atomic_write, read_jsonl
+from fewshotseg.runs.run_dir import EPISODES, INIT, PREDICTIONS, RESULTS, RunDir, atomic_write, read_jsonl
 from fewshotseg.runs.workers import Pool, WorkerState
 
 OVERLAY_EPISODES = 8
@@ -213,12 +213,12 @@ def evaluate(cfg: EvaluateConfig, *, params: UpdateParams | None = None, u_overr
     class_uniform = parse_spec(cfg.data).kind == "coco20i"  # HSNet's COCO loader draws a class, then a query
     seeds = cfg.seeds if protocol == "hsnet" else 1
 
-    init_path = run.file("init.safetensors")
+    init_path = run.file(INIT)
     described = write_for_workers(cfg.init, cfg.model_config(dropout=params.dropout), init_path, seed=cfg.seed)
     run.log(f"evaluating {described} on {len(names)} {cfg.split} tasks of {cfg.data} ({protocol} protocol, "
             f"{cfg.size} px, U: lr {params.lr:g}, {params.steps} steps, batch {params.batch_size})")
 
-    episodes_path = run.file("episodes.jsonl")
+    episodes_path = run.file(EPISODES)
     done = previous_rows(episodes_path)  # an interrupted evaluation resumes: finished episodes are not rerun
     results = {
         "init": cfg.init, "described": described, "data": cfg.data, "size": cfg.size, "split": cfg.split,
@@ -293,11 +293,11 @@ def evaluate(cfg: EvaluateConfig, *, params: UpdateParams | None = None, u_overr
     if label or cfg.label:
         results["label"] = label or cfg.label
     results["seconds"] = time.monotonic() - started
-    atomic_write(run.file("results.json"), lambda tmp: Path(tmp).write_text(json.dumps(results, indent=2) + "\n"))
+    atomic_write(run.file(RESULTS), lambda tmp: Path(tmp).write_text(json.dumps(results, indent=2) + "\n"))
     if kept:
         arrays = {"shots": np.array([k[0] for k in kept]), "images": np.stack([k[1] for k in kept]),
                   "masks": np.stack([k[2] for k in kept]), "probs": np.stack([k[3] for k in kept])}
-        atomic_write(run.file("predictions.npz"), lambda tmp: np.savez_compressed(open(tmp, "wb"), **arrays))
+        atomic_write(run.file(PREDICTIONS), lambda tmp: np.savez_compressed(open(tmp, "wb"), **arrays))
     return results
 
 
@@ -320,7 +320,7 @@ def previous_rows(path: Path) -> dict[int, dict[tuple[int, str, int], list[dict]
 
 def recompute(run_dir: str | Path) -> dict[str, dict]:
     """Every reduction again, from episodes.jsonl alone."""
-    rows = read_jsonl(Path(run_dir) / "episodes.jsonl")
+    rows = read_jsonl(Path(run_dir) / EPISODES)
     by_shots: dict[int, list[dict]] = defaultdict(list)
     for r in rows:
         by_shots[r["shots"]].append(r)

@@ -26,7 +26,7 @@ from fewshotseg.evaluation import jobs
 from fewshotseg.evaluation.early_stopping import EarlyStopping, early_stopping, score
 from fewshotseg.evaluation.intervals import interval_by_class
 from fewshotseg.meta_learning.update_routine import UpdateParams
-from fewshotseg.runs.run_dir import RunDir
+from fewshotseg.runs.run_dir import FP_K_ROWS, FP_K_SUMMARY, RunDir
 from fewshotseg.runs.workers import Pool, WorkerState
 
 PAPER_KS = [1, 5, 10, 50, 100, 200, 400]
@@ -127,10 +127,10 @@ def fp_k(cfg: FPKConfig, *, progress: bool = True) -> dict:
             rows.append(row)
             bar.update()
     bar.close()
-    run.file("fp_k.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run.file(FP_K_ROWS).write_text("".join(json.dumps(r) + "\n" for r in rows))
     summary = summarise(rows)
-    run.file("fp_k_summary.json").write_text(json.dumps({"tasks": names, "ks": cfg.ks, "repeats": cfg.repeats,
-                                                         "summary": summary}, indent=2) + "\n")
+    run.file(FP_K_SUMMARY).write_text(json.dumps({"tasks": names, "ks": cfg.ks, "repeats": cfg.repeats,
+                                                  "summary": summary}, indent=2) + "\n")
     return summary
 
 

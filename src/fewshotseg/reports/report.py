@@ -19,14 +19,15 @@ from typing import Any
 import yaml
 
 from fewshotseg.reports import overlays, plots, tables
+from fewshotseg.runs import run_dir as files
 
 # kind -> (the file that makes a folder a run of that kind, files that show such a run started but did not finish)
 KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "evaluate": ("results.json", ("episodes.jsonl", "predictions.npz")),
-    "tune": ("trials.json", ("update_params.json", "study.db")),
-    "fp-k": ("fp_k_summary.json", ("fp_k.jsonl",)),
-    "weights": ("weight_summary.json", ("weight_distances.jsonl",)),
-    "training": ("metrics.jsonl", ("config.yaml", "checkpoint.pt")),
+    "evaluate": (files.RESULTS, (files.EPISODES, files.PREDICTIONS)),
+    "tune": (files.TRIALS, (files.UPDATE_PARAMS, files.STUDY)),
+    "fp-k": (files.FP_K_SUMMARY, (files.FP_K_ROWS,)),
+    "weights": (files.WEIGHT_SUMMARY, (files.WEIGHT_ROWS,)),
+    "training": (files.METRICS, (files.CONFIG, files.CHECKPOINT)),
 }
 UNFINISHED_HINT = {
     "tune": "the tune run has not finished (trials.json is written when the study ends)",
@@ -232,7 +233,7 @@ def label_of(doc: dict, folder: Path) -> str:
 
 
 def load_evaluate(folder: Path, shown: str) -> Run:
-    results = expect(read_json(folder, "results.json"), dict, "results.json")
+    results = expect(read_json(folder, files.RESULTS), dict, "results.json")
     shots = expect(results.get("shots"), dict, "results.json: shots")
     if not shots:
         raise RunFileError("results.json: no shot count was evaluated")
@@ -245,9 +246,9 @@ def load_evaluate(folder: Path, shown: str) -> Run:
     if "update_params" in results:
         expect(results["update_params"], dict, "results.json: update_params")
     run = Run("evaluate", folder, shown, label_of(results, folder), {"results": results})
-    if (folder / "predictions.npz").is_file():
+    if (folder / files.PREDICTIONS).is_file():
         try:
-            run.content["predictions"] = overlays.load_predictions(folder / "predictions.npz")
+            run.content["predictions"] = overlays.load_predictions(folder / files.PREDICTIONS)
         except ValueError as err:
             run.notes.append(f"{err}; no overlay")
     else:
@@ -256,7 +257,7 @@ def load_evaluate(folder: Path, shown: str) -> Run:
 
 
 def load_tune(folder: Path, shown: str) -> Run:
-    doc = expect(read_json(folder, "trials.json"), dict, "trials.json")
+    doc = expect(read_json(folder, files.TRIALS), dict, "trials.json")
     trials = expect(doc.get("trials"), list, "trials.json: trials")
     for i, trial in enumerate(trials):
         expect(trial, dict, f"trials.json: trials[{i}]")
@@ -264,7 +265,7 @@ def load_tune(folder: Path, shown: str) -> Run:
         expect(trial.get("params"), dict, f"trials.json: trials[{i}].params")
     run = Run("tune", folder, shown, label_of(doc, folder), {"trials": doc, "chosen": None})
     try:
-        chosen = expect(read_json(folder, "update_params.json"), dict, "update_params.json")
+        chosen = expect(read_json(folder, files.UPDATE_PARAMS), dict, "update_params.json")
         expect(chosen.get("update_params"), dict, "update_params.json: update_params")
         run.content["chosen"] = chosen
     except RunFileError as err:
@@ -273,7 +274,7 @@ def load_tune(folder: Path, shown: str) -> Run:
 
 
 def load_fp_k(folder: Path, shown: str) -> Run:
-    doc = expect(read_json(folder, "fp_k_summary.json"), dict, "fp_k_summary.json")
+    doc = expect(read_json(folder, files.FP_K_SUMMARY), dict, "fp_k_summary.json")
     summary = expect(doc.get("summary"), dict, "fp_k_summary.json: summary")
     if not summary:
         raise RunFileError("fp_k_summary.json: no initialization in summary")
@@ -286,7 +287,7 @@ def load_fp_k(folder: Path, shown: str) -> Run:
 
 
 def load_weights(folder: Path, shown: str) -> Run:
-    doc = expect(read_json(folder, "weight_summary.json"), dict, "weight_summary.json")
+    doc = expect(read_json(folder, files.WEIGHT_SUMMARY), dict, "weight_summary.json")
     summary = expect(doc.get("summary"), dict, "weight_summary.json: summary")
     if not summary:
         raise RunFileError("weight_summary.json: no initialization in summary")
@@ -298,14 +299,14 @@ def load_weights(folder: Path, shown: str) -> Run:
 
 
 def load_training(folder: Path, shown: str) -> Run:
-    metrics, bad = read_metrics(folder / "metrics.jsonl")
+    metrics, bad = read_metrics(folder / files.METRICS)
     if not metrics:
         raise RunFileError("metrics.jsonl: no readable row with an iteration and a loss")
     run = Run("training", folder, shown, folder.name, {"metrics": metrics, "config": {}})
     if bad:
         run.notes.append(f"metrics.jsonl: {bad} unreadable line(s) ignored")
     try:
-        config = yaml.safe_load((folder / "config.yaml").read_text())
+        config = yaml.safe_load((folder / files.CONFIG).read_text())
         run.content["config"] = expect(config, dict, "config.yaml")
     except FileNotFoundError:
         run.notes.append("config.yaml: missing; the kind of training is unknown")
@@ -313,7 +314,7 @@ def load_training(folder: Path, shown: str) -> Run:
         run.notes.append(str(err))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
         run.notes.append(f"config.yaml: unreadable ({str(err).splitlines()[0]})")
-    run.content["finished"] = finished(folder / "log.txt")
+    run.content["finished"] = finished(folder / files.LOG)
     return run
 
 
@@ -327,20 +328,10 @@ def finished(log: Path) -> bool:
 
 def read_metrics(path: Path) -> tuple[list[dict], int]:
     """The usable rows of a metrics.jsonl and the number of others: a killed run can leave a half-written line."""
-    rows, bad = [], 0
-    for line in path.read_text(errors="replace").splitlines():
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            bad += 1
-            continue
-        if isinstance(row, dict) and tables.is_number(row.get("iteration")) and tables.is_number(row.get("loss")):
-            rows.append(row)
-        else:
-            bad += 1
-    return sorted(rows, key=lambda r: r["iteration"]), bad
+    records, unreadable = files.scan_jsonl(path)
+    rows = [r for r in records
+            if isinstance(r, dict) and tables.is_number(r.get("iteration")) and tables.is_number(r.get("loss"))]
+    return sorted(rows, key=lambda r: r["iteration"]), len(unreadable) + len(records) - len(rows)
 
 
 LOADERS: dict[str, Callable[[Path, str], Run]] = {

@@ -26,7 +26,7 @@ from torch import nn
 from fewshotseg.errors import UserError
 from fewshotseg.models.efficientlab import EfficientLab, ModelConfig, build_model, reset_head
 from fewshotseg.runs.card import WEIGHTS_FILE, Card, check_card, read_card, sha256
-from fewshotseg.runs.run_dir import atomic_write
+from fewshotseg.runs.run_dir import CHECKPOINT, CONFIG, METRICS, MODEL, atomic_write, read_jsonl
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -101,7 +101,7 @@ def find_initialization(spec: str | Path) -> Path:
         return packaged_folder(str(spec)) / WEIGHTS_FILE
     path = Path(spec)
     if path.is_dir():
-        for name in ("model.safetensors", "checkpoint.pt"):
+        for name in (MODEL, CHECKPOINT):
             if (path / name).is_file():
                 return path / name
         raise FileNotFoundError(f"{path}: no model.safetensors or checkpoint.pt in this run folder")
@@ -184,11 +184,11 @@ def card_for(path: Path, config: ModelConfig, extra: dict[str, Any]) -> Card:
         check_card(card, asdict(config), extra, folder / "card.json")
         return card
     run_config: dict[str, Any] = {}
-    if (folder / "config.yaml").is_file():
+    if (folder / CONFIG).is_file():
         import yaml
 
         try:
-            run_config = yaml.safe_load((folder / "config.yaml").read_text()) or {}
+            run_config = yaml.safe_load((folder / CONFIG).read_text()) or {}
         except (OSError, yaml.YAMLError):
             run_config = {}
     size = int(extra.get("size") or run_config.get("size") or 224)
@@ -300,7 +300,6 @@ def write_run_card(folder: str | Path, model: nn.Module, *, size: int, update_pa
     was trained on (and the corpus MANIFEST's summary when the data has one), and the last validation score of
     `metrics.jsonl`."""
     from fewshotseg.runs.provenance import environment
-    from fewshotseg.runs.run_dir import read_jsonl
 
     folder = Path(folder)
     data = Path(str(training.get("data", "")))
@@ -316,7 +315,7 @@ def write_run_card(folder: str | Path, model: nn.Module, *, size: int, update_pa
     training.setdefault("command", shlex.join(env["command"]))  # quoted: a path with spaces stays one argument
     training.setdefault("git_commit", env["git_commit"])
     metrics = []
-    rows = [r for r in read_jsonl(folder / "metrics.jsonl") if "val_miou" in r] if (folder / "metrics.jsonl").is_file() else []
+    rows = [r for r in read_jsonl(folder / METRICS) if "val_miou" in r] if (folder / METRICS).is_file() else []
     if rows:
         last = rows[-1]
         metrics.append({"data": f"{training.get('data')} (validation classes)", "protocol": "paper, 5-shot",

@@ -19,6 +19,26 @@ from typing import Any
 import yaml
 from tqdm import tqdm
 
+# --- The files of a run folder ------------------------------------------------------------------------------------
+# Each file's name, once: the commands write these names, `claim` checks for them, and reports read them.
+CONFIG = "config.yaml"  # the resolved settings (RunDir.write_config)
+LOG = "log.txt"
+METRICS = "metrics.jsonl"  # one record per logged training iteration
+CHECKPOINT = "checkpoint.pt"
+PREVIOUS_CHECKPOINT = "checkpoint.prev.pt"  # the one before the latest (training/checkpoint.py)
+MODEL = "model.safetensors"  # a training's exported initialization
+INIT = "init.safetensors"  # the network evaluate and tune hand to their workers
+RESULTS = "results.json"  # evaluate
+EPISODES = "episodes.jsonl"
+PREDICTIONS = "predictions.npz"
+STUDY = "study.db"  # tune
+TRIALS = "trials.json"
+UPDATE_PARAMS = "update_params.json"
+FP_K_ROWS = "fp_k.jsonl"  # fp-k
+FP_K_SUMMARY = "fp_k_summary.json"
+WEIGHT_ROWS = "weight_distances.jsonl"  # analyze-weights
+WEIGHT_SUMMARY = "weight_summary.json"
+
 
 def atomic_write(path: str | Path, write) -> None:
     """Call write(tmp_path) and move the result over `path` atomically."""
@@ -49,7 +69,7 @@ class RunDir:
     def file(self, name: str) -> Path:
         return self.path / name
 
-    def write_config(self, config: dict[str, Any], name: str = "config.yaml") -> None:
+    def write_config(self, config: dict[str, Any], name: str = CONFIG) -> None:
         """The resolved settings, plus `environment`: package versions, torch build, command line, git commit."""
         if self.writer:
             from fewshotseg.runs.provenance import environment
@@ -61,15 +81,15 @@ class RunDir:
         if not self.writer:
             return
         tqdm.write(message)
-        with self.file("log.txt").open("a") as fh:
+        with self.file(LOG).open("a") as fh:
             fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
 
-    def metric(self, record: dict[str, Any], name: str = "metrics.jsonl") -> None:
+    def metric(self, record: dict[str, Any], name: str = METRICS) -> None:
         if self.writer:
             with self.file(name).open("a") as fh:
                 fh.write(json.dumps(record) + "\n")
 
-    def truncate_metrics(self, after_iteration: int, name: str = "metrics.jsonl") -> None:
+    def truncate_metrics(self, after_iteration: int, name: str = METRICS) -> None:
         """Drop records written after the checkpoint a resumed run restarts from."""
         path = self.file(name)
         if not self.writer or not path.exists():
@@ -78,11 +98,38 @@ class RunDir:
         path.write_text("".join(line + "\n" for line in keep))
 
 
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+def scan_jsonl(path: str | Path) -> tuple[list[Any], list[int]]:
+    """The records of a JSONL file and the numbers (from 1) of its lines that are not JSON, such as the torn last
+    line a process killed mid-write leaves. Blank lines are ignored; a file that does not exist is ([], [])."""
     path = Path(path)
     if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return [], []
+    records: list[Any] = []
+    unreadable: list[int] = []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            unreadable.append(number)
+    return records, unreadable
+
+
+def read_jsonl(path: str | Path) -> list[Any]:
+    """The records of a JSONL file ([] when there is none). A torn last line (a write killed midway) is skipped;
+    an unreadable line before it is a ValueError naming the file and the line."""
+    path = Path(path)
+    records, unreadable = scan_jsonl(path)
+    if unreadable and (len(unreadable) > 1 or unreadable[0] != _last_line(path)):
+        raise ValueError(f"{path}: line {unreadable[0]} is not valid JSON")
+    return records
+
+
+def _last_line(path: Path) -> int:
+    """The number of the last non-blank line of a text file."""
+    lines = path.read_text(errors="replace").splitlines()
+    return max((n for n, line in enumerate(lines, 1) if line.strip()), default=0)
 
 
 # --- Who writes a run folder --------------------------------------------------------------------------------------
@@ -90,10 +137,8 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
 MARKER = "run.json"  # which command wrote the folder, with which settings
 LOCK = ".fewshotseg.lock"
 # Files some command writes into a run folder: their presence means the folder holds a run's results.
-RESULT_FILES = ("checkpoint.pt", "checkpoint.prev.pt", "model.safetensors", "config.yaml", "metrics.jsonl",
-                "results.json", "episodes.jsonl", "predictions.npz", "init.safetensors", "study.db", "trials.json",
-                "update_params.json", "fp_k.jsonl", "fp_k_summary.json", "weight_distances.jsonl",
-                "weight_summary.json")
+RESULT_FILES = (CHECKPOINT, PREVIOUS_CHECKPOINT, MODEL, CONFIG, METRICS, RESULTS, EPISODES, PREDICTIONS, INIT, STUDY,
+                TRIALS, UPDATE_PARAMS, FP_K_ROWS, FP_K_SUMMARY, WEIGHT_ROWS, WEIGHT_SUMMARY)
 
 
 @contextmanager
@@ -116,8 +161,8 @@ def claim(path: str | Path, command: str, settings: dict[str, Any], *, overwrite
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise RunFolderError(f"{path}: --run-dir is a file, not a folder; choose a folder")
-    if resume and not (path / MARKER).exists() and not (path / "checkpoint.pt").exists():
-        raise RunFolderError(f"--resume: nothing to resume in {path} (no checkpoint.pt and no {MARKER}); "
+    if resume and not (path / MARKER).exists() and not (path / CHECKPOINT).exists():
+        raise RunFolderError(f"--resume: nothing to resume in {path} (no {CHECKPOINT} and no {MARKER}); "
                              "run without --resume to start a new run there")
     created = not path.exists()
     path.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,7 @@ from fewshotseg.config import JointTrainConfig, as_dict
 from fewshotseg.data.augment import augment_batch
 from fewshotseg.data.dataset import IGNORE
 from fewshotseg.data.tasks import TaskTensors, episode_rng, torch_generator
-from fewshotseg.errors import RunFolderError
+from fewshotseg.errors import DivergedError, RunFolderError
 from fewshotseg.models.losses import l2_parameters, segmentation_loss
 from fewshotseg.runs.curves import Curves
 from fewshotseg.runs.initialization import (
@@ -35,7 +35,7 @@ from fewshotseg.runs.initialization import (
     save_initialization,
     write_run_card,
 )
-from fewshotseg.runs.run_dir import RunDir
+from fewshotseg.runs.run_dir import CHECKPOINT, CONFIG, MODEL, RunDir
 from fewshotseg.training import distributed
 from fewshotseg.training.budget import Budget
 from fewshotseg.training.checkpoint import (
@@ -44,6 +44,7 @@ from fewshotseg.training.checkpoint import (
     resumable_state,
     save_checkpoint,
 )
+from fewshotseg.training.datasets import load_train_val
 
 
 def joint_train(cfg: JointTrainConfig, *, resume: bool = False, started: float | None = None,
@@ -54,7 +55,7 @@ def joint_train(cfg: JointTrainConfig, *, resume: bool = False, started: float |
     budget = Budget(cfg.max_minutes, started=started) if cfg.max_minutes and not resume else None
     ctx = distributed.setup(cfg.device, cfg.threads)
     run = RunDir(cfg.run_dir, writer=ctx.is_main)
-    ckpt_path = run.file("checkpoint.pt")
+    ckpt_path = run.file(CHECKPOINT)
     state = resumable_state(ckpt_path, resume)
     if state is not None:
         fixed = ("data", "size", "splits", "fold", "variant", "encoder", "batch_size", "lr", "lr_final", "optimizer",
@@ -62,7 +63,7 @@ def joint_train(cfg: JointTrainConfig, *, resume: bool = False, started: float |
         check_unchanged(cfg, state["config"], fixed)
         # under a time budget the epochs are the fitted ones (config.yaml holds the latest fit), not the asked-for
         own = ("max_minutes",) if state["config"].get("max_minutes") else ("epochs", "max_minutes")
-        check_config_file(run.file("config.yaml"), state, (*fixed, *own))
+        check_config_file(run.file(CONFIG), state, (*fixed, *own))
         changed = [k for k in own if k in given and getattr(cfg, k) != state["config"][k]]
         if changed:
             shown = ", ".join(f"--{k.replace('_', '-')} {getattr(cfg, k):g} (the run's: {state['config'][k]:g})"
@@ -73,16 +74,7 @@ def joint_train(cfg: JointTrainConfig, *, resume: bool = False, started: float |
                                  "another --run-dir")
         cfg = replace(cfg, **{k: state["config"][k] for k in ("epochs", "max_minutes")})
 
-    from fewshotseg.data.cache import load_dataset
-    from fewshotseg.data.splits import resolve_splits
-
-    if cfg.fold >= 0:  # PASCAL-5i / COCO-20i: the fold's other classes on the training images
-        from fewshotseg.data.cache import load_split
-
-        train = load_split(cfg.data, cfg.size, "train", fold=cfg.fold)
-    else:
-        dataset = load_dataset(cfg.data, cfg.size)
-        train = dataset.subset(resolve_splits(dataset.root, cfg.splits, classes=dataset.names)["train"])
+    train, _ = load_train_val(cfg.data, cfg.size, cfg.splits, cfg.fold, val=False)
     index = np.concatenate([train.indices(name) for name in train.names])
     labels = np.concatenate([np.full(train.count(name), c + 1) for c, name in enumerate(train.names)])
 
@@ -141,7 +133,7 @@ def joint_train(cfg: JointTrainConfig, *, resume: bool = False, started: float |
         net.train()
         loss = segmentation_loss(net(x.to(ctx.device)), y.to(ctx.device))
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"joint training diverged at step {step} (loss {loss.item()}); lower --lr")
+            raise DivergedError(f"joint training diverged at step {step} (loss {loss.item()}); lower --lr")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -173,7 +165,7 @@ def joint_train(cfg: JointTrainConfig, *, resume: bool = False, started: float |
                 run.write_config(as_dict(cfg))  # the run's record holds the epochs it really runs
     progress.close()
     curves.close()
-    out = run.file("model.safetensors")
+    out = run.file(MODEL)
     if ctx.is_main:
         save_initialization(out, model, {"joint_trained_classes": len(train.names), "steps": total,
                                          "epochs": total / steps_per_epoch, "data": cfg.data, "size": cfg.size})

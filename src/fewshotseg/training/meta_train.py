@@ -49,7 +49,7 @@ from fewshotseg.runs.initialization import (
     write_run_card,
 )
 from fewshotseg.runs.provenance import environment
-from fewshotseg.runs.run_dir import RunDir
+from fewshotseg.runs.run_dir import CHECKPOINT, CONFIG, MODEL, RunDir
 from fewshotseg.training import distributed
 from fewshotseg.training.budget import Budget
 from fewshotseg.training.checkpoint import (
@@ -58,6 +58,7 @@ from fewshotseg.training.checkpoint import (
     resumable_state,
     save_checkpoint,
 )
+from fewshotseg.training.datasets import load_train_val
 
 # Changing these on --resume would silently change the run; everything else (eval cadence, threads) may change.
 _FIXED_ON_RESUME = ("data", "size", "splits", "fold", "algorithm", "variant", "encoder", "meta_batch", "meta_optimizer",
@@ -78,13 +79,13 @@ def meta_train(cfg: MetaTrainConfig, *, resume: bool = False, max_minutes: float
     budget = Budget(max_minutes, started=started) if max_minutes and not resume else None  # loading counts too
     ctx = distributed.setup(cfg.device, cfg.threads)
     run = RunDir(cfg.run_dir, writer=ctx.is_main)
-    ckpt_path = run.file("checkpoint.pt")
+    ckpt_path = run.file(CHECKPOINT)
     state = resumable_state(ckpt_path, resume)
     requested = cfg.iterations  # what the run was asked for, before any time budget refits it
     commands = [shlex.join(environment()["command"])]  # every process that ran it: the card records them
     if state is not None:
         check_unchanged(cfg, state["config"], _FIXED_ON_RESUME)
-        check_config_file(run.file("config.yaml"), state, _FIXED_ON_RESUME)
+        check_config_file(run.file(CONFIG), state, _FIXED_ON_RESUME)
         commands = _commands(state, run) + commands
         requested = state.get("requested_iterations", state["config"]["iterations"])
         if continue_to is not None and continue_to not in (requested, state["config"]["iterations"]):
@@ -101,17 +102,7 @@ def meta_train(cfg: MetaTrainConfig, *, resume: bool = False, max_minutes: float
             print(f"note: --max-minutes is not applied on --resume; the run continues to {cfg.iterations} "
                   "meta-iterations (pass --iterations N with --resume to change that)", file=sys.stderr)
 
-    from fewshotseg.data.cache import load_dataset, load_split
-    from fewshotseg.data.splits import resolve_splits
-
-    if cfg.fold >= 0:  # PASCAL-5i / COCO-20i: the fold's other classes, on training and on evaluation images
-        train = load_split(cfg.data, cfg.size, "train", fold=cfg.fold)
-        val = load_split(cfg.data, cfg.size, "val", fold=cfg.fold)
-    else:
-        dataset = load_dataset(cfg.data, cfg.size)
-        splits = resolve_splits(dataset.root, cfg.splits)
-        train = dataset.subset(splits["train"])
-        val = dataset.subset(splits["val"]) if splits.get("val") else None
+    train, val = load_train_val(cfg.data, cfg.size, cfg.splits, cfg.fold)
 
     torch.manual_seed(cfg.seed)  # a random initialization is a function of the seed
     model, described = load_initialization(cfg.init, cfg.model_config(dropout=cfg.dropout))
@@ -193,7 +184,7 @@ def meta_train(cfg: MetaTrainConfig, *, resume: bool = False, max_minutes: float
     progress.close()
     curves.close()
 
-    out = run.file("model.safetensors")
+    out = run.file(MODEL)
     if ctx.is_main:
         save_initialization(out, model, {"algorithm": cfg.algorithm, "iterations": cfg.iterations, "data": cfg.data,
                                          "size": cfg.size})
@@ -267,7 +258,7 @@ def _commands(state: dict, run: RunDir) -> list[str]:
     try:
         import yaml
 
-        command = (yaml.safe_load(run.file("config.yaml").read_text()) or {}).get("environment", {}).get("command")
+        command = (yaml.safe_load(run.file(CONFIG).read_text()) or {}).get("environment", {}).get("command")
     except (OSError, ValueError, AttributeError):
         command = None
     return [shlex.join(command)] if isinstance(command, list) and command else []

@@ -39,7 +39,7 @@ from fewshotseg.evaluation.early_stopping import EarlyStopping, early_stopping
 from fewshotseg.evaluation.protocols import Episode, paper_episodes, run_episode
 from fewshotseg.meta_learning.update_routine import DivergedError, UpdateParams
 from fewshotseg.runs.curves import Curves
-from fewshotseg.runs.run_dir import RunDir, atomic_write
+from fewshotseg.runs.run_dir import INIT, STUDY, TRIALS, UPDATE_PARAMS, RunDir, atomic_write
 from fewshotseg.runs.workers import Pool, WorkerState
 
 # name -> (low, high, log scale, integer). Paper App. B: lr in [5e-4, 5e-2]; EfficientLab-6-3 also searched
@@ -95,7 +95,7 @@ class TuneConfig(ModelFields):
 def storage_for(url: str, run_dir: Path):
     """An Optuna storage object for a URL; RDB storages get heartbeats so a killed trial is failed, not stuck."""
     if not url:
-        url = f"sqlite:///{(run_dir / 'study.db').resolve()}"
+        url = f"sqlite:///{(run_dir / STUDY).resolve()}"
     if url.startswith("journal:"):
         from optuna.storages.journal import JournalFileBackend
 
@@ -364,7 +364,7 @@ def tune(cfg: TuneConfig, *, progress: bool = True, pool: Pool | None = None) ->
     else:
         run.log(f"tuning the {spec.method} method (settings not searched: {spec_source})")
 
-    init_path = run.file("init.safetensors")  # seeded: a resumed study rewrites the same network
+    init_path = run.file(INIT)  # seeded: a resumed study rewrites the same network
     described = write_for_workers(cfg.init, cfg.model_config(dropout=base.dropout), init_path, seed=cfg.seed)
 
     storage = storage_for(cfg.storage, run.path)
@@ -429,8 +429,8 @@ def write_method_results(study: optuna.Study, run: RunDir, cfg: TuneConfig, spec
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     trials = [{"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
                "random": t.number < max(1, cfg.trials // 2)} for t in study.trials]
-    _write_json(run.file("trials.json"), {"study": cfg.study, "shots": cfg.shots, "init": cfg.init,
-                                          "described": described, "method": spec.method, "trials": trials})
+    _write_json(run.file(TRIALS), {"study": cfg.study, "shots": cfg.shots, "init": cfg.init,
+                                   "described": described, "method": spec.method, "trials": trials})
     if not complete:
         raise RuntimeError(f"study {cfg.study!r}: no trial completed (all {len(study.trials)} failed)")
     best = max(complete, key=lambda t: t.value)
@@ -449,9 +449,9 @@ def write_results(study: optuna.Study, run: RunDir, cfg: TuneConfig, base: Updat
         "median_steps": t.user_attrs.get("median_steps"), "best_steps": t.user_attrs.get("best_steps"),
         "random": t.number < max(1, cfg.trials // 2),
     } for t in study.trials]
-    _write_json(run.file("trials.json"), {"study": cfg.study, "shots": cfg.shots, "init": cfg.init,
-                                          "described": described, "search": cfg.search, "max_steps": cfg.max_steps,
-                                          "trials": trials})
+    _write_json(run.file(TRIALS), {"study": cfg.study, "shots": cfg.shots, "init": cfg.init,
+                                   "described": described, "search": cfg.search, "max_steps": cfg.max_steps,
+                                   "trials": trials})
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not complete:
         raise RuntimeError(f"study {cfg.study!r}: no trial completed (all {len(study.trials)} failed)")
@@ -460,7 +460,7 @@ def write_results(study: optuna.Study, run: RunDir, cfg: TuneConfig, base: Updat
     result = {"update_params": params.as_dict(), "shots": cfg.shots, "objective": best.value, "trial": best.number,
               "study": cfg.study, "init": cfg.init, "described": described, "search": cfg.search,
               "failed_trials": sum(t.state == optuna.trial.TrialState.FAIL for t in study.trials)}
-    _write_json(run.file("update_params.json"), result, indent=2)
+    _write_json(run.file(UPDATE_PARAMS), result, indent=2)
     run.log(f"best of {len(complete)} trials: mean IoU {100 * best.value:.2f} % with lr {params.lr:.3g}, "
             f"{params.steps} steps (median early-stopping step) -> {run.file('update_params.json')}")
     low, high = lr_range(cfg)
