@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", required=True)
     parser.add_argument("--summary", default="")
     parser.add_argument("--bench", nargs="+", default=[], metavar="JSON",
-                        help="JSON written by bench/real_photos.py --out (several: e.g. the validation and the test run)")
+                        help="JSON written by bench/real_photos.py --out, or FILE#ROW for a row of another label "
+                             "(several: e.g. the validation and the test run)")
     parser.add_argument("--relative-to", nargs="+", default=[], metavar="FOLDER",
                         help="write paths under these folders relative to them (the work folder, the checkout): the "
                              "card records where the data, run and config were, not whose disk")
@@ -141,9 +142,13 @@ def package(args: argparse.Namespace) -> Path:
     earlier = _earlier_training(card.training.get("init"))
     if earlier:  # meta-training continued from another run: keep that run's record too
         card.training["init_training"] = earlier
-    for bench_file in args.bench:
+    for item in args.bench:
+        bench_file, _, label = item.partition("#")  # FILE#ROW names the row of that file
         bench = json.loads(Path(bench_file).read_text())
-        row = bench["rows"][args.bench_row or args.name]
+        label = label or args.bench_row or args.name
+        if label not in bench["rows"]:
+            raise PackagingError(f"{bench_file}: no row {label!r}; its rows: {', '.join(bench['rows'])}")
+        row = bench["rows"][label]
         if "fields" in row:  # bench/real_photos.py's rows since methods: class-bootstrap intervals
             card.metrics += bench_metrics(row, bench.get("split", "test"), bench.get("classes", []))
             row = {}
