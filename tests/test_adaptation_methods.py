@@ -85,6 +85,7 @@ def test_lp_ft_head_after_the_probe_step_is_the_probes_solution(tiny_model, tiny
     torch.testing.assert_close(logits[:, 1] - logits[:, 0], head.logits(feats), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["finetune", "probe", "prototype", "rf"])
 def test_each_method_beats_the_all_foreground_floor_on_tiny_tasks(tiny_model, tiny_dataset, method):
     from fewshotseg.meta_learning.update_routine import UpdateParams

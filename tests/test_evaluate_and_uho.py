@@ -119,6 +119,7 @@ def tune_config(tiny_benchmark, tmp_path, **changes) -> TuneConfig:
     return TuneConfig(**{**values, **changes})
 
 
+@pytest.mark.slow
 def test_uho_finishes_and_its_best_trial_beats_its_worst(tiny_benchmark, tmp_path):
     result = tune(tune_config(tiny_benchmark, tmp_path), progress=False)
     trials = json.loads((tmp_path / "tune" / "trials.json").read_text())["trials"]
@@ -131,6 +132,7 @@ def test_uho_finishes_and_its_best_trial_beats_its_worst(tiny_benchmark, tmp_pat
     assert saved.lr == result["update_params"]["lr"]
 
 
+@pytest.mark.slow
 def test_a_diverging_trial_is_recorded_as_failed_and_the_study_resumes(tiny_benchmark, tmp_path, monkeypatch):
     cfg = tune_config(tiny_benchmark, tmp_path, trials=2)
     monkeypatch.setitem(uho.SEARCH_SPACE, "lr", (1e10, 1e11, True, False))
@@ -170,6 +172,7 @@ def check_shared(study: optuna.Study) -> None:
     assert len({t.user_attrs["pid"] for t in finished}) == 2  # both processes contributed
 
 
+@pytest.mark.slow
 def test_two_tune_processes_share_one_sqlite_study(tiny_benchmark, tmp_path):
     check_shared(two_workers(tiny_benchmark, tmp_path, f"sqlite:///{tmp_path / 'shared.db'}", "shared"))
 
@@ -183,6 +186,7 @@ def test_two_tune_processes_share_one_postgresql_study(tiny_benchmark, tmp_path)
     check_shared(two_workers(tiny_benchmark, tmp_path, url, study))
 
 
+@pytest.mark.slow
 def test_a_widened_lr_range_is_searched_and_a_bound_is_warned_about(tiny_benchmark, tmp_path):
     from dataclasses import replace
 

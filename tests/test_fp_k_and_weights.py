@@ -27,6 +27,7 @@ def many_pairs(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_fp_k_runs_every_k_for_every_init(many_pairs, all_foreground_init, tmp_path):
     tuned = tmp_path / "tuned.json"
     UpdateParams(lr=0.01, steps=3).save(tuned)

@@ -38,6 +38,7 @@ def test_update_routine_leaves_the_initialization_untouched(model, task):
         assert torch.equal(a, b)
 
 
+@pytest.mark.slow
 def test_update_routine_beats_the_all_foreground_floor_on_easy_tasks(model, tiny_dataset):
     """Adapted on 7 images of a built-in class (one coloured shape among distractors), a random network predicts the
     5 held-out images well above the floor of predicting everything foreground; a wrong sign in U's step fails."""

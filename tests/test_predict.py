@@ -228,6 +228,7 @@ def test_a_rerun_skips_what_is_written_and_refuses_other_settings(fitted, tmp_pa
     assert redone["predicted"] == len(rels)
 
 
+@pytest.mark.slow
 def test_two_shards_make_one_run_and_their_coco_files_merge(fitted, tmp_path, one_torch_thread):
     from fewshotseg.cli import main
     from fewshotseg.predict import predict_folder

@@ -8,12 +8,14 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from fewshotseg.cli import build_parser, main
 from fewshotseg.data.synthetic import SyntheticSpec, class_list, make_synthetic
 
 
+@pytest.mark.slow
 def test_tiny_quickstart_end_to_end(tmp_path):
     from fewshotseg.quickstart import QuickstartConfig, quickstart, tiny
 
@@ -91,6 +93,7 @@ def test_every_verb_has_help():
         assert verbs[verb].format_help()
 
 
+@pytest.mark.slow
 def test_python_dash_m_works():
     out = subprocess.run([sys.executable, "-m", "fewshotseg", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and "fewshotseg" in out.stdout

@@ -20,6 +20,7 @@ def python_blocks() -> list[str]:
     return re.findall(r"^```python\n(.*?)^```", section, flags=re.S | re.M)
 
 
+@pytest.mark.slow
 def test_readme_python_section_runs(capsys):
     blocks = python_blocks()
     assert len(blocks) >= 3

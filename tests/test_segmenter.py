@@ -76,6 +76,7 @@ def _pairs(name: str, ns=(1, 2)):
     return [REAL_PHOTOS / name / f"{n}.jpg" for n in ns], [REAL_PHOTOS / name / f"{n}.png" for n in ns]
 
 
+@pytest.mark.slow
 def test_support_statistics_make_each_query_independent_of_the_others(tiny_init):
     from fewshotseg.segmenter import FewShotSegmenter
 
@@ -182,6 +183,7 @@ def test_support_without_foreground_is_refused_with_its_name(tiny_init, tmp_path
     assert {p.name: p.read_bytes() for p in support.iterdir()} == before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["support", "query", "previous"])
 def test_adapt_never_writes_over_the_users_files(tiny_init, tmp_path, capsys, where):
     from fewshotseg.cli import main
@@ -203,6 +205,7 @@ def test_adapt_never_writes_over_the_users_files(tiny_init, tmp_path, capsys, wh
         assert main([*args, "--out", str(out), "--overwrite"]) == 0
 
 
+@pytest.mark.slow
 def test_adapt_by_default_uses_the_shipped_general_initialization(tmp_path):
     """No --init, no --update-params: every real-photo query gets a non-empty mask."""
     from fewshotseg.cli import main

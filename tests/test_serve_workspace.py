@@ -81,6 +81,7 @@ def test_names_from_the_browser_never_leave_the_session_folder(ws, tmp_path):
         assert p.path.parent.parent == ws.folder and p.path.is_file()
 
 
+@pytest.mark.slow
 def test_adapt_segment_and_downloads_equal_the_segmenter(ws, tiny_init):
     import torch
 
@@ -172,6 +173,7 @@ def test_auth_and_host_checks(capsys):
     assert "warning: listening on 0.0.0.0" in err and "without a password" in err and "no-such-init" in err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["probe", "prototype"])
 def test_the_page_gives_the_apis_masks_for_every_method(ws, tiny_init, method):
     from fewshotseg.app.workspace import Initialization

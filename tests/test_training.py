@@ -72,6 +72,7 @@ def test_meta_train_writes_a_complete_run_folder(tiny_benchmark, tiny_dataset, t
         meta_train(cfg)
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_equals_an_uninterrupted_run(tiny_benchmark, tmp_path):
     full, killed = tmp_path / "full", tmp_path / "killed"
     done = run_cli(["meta-train", *meta_flags(tiny_benchmark, full, 10)])
@@ -95,6 +96,7 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tiny_benchmark, tmp_pa
     assert [m["iteration"] for m in read_jsonl(killed / "metrics.jsonl")] == list(range(1, 11))
 
 
+@pytest.mark.slow
 def test_two_process_torchrun_equals_one_process(tiny_benchmark, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     single = run_cli(["meta-train", *meta_flags(tiny_benchmark, one, 3)])
@@ -108,6 +110,7 @@ def test_two_process_torchrun_equals_one_process(tiny_benchmark, tmp_path):
     assert_same_state(final_state(one), final_state(two))
 
 
+@pytest.mark.slow
 def test_resume_refuses_changed_settings(tiny_benchmark, tmp_path):
     run = tmp_path / "run"
     assert run_cli(["meta-train", *meta_flags(tiny_benchmark, run, 2)]).returncode == 0

@@ -572,8 +572,10 @@ def run_in_subprocess(argv: list[str]) -> tuple[int, str]:
     return done.returncode, done.stdout + done.stderr
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=[pytest.mark.xfail(reason=c.xfail, strict=False)]
-                                               if c.xfail else []) for c in CASES])
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=([pytest.mark.xfail(reason=c.xfail, strict=False)]
+                                                          if c.xfail else [])
+                                               + ([pytest.mark.slow] if c.subprocess else []))  # a process each
+                                  for c in CASES])
 def test_hostile_input(case: Case, world: World, tmp_path: Path, capfd):
     if case.skip_if is not None and (reason := case.skip_if()):
         pytest.skip(reason)

@@ -47,6 +47,7 @@ def lines(path: Path) -> int:
     return path.read_bytes().count(b"\n") if path.exists() else 0
 
 
+@pytest.mark.slow
 def test_evaluate_killed_and_resumed_equals_an_uninterrupted_run(world: World, tmp_path: Path):
     from fewshotseg.cli import main
 
@@ -81,6 +82,7 @@ def untimed(value):
     return value
 
 
+@pytest.mark.slow
 def test_tune_killed_and_resumed_equals_an_uninterrupted_run(world: World, tmp_path: Path):
     import optuna
 
@@ -109,6 +111,7 @@ def test_tune_killed_and_resumed_equals_an_uninterrupted_run(world: World, tmp_p
     assert resumed["objective"] == pytest.approx(whole["objective"], abs=1e-12)
 
 
+@pytest.mark.slow
 def test_a_truncated_latest_checkpoint_falls_back_to_the_previous(world: World, tmp_path: Path, capfd):
     import shutil
 
