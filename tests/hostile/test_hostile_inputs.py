@@ -491,7 +491,7 @@ CASES = [
     Case("ad-variant-disagrees-with-init", AD + " --variant efficientlab-6-3", ("--variant efficientlab-6-3",
                                                                                 "efficientlab-3")),
     Case("ad-general-with-another-encoder", AD.replace("{init}", "general").replace(" --size 32", "") +
-         " --encoder tinynet_e", ("--encoder tinynet_e", "tf_efficientnet_lite0")),
+         " --encoder tinynet_e", ("--encoder tinynet_e", "tf_efficientnet_lite2")),
     Case("ad-init-nan-weight", AD.replace("{init}", "{tmp}/nan.safetensors"), ("nan.safetensors", "NaN"),
          setup=nan_weight_init, absent=("smaller learning rate", "--u-lr")),
     Case("ad-card-bad-steps", AD.replace("{init}", "{tmp}/bad").replace(" --u-steps 1", ""), ("card.json", "steps"),

@@ -132,6 +132,9 @@ def _replace_atomically(final: Path, write) -> None:
         temp.unlink(missing_ok=True)
 
 
+BUILD_LOCK = ".build.lock"  # held by the one process that builds an entry (see `cached`)
+
+
 def _remove_leftovers(entry: Path, keep: set[str]) -> None:
     """Delete arrays of earlier builds and temp files of killed ones (a temp file younger than an hour may
     belong to a build running in another process, so it stays)."""
@@ -171,7 +174,7 @@ def _write_entry(entry: Path, source: DataSource, stamp: str, dataset: Segmentat
         "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     _replace_atomically(entry / "index.json", lambda f: f.write(json.dumps(index, indent=1).encode()))
-    _remove_leftovers(entry, keep={"index.json", *names.values()})
+    _remove_leftovers(entry, keep={"index.json", BUILD_LOCK, *names.values()})
 
 
 def cached(
@@ -194,8 +197,8 @@ def cached(
         )
     # One builder per entry: two processes that start on a cold cache (two trainings side by side) would otherwise
     # each delete the other's arrays as leftovers. The second waits, then reads what the first wrote.
-    location.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(location / f".{name}.lock")):
+    (location / name).mkdir(parents=True, exist_ok=True)
+    with FileLock(str(location / name / BUILD_LOCK)):
         fresh = _read_entry(location / name, source, size, stamp)
         if fresh is not None:
             return fresh, location / name, False

@@ -87,8 +87,8 @@ class TuneConfig(ModelFields):
                                  "max_depth)")
     bn_policy: str = option("", "U's BatchNorm regime while tuning and in the result (paper, transductive, frozen, "
                                 "support); default: U's own, the one adapt deploys")
-    lr_range: str = option("5e-4,5e-2", "LOW,HIGH of the searched learning rate (log-uniform; the paper's range by "
-                                        "default): widen it when the best lr lands on a bound")
+    lr_range: str = option("", "LOW,HIGH of the searched learning rate (log-uniform; default: the paper's 5e-4,5e-2): "
+                               "widen it when the best lr lands on a bound")
     device: str = option("auto", "cpu, cuda or auto")
 
 
@@ -293,7 +293,9 @@ def suggest(trial: optuna.Trial, base: UpdateParams, search: list[str],
 
 
 def lr_range(cfg: TuneConfig) -> tuple[float, float]:
-    """The searched learning-rate range: the paper's [5e-4, 5e-2] unless --lr-range LOW,HIGH widens it."""
+    """The searched learning-rate range: SEARCH_SPACE's (the paper's [5e-4, 5e-2]) unless --lr-range LOW,HIGH."""
+    if not cfg.lr_range:
+        return SEARCH_SPACE["lr"][0], SEARCH_SPACE["lr"][1]
     try:
         low, high = (float(x) for x in cfg.lr_range.split(","))
     except ValueError:
@@ -497,7 +499,7 @@ def _check_same_study(study: optuna.Study, cfg: TuneConfig, described: str) -> N
         identity["method"] = spec.method
     if cfg.bn_policy:
         identity["bn_policy"] = cfg.bn_policy
-    if cfg.lr_range != "5e-4,5e-2":
+    if cfg.lr_range:
         identity["lr_range"] = cfg.lr_range
     saved = study.user_attrs.get("identity")
     if saved is None:
