@@ -6,7 +6,8 @@
     4 UHO        Bayesian optimisation of U's learning rate (steps by early stopping) on validation tasks,
                  for FOMAML* and joint, at 1 and 5 shots
     5 evaluate   1- and 5-shot mean IoU ± CI95 on held-out test tasks: FOMAML*, FOMAML*+UHO, joint, joint+UHO,
-                 random init, and the ImageNet-trained encoder when its weights are installed
+                 random init, the probe and prototype on FOMAML*'s frozen features, and the ImageNet-trained
+                 encoder (fine-tuned with U, probe, prototype) when its weights are installed
     6 report     report.md with the table and figures, and the list of departures from the paper
 
 Every stage writes a run folder under OUT/runs and is skipped when its results are already there, so an
