@@ -407,18 +407,26 @@ def resolve_card_update_params(card: Card, shots: int | None, *, preset: str = "
     return params, source
 
 
-def read_update_params(path: str | Path) -> dict[str, Any]:
+def _read_mapping(path: str | Path, key: str, what: str, writer: str) -> tuple[Path, dict[str, Any]]:
+    """(path, the mapping under `key` of a JSON or YAML file, or the whole file's mapping), with errors naming the
+    file, `what` it should hold and which command writes one."""
     path = Path(expand_user(str(path)))
     try:
         text = path.read_text()
         values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text) or {}
     except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as err:
-        raise SettingError(f"{path}: cannot read these update parameters ({err}); pass a file written by "
-                           "`fewshotseg tune` (update_params.json) or a YAML/JSON mapping of U's settings") from err
-    if isinstance(values, dict) and isinstance(values.get("update_params"), dict):
-        values = values["update_params"]
+        raise SettingError(f"{path}: cannot read these {what} ({err}); pass a file written by {writer} or a "
+                           "YAML/JSON mapping") from err
+    if isinstance(values, dict) and isinstance(values.get(key), dict):
+        values = values[key]
     if not isinstance(values, dict):
-        raise SettingError(f"{path}: update parameters must be a mapping of name: value (as `tune` writes them)")
+        raise SettingError(f"{path}: {what} must be a mapping of name: value (as {writer} writes them)")
+    return path, values
+
+
+def read_update_params(path: str | Path) -> dict[str, Any]:
+    path, values = _read_mapping(path, "update_params", "update parameters",
+                                 "`fewshotseg tune` (update_params.json)")
     unknown = sorted(set(values) - {f.name for f in fields(UpdateParams)})
     if unknown:
         raise SettingError(f"{path}: unknown update parameter(s) {unknown}; known: "
@@ -458,15 +466,4 @@ def resolve_method(card: Card, method: str = "card", *, settings: dict[str, Any]
 
 
 def _read_method_settings(path: str | Path) -> dict[str, Any]:
-    path = Path(path).expanduser()
-    try:
-        text = path.read_text()
-        values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text) or {}
-    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as err:
-        raise SettingError(f"{path}: cannot read these method settings ({err}); pass a file written by "
-                           "`fewshotseg tune --method` (method.json) or a YAML/JSON mapping") from err
-    if isinstance(values, dict) and isinstance(values.get("settings"), dict):
-        values = values["settings"]
-    if not isinstance(values, dict):
-        raise SettingError(f"{path}: method settings must be a mapping of name: value")
-    return values
+    return _read_mapping(path, "settings", "method settings", "`fewshotseg tune --method` (method.json)")[1]
