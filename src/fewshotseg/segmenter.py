@@ -42,6 +42,7 @@ from torch import nn
 from fewshotseg.adaptation import (
     Adapter,
     FinetuneAdapter,
+    FrozenFeatures,
     MethodSpec,
     OneClassSupportError,
     RFAdapter,
@@ -148,6 +149,8 @@ class FewShotSegmenter:
             raise UserError(f"{folder}: its card says it holds a fitted {spec.method}, but {ADAPTER_FILE} is missing; "
                             "copy the whole folder that save_pretrained wrote")
         adapter = make_adapter(spec, device=self.device)
+        if not isinstance(adapter, FrozenFeatures):
+            raise UserError(f"{folder}: a fitted {spec.method} cannot be stored; fit again")
         self._adapter = type(adapter).restore(self.init, adapter.settings, load_file(str(path)), self.device)
 
     @property

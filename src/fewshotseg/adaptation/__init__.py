@@ -20,6 +20,7 @@ from fewshotseg.adaptation.methods import (
     METHODS,
     Adapter,
     FinetuneAdapter,
+    FrozenFeatures,
     MethodSpec,
     OneClassSupportError,
     ProbeAdapter,
@@ -32,6 +33,6 @@ from fewshotseg.adaptation.methods import (
     settings_for,
 )
 
-__all__ = ["METHODS", "Adapter", "FinetuneAdapter", "MethodSpec", "OneClassSupportError", "ProbeAdapter",
+__all__ = ["METHODS", "Adapter", "FinetuneAdapter", "FrozenFeatures", "MethodSpec", "OneClassSupportError", "ProbeAdapter",
            "ProbeSettings", "PrototypeAdapter", "PrototypeSettings", "RFAdapter", "RFSettings", "make_adapter",
            "settings_for"]

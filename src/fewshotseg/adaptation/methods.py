@@ -160,6 +160,14 @@ class Adapter(ABC):
     def predict(self, images: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
         """Foreground probabilities (B, H, W) on the CPU, float32."""
 
+    def network(self) -> nn.Module:
+        """The network the fitted adapter predicts with (what `save_pretrained` writes)."""
+        raise UserError(f"the {self.method} method predicts without a network to save")
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """What was fit besides the network, to save beside it (safetensors); nothing by default."""
+        return {}
+
 
 class FinetuneAdapter(Adapter):
     """U: the update routine's gradient steps (its BatchNorm regime is `params.bn_policy`)."""
@@ -200,7 +208,7 @@ class FinetuneAdapter(Adapter):
         return cls(params, device, learner=learner)
 
 
-class _FrozenFeatures(Adapter):
+class FrozenFeatures(Adapter):
     """Shared by probe and prototype: the frozen network's per-pixel features, BatchNorm as the settings say."""
 
     settings: ProbeSettings | PrototypeSettings
@@ -260,7 +268,7 @@ class _FrozenFeatures(Adapter):
 
     @classmethod
     def restore(cls, network: nn.Module, settings, tensors: dict[str, torch.Tensor],
-                device: torch.device | str = "cpu") -> _FrozenFeatures:
+                device: torch.device | str = "cpu") -> FrozenFeatures:
         """A fitted adapter from a saved network (its BatchNorm statistics as they were fit) and fitted tensors."""
         adapter = cls(settings, device)
         adapter.model = network.to(adapter.device).eval()
@@ -286,7 +294,7 @@ def hard_labels(fraction: torch.Tensor) -> torch.Tensor:
     return labels.float()
 
 
-class ProbeAdapter(_FrozenFeatures):
+class ProbeAdapter(FrozenFeatures):
     method = "probe"
 
     def fit(self, init, support, rng, *, on_step=None) -> None:
@@ -321,7 +329,7 @@ class ProbeAdapter(_FrozenFeatures):
         return logits.clamp(0, 1) if self.settings.solver == "ridge" else torch.sigmoid(logits)
 
 
-class PrototypeAdapter(_FrozenFeatures):
+class PrototypeAdapter(FrozenFeatures):
     method = "prototype"
 
     def fit(self, init, support, rng, *, on_step=None) -> None:

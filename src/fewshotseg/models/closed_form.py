@@ -46,7 +46,7 @@ def pixel_features(model: torch.nn.Module, images: torch.Tensor, names: tuple[st
     return torch.cat(groups, dim=1).contiguous(memory_format=torch.contiguous_format)
 
 
-def mask_targets(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def mask_targets(masks: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
     """Foreground fraction of every feature cell: masks (B, H, W) area-averaged to (B, h, w), in [0, 1]."""
     return F.adaptive_avg_pool2d(masks.float().unsqueeze(1), size).squeeze(1)
 
