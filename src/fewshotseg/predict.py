@@ -49,6 +49,7 @@ from PIL import Image
 from fewshotseg.data.dataset import DataError
 from fewshotseg.data.images import IMAGE_SUFFIXES
 from fewshotseg.errors import UserError
+from fewshotseg.runs.workers import process_alive
 
 FORMATS = ("png", "coco", "yolo")
 PARTIAL = ".partial"
@@ -300,21 +301,11 @@ def clean_partial(out: Path) -> int:
     for path in folder.iterdir():
         host, _, rest = path.name.partition("-")
         pid = rest.partition("-")[0]
-        if host != host_id() or not pid.isdigit() or _alive(int(pid)):
+        if host != host_id() or not pid.isdigit() or process_alive(int(pid)):
             continue
         path.unlink(missing_ok=True)
         removed += 1
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def write_image_outputs(writer: Writer, job: Job, rel: str, mask: np.ndarray) -> None:

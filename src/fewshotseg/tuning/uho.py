@@ -40,7 +40,7 @@ from fewshotseg.evaluation.protocols import Episode, paper_episodes, run_episode
 from fewshotseg.meta_learning.update_routine import DivergedError, UpdateParams
 from fewshotseg.runs.curves import Curves
 from fewshotseg.runs.run_dir import INIT, STUDY, TRIALS, UPDATE_PARAMS, RunDir, atomic_write
-from fewshotseg.runs.workers import Pool, WorkerState
+from fewshotseg.runs.workers import Pool, WorkerState, process_alive
 
 # name -> (low, high, log scale, integer). Paper App. B: lr in [5e-4, 5e-2]; EfficientLab-6-3 also searched
 # dropout [0.2, 0.5], augmentation rate [0.5, 1] and batch size [1, 10].
@@ -516,16 +516,8 @@ def _fail_dead_local_trials(study: optuna.Study, *, exclusive: bool = False) -> 
     dead, including one killed before it recorded its process."""
     host = socket.gethostname()
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        if exclusive or (t.user_attrs.get("host") == host and not _alive(t.user_attrs.get("pid", -1))):
+        if exclusive or (t.user_attrs.get("host") == host and not process_alive(t.user_attrs.get("pid", -1))):
             study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
             study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return pid > 0
