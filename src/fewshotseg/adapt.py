@@ -175,10 +175,9 @@ def adapt(cfg: AdaptConfig, *, u_overrides: dict[str, Any] | None = None, progre
     if spec.method == "finetune":
         params, source = seg.update_params_for(len(support), preset=cfg.u_preset, file=cfg.update_params or None,
                                                **(u_overrides or {}))
-        if cfg.stats != "card":
-            from fewshotseg.segmenter import STATS_POLICY
+        from fewshotseg.segmenter import with_stats
 
-            params = params.replace(bn_policy=STATS_POLICY[cfg.stats])
+        params = with_stats(params, cfg.stats)
         progress(f"U: lr {params.lr:g}, {params.steps} steps, batch {params.batch_size}, {params.optimizer}, "
                  f"BatchNorm {params.bn_policy} — from {source}")
     else:

@@ -151,32 +151,24 @@ def quickstart(cfg: QuickstartConfig) -> Path:
 
         # 5. evaluation on held-out test tasks
         stages.begin("evaluate")
-        rows = [("FOMAML*", inits["FOMAML*"], None), ("FOMAML* + UHO", inits["FOMAML*"], "FOMAML*"),
-                ("joint-trained", inits["joint"], None), ("joint-trained + UHO", inits["joint"], "joint"),
-                ("random init", "random", None)]
-        # the strongest simple baselines on the meta-learned network: a linear probe and prototypes on its frozen
-        # features (encoder stride 4 and 16, decoder), no fine-tuning
-        frozen = [("FOMAML* probe (frozen)", inits["FOMAML*"], "probe"),
-                  ("FOMAML* prototype (frozen)", inits["FOMAML*"], "prototype")]
+        # (label, initialization, whose UHO result is U (None: meta-training's U), method); the frozen rows are the
+        # strongest simple baselines on the meta-learned network: a probe and prototypes on its frozen features
+        rows = [("FOMAML*", inits["FOMAML*"], None, "finetune"), ("FOMAML* + UHO", inits["FOMAML*"], "FOMAML*", "finetune"),
+                ("joint-trained", inits["joint"], None, "finetune"),
+                ("joint-trained + UHO", inits["joint"], "joint", "finetune"), ("random init", "random", None, "finetune"),
+                ("FOMAML* probe (frozen)", inits["FOMAML*"], None, "probe"),
+                ("FOMAML* prototype (frozen)", inits["FOMAML*"], None, "prototype")]
         evaluated = []
-        for label, init, tuned_for in rows:
+        for label, init, tuned_for, method in rows:
             for shots in (1, 5):
                 run_dir = runs / "evaluate" / f"{_slug(label)}-{shots}shot"
                 if not (run_dir / "results.json").exists():
                     params = UpdateParams.load(tuned[(tuned_for, shots)]) if tuned_for else meta_u
                     evaluate(EvaluateConfig(init=init, data=str(data), run_dir=str(run_dir), shots=[shots],
                                             size=cfg.size, max_tasks=cfg.test_tasks, seed=cfg.seed,
-                                            workers=cfg.workers, encoder=cfg.encoder, variant=cfg.variant),
-                             params=params, pool=pool, label=label)
-            evaluated.append(_slug(label))
-        for label, init, method in frozen:
-            for shots in (1, 5):
-                run_dir = runs / "evaluate" / f"{_slug(label)}-{shots}shot"
-                if not (run_dir / "results.json").exists():
-                    evaluate(EvaluateConfig(init=init, data=str(data), run_dir=str(run_dir), shots=[shots],
-                                            size=cfg.size, max_tasks=cfg.test_tasks, seed=cfg.seed,
                                             workers=cfg.workers, encoder=cfg.encoder, variant=cfg.variant,
-                                            method=method), pool=pool, label=label)
+                                            method=method),
+                             params=params if method == "finetune" else None, pool=pool, label=label)
             evaluated.append(_slug(label))
         evaluated += _imagenet_rows(cfg, data, runs, meta_u, pool)
 

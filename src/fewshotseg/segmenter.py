@@ -51,7 +51,6 @@ from fewshotseg.adaptation import (
 from fewshotseg.data.images import ImageLike, load_image, no_signal, read_pair  # noqa: F401 (re-exported)
 from fewshotseg.data.tasks import TaskTensors, episode_rng
 from fewshotseg.errors import UserError
-from fewshotseg.meta_learning import batchnorm
 from fewshotseg.meta_learning.update_routine import UpdateParams
 from fewshotseg.models.efficientlab import ModelConfig
 from fewshotseg.runs.card import Card
@@ -207,14 +206,10 @@ class FewShotSegmenter:
                                                                                                     settings=settings)
         params, source = None, ""
         if spec.method == "finetune":
-            if update_params is None:
-                update_params, source = self.update_params_for(len(xs))
-            else:
-                source = "given"
-            if stats != "card":
-                update_params = update_params.replace(bn_policy=STATS_POLICY[stats])
+            params, source = (update_params, "given") if update_params is not None else self.update_params_for(len(xs))
+            params = with_stats(params, stats)
         self.method, self.method_source = spec, spec_source
-        self.params, self.params_source, self.stats = params or update_params, source, stats
+        self.params, self.params_source, self.stats = params, source, stats
         task = TaskTensors.from_arrays(np.stack(xs), np.stack(ys))
         previous = self._adapter if isinstance(self._adapter, FinetuneAdapter) else None
         adapter = make_adapter(spec, params=self.params, device=self.device,
@@ -263,9 +258,9 @@ class FewShotSegmenter:
 # ------------------------------------------------------------------------------------------ helpers
 
 
-def support_statistics_(model: nn.Module, images: torch.Tensor) -> None:
-    """Set every BatchNorm's running statistics to the exact statistics of `images` (one pass, dropout off)."""
-    batchnorm.set_statistics_(model, images)
+def with_stats(params: UpdateParams, stats: str) -> UpdateParams:
+    """U with the BatchNorm regime `stats` names at prediction ("card": U's own)."""
+    return params if stats == "card" else params.replace(bn_policy=STATS_POLICY[stats])
 
 
 def _name(x: ImageLike, i: int) -> str:

@@ -50,11 +50,8 @@ def check_policy(policy: str) -> str:
 
 
 @torch.no_grad()
-def set_statistics_(model: nn.Module, images: torch.Tensor, batch_size: int = 64) -> None:
-    """Set every BatchNorm's running statistics to the exact statistics of `images` (dropout off).
-
-    One pass when the images fit one batch; otherwise the per-batch statistics are pooled exactly (means weighted by
-    batch size, variances by the law of total variance), so the result does not depend on `batch_size`."""
+def set_statistics_(model: nn.Module, images: torch.Tensor) -> None:
+    """Set every BatchNorm's running statistics to the exact statistics of `images` (one pass, dropout off)."""
     model.eval()
     bns = list(bn_modules(model))
     momenta = [m.momentum for m in bns]
@@ -62,24 +59,7 @@ def set_statistics_(model: nn.Module, images: torch.Tensor, batch_size: int = 64
         m.reset_running_stats()
         m.momentum = None  # cumulative average: after one batch, exactly that batch's statistics
         m.train()
-    if len(images) <= batch_size:
-        model(images)
-    else:  # a cumulative average of per-batch means and (unbiased) variances, then corrected to the pooled ones
-        sums = [(torch.zeros_like(m.running_mean), torch.zeros_like(m.running_mean)) for m in bns]
-        counts = 0
-        for i in range(0, len(images), batch_size):
-            chunk = images[i:i + batch_size]
-            for m in bns:
-                m.reset_running_stats()
-            model(chunk)
-            pixels = len(chunk)
-            for (s1, s2), m in zip(sums, bns, strict=True):
-                s1 += m.running_mean * pixels
-                s2 += (m.running_var + m.running_mean ** 2) * pixels
-            counts += pixels
-        for (s1, s2), m in zip(sums, bns, strict=True):
-            m.running_mean.copy_(s1 / counts)
-            m.running_var.copy_(s2 / counts - (s1 / counts) ** 2)
+    model(images)
     for m, momentum in zip(bns, momenta, strict=True):
         m.momentum = momentum
     model.eval()

@@ -277,19 +277,10 @@ def make_method_objective(pool: Pool, init_path: str, cfg: TuneConfig, episodes:
 
 def suggest(trial: optuna.Trial, base: UpdateParams, search: list[str],
             lr_range: tuple[float, float] | None = None) -> UpdateParams:
-    values: dict = {}
-    for name in search:
-        if name == "head_init":
-            values[name] = trial.suggest_categorical(name, list(SEARCH_SPACE[name]))
-            continue
-        low, high, log, integer = SEARCH_SPACE[name]
-        if name == "lr" and lr_range is not None:
-            low, high = lr_range
-        if integer:
-            values[name] = trial.suggest_int(name, low, high, log=log)
-        else:
-            values[name] = trial.suggest_float(name, low, high, log=log)
-    return base.replace(**values)
+    space = dict(SEARCH_SPACE)
+    if lr_range is not None:
+        space["lr"] = (*lr_range, *SEARCH_SPACE["lr"][2:])
+    return base.replace(**suggest_values(trial, space, search))
 
 
 def lr_range(cfg: TuneConfig) -> tuple[float, float]:
