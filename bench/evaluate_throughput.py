@@ -34,9 +34,9 @@ from fewshotseg.data.synthetic import SyntheticSpec, make_synthetic
 from fewshotseg.evaluation import jobs
 from fewshotseg.evaluation.evaluate import episode_job
 from fewshotseg.evaluation.protocols import paper_episodes, run_episode
+from fewshotseg.initializations.weights import save_initialization
 from fewshotseg.meta_learning.update_routine import Learner, UpdateParams
 from fewshotseg.models.efficientlab import ModelConfig, build_model
-from fewshotseg.runs.initialization import save_initialization
 from fewshotseg.runs.workers import Pool, WorkerState
 
 SHOTS = 5  # the paper's k = 5; run_episode's queries are the protocol's 5

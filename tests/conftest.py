@@ -62,8 +62,8 @@ def all_foreground_init(tmp_path_factory) -> Path:
     The foreground logit leads by 100 at every pixel; a few steps of U at a small learning rate move the logits by
     far less, so every query image is predicted all foreground and its IoU is its mask's foreground fraction: a
     score a test computes by hand from the mask files."""
+    from fewshotseg.initializations.weights import save_initialization
     from fewshotseg.models.efficientlab import ModelConfig, build_model
-    from fewshotseg.runs.initialization import save_initialization
 
     torch.manual_seed(0)
     model = build_model(ModelConfig(variant="efficientlab-3", encoder="tinynet_e"))

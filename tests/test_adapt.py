@@ -48,7 +48,7 @@ def test_adapt_on_an_fss_style_class_folder_and_onnx_export(tmp_path):
     import torch
 
     from fewshotseg.adapt import AdaptConfig, adapt
-    from fewshotseg.runs.initialization import load_initialization
+    from fewshotseg.initializations.weights import load_initialization
 
     support = tmp_path / "duck"
     shutil.copytree(REAL_PHOTOS / "duck_toy", support)

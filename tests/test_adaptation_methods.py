@@ -142,9 +142,9 @@ def test_evaluate_runs_a_method_on_the_same_episodes_and_records_it(tiny_benchma
 
 def test_tune_searches_a_methods_settings_and_records_them_in_the_card(tiny_benchmark, tmp_path, tiny_config):
     from fewshotseg.cli import main
+    from fewshotseg.initializations.card import read_card
+    from fewshotseg.initializations.weights import save_initialization
     from fewshotseg.models.efficientlab import build_model
-    from fewshotseg.runs.card import read_card
-    from fewshotseg.runs.initialization import save_initialization
 
     torch.manual_seed(0)
     init = tmp_path / "init" / "model.safetensors"
@@ -191,7 +191,7 @@ def test_r2d2_meta_steps_lower_the_query_loss_under_the_closed_form_head(tiny_da
 def test_frozen_features_of_an_untrained_decoder_are_refused_naming_both():
     from fewshotseg.config import resolve_method
     from fewshotseg.errors import SettingError
-    from fewshotseg.runs.initialization import init_card
+    from fewshotseg.initializations.pretrained import init_card
 
     spec, _ = resolve_method(init_card("imagenet"), "probe")
     assert spec.as_dict()["settings"]["features"] == ["skip", "deep"]  # the encoder's features by default

@@ -70,7 +70,7 @@ def test_per_query_protocol_has_one_episode_per_query_image(tiny_benchmark, all_
 def test_evaluate_initialization_scores_a_known_prediction(tiny_benchmark, tiny_dataset, all_foreground_init):
     from fewshotseg.evaluation.protocols import paper_episodes
     from fewshotseg.evaluation.results import evaluate_initialization
-    from fewshotseg.runs.initialization import load_initialization
+    from fewshotseg.initializations.weights import load_initialization
 
     model, _ = load_initialization(str(all_foreground_init), None)
     before = {k: v.clone() for k, v in model.state_dict().items()}

@@ -40,7 +40,7 @@ def sections_in_order(text: str) -> bool:
 
 
 def corpus_card(**changes):
-    from fewshotseg.runs.card import Card
+    from fewshotseg.initializations.card import Card
 
     corpus = {"corpus_version": 1, "splits": {"train": 3, "val": 1, "test": 1},
               "spec": {"size": 64, "pairs": 4, "seed": 0},
@@ -100,7 +100,7 @@ def test_the_model_card_has_hugging_face_front_matter_and_every_section():
 
 def test_an_old_card_json_still_reads_and_says_what_it_does_not_record():
     """card.json written before licences and limitations (sources as "package version", a CI of 0.0)."""
-    from fewshotseg.runs.card import Card
+    from fewshotseg.initializations.card import Card
 
     old = corpus_card().to_json()
     for key in ("license", "license_notes", "limitations"):
@@ -133,8 +133,9 @@ def test_a_licence_the_hub_does_not_know_is_other_with_its_name(tmp_path):
 
 
 def test_a_run_card_lists_the_corpus_sources_licences_and_no_invented_ci(tmp_path):
+    from fewshotseg.initializations.pretrained import write_run_card
+    from fewshotseg.initializations.weights import save_initialization
     from fewshotseg.models.efficientlab import ModelConfig, build_model
-    from fewshotseg.runs.initialization import save_initialization, write_run_card
 
     data, run = tmp_path / "corpus", tmp_path / "run"
     data.mkdir()
@@ -161,7 +162,7 @@ def test_a_run_card_lists_the_corpus_sources_licences_and_no_invented_ci(tmp_pat
 
 @pytest.mark.parametrize("name", ["general", "general-fomaml"])
 def test_the_shipped_card_is_current_licensed_and_agrees_with_the_wheel(name):
-    from fewshotseg.runs.card import hub_license, read_card, sha256
+    from fewshotseg.initializations.card import hub_license, read_card, sha256
 
     folder = REPO / "src" / "fewshotseg" / "inits" / name
     card = read_card(folder)
@@ -232,8 +233,8 @@ def tiny_run(tmp_path_factory):
     """A run folder: tinynet_e weights at 64 px with a card (no licence), trained from a clean checkout."""
     import torch
 
+    from fewshotseg.initializations.card import Card
     from fewshotseg.models.efficientlab import ModelConfig
-    from fewshotseg.runs.card import Card
     from fewshotseg.segmenter import FewShotSegmenter
 
     torch.manual_seed(0)
@@ -246,7 +247,7 @@ def tiny_run(tmp_path_factory):
 
 def package(repo, run, out, *flags):
     tool(repo).main([str(run), str(out), "--name", "tiny", *flags])
-    from fewshotseg.runs.card import read_card
+    from fewshotseg.initializations.card import read_card
 
     return read_card(out)
 
@@ -316,7 +317,7 @@ def test_a_card_without_a_licence_is_refused(checkout, tiny_run, tmp_path):
 
 
 def test_a_run_trained_from_a_dirty_checkout_is_refused_unless_allowed(checkout, tiny_run, tmp_path):
-    from fewshotseg.runs.card import read_card
+    from fewshotseg.initializations.card import read_card
 
     run = tmp_path / "dirty-run"
     shutil.copytree(tiny_run, run)

@@ -46,9 +46,9 @@ def test_git_commit_is_none_outside_a_checkout(tmp_path):
 def test_worker_pool_results_equal_inline_results(tiny_benchmark, tiny_dataset, tmp_path, one_torch_thread):
     from fewshotseg.evaluation.evaluate import episode_job
     from fewshotseg.evaluation.protocols import paper_episodes
+    from fewshotseg.initializations.weights import write_for_workers
     from fewshotseg.meta_learning.update_routine import UpdateParams
     from fewshotseg.models.efficientlab import ModelConfig
-    from fewshotseg.runs.initialization import write_for_workers
     from fewshotseg.runs.workers import Pool
 
     init = tmp_path / "init.safetensors"

@@ -19,8 +19,8 @@ def tiny_init(tmp_path_factory):
     """A small initialization folder (tinynet_e at 64 px) with a card that asks for 2 SGD steps at lr 0.01."""
     import torch
 
+    from fewshotseg.initializations.card import Card
     from fewshotseg.models.efficientlab import ModelConfig
-    from fewshotseg.runs.card import Card
     from fewshotseg.segmenter import FewShotSegmenter
 
     torch.manual_seed(0)
@@ -36,7 +36,7 @@ def tiny_init(tmp_path_factory):
 
 
 def test_card_round_trips_and_gives_u_per_shot_count(tiny_init):
-    from fewshotseg.runs.card import read_card
+    from fewshotseg.initializations.card import read_card
     from fewshotseg.segmenter import FewShotSegmenter
 
     card = read_card(tiny_init)

@@ -147,7 +147,7 @@ def test_painted_mask_reads_the_brush_layer():
 
 
 def test_serve_without_the_shipped_initialization_says_to_pass_init(monkeypatch, capsys):
-    import fewshotseg.runs.initialization as initialization
+    import fewshotseg.initializations.weights as initialization
     from fewshotseg.cli import main
 
     def missing(name):

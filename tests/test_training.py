@@ -15,7 +15,7 @@ import torch
 
 from fewshotseg.config import JointTrainConfig, MetaTrainConfig
 from fewshotseg.evaluation.results import evaluate_initialization
-from fewshotseg.runs.initialization import load_checkpoint, load_initialization, read_initialization
+from fewshotseg.initializations.weights import load_checkpoint, load_initialization, read_initialization
 from fewshotseg.runs.run_dir import read_jsonl
 
 
@@ -150,7 +150,7 @@ def test_meta_train_writes_a_card_and_stops_on_non_finite_weights(tiny_benchmark
     """The run's card holds meta-training's omega as U; a meta-update that makes weights infinite is a divergence
     error (the inner loss may still be finite at that moment), and no initialization is written."""
     from fewshotseg.errors import DivergedError
-    from fewshotseg.runs.card import read_card
+    from fewshotseg.initializations.card import read_card
     from fewshotseg.training.meta_train import meta_train
 
     base = dict(data=str(tiny_benchmark), size=32, encoder="tinynet_e", iterations=2, meta_batch=2, inner_steps=2,

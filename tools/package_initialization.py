@@ -33,8 +33,8 @@ from pathlib import Path
 
 import yaml
 
-from fewshotseg.runs.card import LICENSE_FILE, read_card
-from fewshotseg.runs.initialization import write_run_card
+from fewshotseg.initializations.card import LICENSE_FILE, read_card
+from fewshotseg.initializations.pretrained import write_run_card
 from fewshotseg.segmenter import FewShotSegmenter
 
 

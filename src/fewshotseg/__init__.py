@@ -32,11 +32,15 @@ if TYPE_CHECKING:  # what the lazy `__getattr__` returns, for mypy, pyright and 
     from fewshotseg.data.tasks import TaskTensors, sample_classes
     from fewshotseg.evaluation.protocols import Episode, paper_episodes
     from fewshotseg.evaluation.results import ClassResult, EvaluationResult, evaluate_initialization
+    from fewshotseg.initializations.card import Card
+    from fewshotseg.initializations.weights import (
+        load_initialization,
+        read_initialization,
+        save_initialization,
+    )
     from fewshotseg.meta_learning.meta_learner import MetaLearner
     from fewshotseg.meta_learning.update_routine import Learner, UpdateParams
     from fewshotseg.models.efficientlab import VARIANTS, EfficientLab, ModelConfig, build_model
-    from fewshotseg.runs.card import Card
-    from fewshotseg.runs.initialization import load_initialization, read_initialization, save_initialization
     from fewshotseg.segmenter import FewShotSegmenter, Prediction
 
 __version__ = "0.1.0"
@@ -61,12 +65,12 @@ _EXPORTS: dict[str, str] = {
     "evaluate_initialization": "fewshotseg.evaluation.results",
     "EvaluationResult": "fewshotseg.evaluation.results",
     "ClassResult": "fewshotseg.evaluation.results",
-    "save_initialization": "fewshotseg.runs.initialization",
-    "read_initialization": "fewshotseg.runs.initialization",
-    "load_initialization": "fewshotseg.runs.initialization",
+    "save_initialization": "fewshotseg.initializations.weights",
+    "read_initialization": "fewshotseg.initializations.weights",
+    "load_initialization": "fewshotseg.initializations.weights",
     "FewShotSegmenter": "fewshotseg.segmenter",
     "Prediction": "fewshotseg.segmenter",
-    "Card": "fewshotseg.runs.card",
+    "Card": "fewshotseg.initializations.card",
     "make_corpus": "fewshotseg.data.corpus",
     "CorpusSpec": "fewshotseg.data.corpus",
     "MethodSpec": "fewshotseg.adaptation",

@@ -139,7 +139,7 @@ def with_init_architecture(cfg, given: set[str], verb: str):
 
     from fewshotseg.config import flag_name
     from fewshotseg.errors import SettingError
-    from fewshotseg.runs.initialization import ARCHITECTURE, init_architecture
+    from fewshotseg.initializations.pretrained import ARCHITECTURE, init_architecture
 
     names = {f.name for f in fields(cfg)}
     if "init" not in names or not set(ARCHITECTURE) <= names:
@@ -361,14 +361,14 @@ def add_tune(sub: argparse._SubParsersAction) -> None:
 
 
 def run_tune(args: argparse.Namespace) -> int:
-    from fewshotseg.runs.initialization import record_tuned
+    from fewshotseg.initializations.pretrained import record_tuned
     from fewshotseg.tuning.uho import TuneConfig, tune
 
     cfg = config_from_args(TuneConfig, args)
     with claimed(args, "tune", cfg, free=("trials",)):
         result = tune(cfg)
     if "update_params" not in result:  # another adaptation method than U
-        from fewshotseg.runs.initialization import record_method
+        from fewshotseg.initializations.pretrained import record_method
 
         print(f"best: mean IoU {100 * result['objective']:.2f} % on validation tasks with {result['method']} "
               f"{result['settings']} (trial {result['trial']}); written to {cfg.run_dir}/method.json")

@@ -17,11 +17,11 @@ import pydantic
 import yaml
 
 from fewshotseg.errors import SettingError
+from fewshotseg.initializations.card import Card
 from fewshotseg.meta_learning.meta_update import ALGORITHMS
 from fewshotseg.meta_learning.update_routine import UpdateParams
 from fewshotseg.models.efficientlab import VARIANTS, ModelConfig
 from fewshotseg.paths import expand_user
-from fewshotseg.runs.card import Card
 
 T = TypeVar("T")
 
@@ -377,7 +377,7 @@ def init_update_params(init: str, shots: int | None, *, preset: str = "card", fi
                        **overrides: Any) -> tuple[UpdateParams, str]:
     """U's hyperparameters for adapting the initialization `init` with `shots` support images, and where they came
     from (see `resolve_card_update_params`)."""
-    from fewshotseg.runs.initialization import init_card
+    from fewshotseg.initializations.pretrained import init_card
 
     return resolve_card_update_params(init_card(init), shots, preset=preset, file=file, **overrides)
 

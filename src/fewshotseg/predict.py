@@ -137,7 +137,7 @@ def check_options(opts: PredictOptions) -> None:
 
 def check_model(folder: str | Path) -> dict[str, Any]:
     """The card of a fitted segmenter's folder, or a UserError that says to adapt first."""
-    from fewshotseg.runs.card import CARD_FILE, read_card
+    from fewshotseg.initializations.card import CARD_FILE, read_card
 
     path = Path(folder)
     if path.is_file() and path.name in ("model.safetensors", CARD_FILE):
@@ -459,7 +459,7 @@ def _run(job: Job, todo: list[tuple[int, list[str]]], workers: int, together: bo
 
 def settings_of(opts: PredictOptions, model: dict[str, Any]) -> dict[str, Any]:
     """What makes an output what it is: a re-run into the same --out must agree on all of it."""
-    from fewshotseg.runs.card import sha256
+    from fewshotseg.initializations.card import sha256
 
     folder = model["folder"]
     weights = {p.name: sha256(p) for p in sorted(folder.glob("*.safetensors"))}  # the network, a fitted head

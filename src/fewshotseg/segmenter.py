@@ -51,11 +51,12 @@ from fewshotseg.adaptation import (
 from fewshotseg.data.images import ImageLike, load_image, no_signal, read_pair  # noqa: F401 (re-exported)
 from fewshotseg.data.tasks import TaskTensors, episode_rng
 from fewshotseg.errors import UserError
+from fewshotseg.initializations.card import Card
+from fewshotseg.initializations.pretrained import resolve_pretrained, save_pretrained
+from fewshotseg.initializations.weights import find_initialization
 from fewshotseg.meta_learning.update_routine import UpdateParams
 from fewshotseg.models.efficientlab import ModelConfig
-from fewshotseg.runs.card import Card
 from fewshotseg.runs.device import choose_device
-from fewshotseg.runs.initialization import find_initialization, resolve_pretrained, save_pretrained
 
 log = logging.getLogger(__name__)
 

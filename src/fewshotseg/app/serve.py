@@ -36,7 +36,7 @@ class ServeOptions:
 def load_initializations(specs: list[str], device: str) -> list[Initialization]:
     """One `Initialization` per spec, labelled by its name; the shipped `general` one, when missing, is a clear
     error that says to pass --init."""
-    from fewshotseg.runs.initialization import PACKAGED, packaged_folder
+    from fewshotseg.initializations.weights import PACKAGED, packaged_folder
     from fewshotseg.segmenter import FewShotSegmenter
 
     out: list[Initialization] = []

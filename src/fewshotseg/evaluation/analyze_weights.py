@@ -38,7 +38,7 @@ class AnalyzeConfig(ModelFields):
 
 def distance_job(state: WorkerState, label: str, init_path: str, data: str, size: int, episode: Episode,
                  params: UpdateParams, seed: int) -> list[dict]:
-    init, learner = state.init(init_path), jobs.learner(state, init_path)
+    init, learner = jobs.init(state, init_path), jobs.learner(state, init_path)
     task = TaskTensors.from_dataset(jobs.dataset(state, data, size), episode.cls).take(list(episode.support))
     learner.adapt(init, task, params, episode_rng(seed, 3, episode.class_index, episode.split, len(episode.support)))
     before = dict(init.named_parameters())
@@ -55,8 +55,8 @@ def analyze_weights(cfg: AnalyzeConfig, *, progress: bool = True) -> dict:
     from fewshotseg.data.splits import resolve_splits
     from fewshotseg.evaluation.evaluate import select_tasks
     from fewshotseg.evaluation.fp_k import labelled
+    from fewshotseg.initializations.weights import write_for_workers
     from fewshotseg.runs.device import choose_device
-    from fewshotseg.runs.initialization import write_for_workers
 
     inits = labelled(cfg.inits)
     if len(inits) < 1:

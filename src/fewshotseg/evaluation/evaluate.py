@@ -92,7 +92,7 @@ def episode_job(state: WorkerState, init_path: str, data: str | tuple, size: int
     """One episode in a worker: adapt, predict, count; every row carries the episode's adapt + predict seconds."""
     learner, dataset = jobs.learner(state, init_path), jobs.dataset(state, data, size)
     started = time.perf_counter()
-    rows = run_episode(learner, state.init(init_path), dataset, episode, params, seed=seed, method=method)
+    rows = run_episode(learner, jobs.init(state, init_path), dataset, episode, params, seed=seed, method=method)
     seconds = time.perf_counter() - started
     rows = [{**r, "seconds": seconds} for r in rows]
     kept = None
@@ -168,7 +168,7 @@ def versions() -> dict[str, str]:
 def method_spec(cfg: EvaluateConfig) -> tuple[MethodSpec, str]:
     """The adaptation method evaluated and where its settings came from (see `config.resolve_method`)."""
     from fewshotseg.config import resolve_method
-    from fewshotseg.runs.initialization import init_card
+    from fewshotseg.initializations.pretrained import init_card
 
     return resolve_method(init_card(cfg.init), cfg.method, file=cfg.method_settings or None)
 
@@ -187,15 +187,15 @@ def evaluate(cfg: EvaluateConfig, *, params: UpdateParams | None = None, u_overr
     count (its card), a file, or the paper's (see `shot_params`)."""
     from fewshotseg.data.cache import load_split
     from fewshotseg.data.sources import parse_spec
+    from fewshotseg.initializations.weights import write_for_workers
     from fewshotseg.runs.device import choose_device
-    from fewshotseg.runs.initialization import write_for_workers
 
     fold = cfg.fold if cfg.fold >= 0 else None
     protocol = ("hsnet" if fold is not None else "paper") if cfg.protocol == "auto" else cfg.protocol
     if protocol not in PROTOCOLS:
         raise ValueError(f"--protocol {cfg.protocol!r}: choose auto or one of {', '.join(PROTOCOLS)}")
     if not cfg.size:
-        from fewshotseg.runs.initialization import card_size
+        from fewshotseg.initializations.pretrained import card_size
 
         cfg = replace(cfg, size=card_size(cfg.init) or 224)
     spec, spec_source = method_spec(cfg)

@@ -71,7 +71,7 @@ def fp_k_job(state: WorkerState, label: str, init_path: str, data: str, size: in
     task = TaskTensors.from_dataset(dataset, cls)
     prefixes, test = fp_k_prefixes(episode_rng(cfg.seed, 8, class_index, repeat), len(task), cfg.ks, cfg.test_images)
     train = prefixes[k]
-    learner, init = jobs.learner(state, init_path), state.init(init_path)
+    learner, init = jobs.learner(state, init_path), jobs.init(state, init_path)
     rng = lambda stage: episode_rng(cfg.seed, 9, class_index, repeat, k, stage)  # noqa: E731
     if k < cfg.early_stopping_from:
         steps = params.steps
@@ -90,8 +90,8 @@ def fp_k(cfg: FPKConfig, *, progress: bool = True) -> dict:
     from tqdm import tqdm
 
     from fewshotseg.data.cache import load_dataset
+    from fewshotseg.initializations.weights import write_for_workers
     from fewshotseg.runs.device import choose_device
-    from fewshotseg.runs.initialization import write_for_workers
 
     if not cfg.inits:
         raise ValueError("give at least one --init (LABEL=SPEC)")

@@ -1,2 +1,2 @@
-"""Run plumbing usable from every layer: run folders, atomic writes, initialization files, device choice and the
-worker pool. Imports nothing from fewshotseg except `fewshotseg.models` (to build a model from a saved config)."""
+"""Run plumbing usable from every layer: run folders, atomic writes, JSONL, device choice, provenance and the
+worker pool. Imports nothing of the domain (models, data, initializations): only `fewshotseg.errors`."""

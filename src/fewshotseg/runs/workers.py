@@ -2,8 +2,8 @@
 
 On a CPU, two single-threaded processes with one task each run 1.4-2x faster than one two-threaded process, so
 evaluation, UHO and FP-k hand their episodes to a `Pool`. A job is a top-level function called as
-`fn(state, *args)`, where `state` is the worker's `WorkerState`: initializations, and whatever else a job asks it
-to keep (`state.cached`: datasets, working models; see evaluation/jobs.py), are loaded once per worker. With
+`fn(state, *args)`, where `state` is the worker's `WorkerState`: whatever a job asks it to keep (`state.cached`:
+initializations, datasets, working models; see evaluation/jobs.py) is loaded once per worker. With
 `workers <= 1` the same functions run inline, in this process.
 
 Every episode seeds its own generators from its identity (see data/tasks.py), so results do not depend on which
@@ -21,9 +21,6 @@ from typing import Any, TypeVar
 
 import torch
 
-from fewshotseg.models.efficientlab import EfficientLab
-from fewshotseg.runs.initialization import load_initialization
-
 T = TypeVar("T")
 
 
@@ -37,16 +34,7 @@ class WorkerState:
     def __init__(self, spec: WorkerSpec):
         self.spec = spec
         self.device = torch.device(spec.device)
-        self._inits: dict[str, EfficientLab] = {}
         self._cache: dict[Any, Any] = {}
-
-    def init(self, path: str) -> EfficientLab:
-        """An initialization file (safetensors), loaded once (again if the file changed)."""
-        key = f"{path}@{os.stat(path).st_mtime_ns}"
-        if key not in self._inits:
-            from_file, _ = load_initialization(path, None)
-            self._inits[key] = from_file.to(self.device)
-        return self._inits[key]
 
     def cached(self, key: Any, make: Callable[[], T]) -> T:
         """The object stored under `key`, made by `make()` the first time this worker is asked for it."""

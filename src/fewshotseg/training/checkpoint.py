@@ -3,7 +3,7 @@
 * A training checkpoint (`checkpoint.pt`) holds the model state, the outer optimizer, the RNG state, the iteration
   and the resolved config: everything `--resume` needs. It is a dict of tensors and plain values, saved with
   torch.save and read with `torch.load(weights_only=True)`.
-* An initialization (`model.safetensors`, written and read by runs/initialization.py) is what every other command
+* An initialization (`model.safetensors`, written and read by initializations/weights.py) is what every other command
   consumes.
 
 Writes go through `runs.run_dir.atomic_write`, so a process killed at any moment leaves either the old checkpoint
@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from fewshotseg.errors import RunFolderError, UserError
-from fewshotseg.runs.initialization import load_checkpoint
+from fewshotseg.initializations.weights import load_checkpoint
 from fewshotseg.runs.run_dir import atomic_write
 
 

@@ -4,7 +4,7 @@
                    1..C = the pair's class; loss = CE - ln(dice over all C+1 channels) + L2 (the EfficientLab loss)
                    lr decays linearly from `lr` to `lr_final` over all steps (paper: 200 epochs, batch 8, 0.005)
 
-The result is used as an initialization with a fresh two-class head (runs/initialization.py). Under torchrun
+The result is used as an initialization with a fresh two-class head (initializations/weights.py). Under torchrun
 each rank computes an equal slice of every batch and DistributedDataParallel averages the gradients. The batches
 are the same as in one process, but a multi-process run is not the same computation: BatchNorm normalises each
 slice with its own statistics, each rank draws its slice's augmentation (and dropout masks) from a generator seeded
@@ -27,14 +27,10 @@ from fewshotseg.data.augment import augment_batch
 from fewshotseg.data.dataset import IGNORE
 from fewshotseg.data.tasks import TaskTensors, episode_rng, torch_generator
 from fewshotseg.errors import DivergedError, RunFolderError
+from fewshotseg.initializations.pretrained import write_run_card
+from fewshotseg.initializations.weights import load_initialization, model_state, save_initialization
 from fewshotseg.models.losses import l2_parameters, segmentation_loss
 from fewshotseg.runs.curves import Curves
-from fewshotseg.runs.initialization import (
-    load_initialization,
-    model_state,
-    save_initialization,
-    write_run_card,
-)
 from fewshotseg.runs.run_dir import CHECKPOINT, CONFIG, MODEL, RunDir
 from fewshotseg.training import distributed
 from fewshotseg.training.budget import Budget

@@ -37,17 +37,13 @@ from fewshotseg.data.tasks import TaskTensors, episode_rng, sample_classes
 from fewshotseg.errors import DivergedError, RunFolderError
 from fewshotseg.evaluation.intervals import Estimate, t_interval
 from fewshotseg.evaluation.protocols import paper_episodes, run_episode
+from fewshotseg.initializations.card import read_card
+from fewshotseg.initializations.pretrained import write_run_card
+from fewshotseg.initializations.weights import load_initialization, model_state, save_initialization
 from fewshotseg.meta_learning.meta_learner import MetaLearner
 from fewshotseg.meta_learning.meta_update import check_algorithm
 from fewshotseg.meta_learning.update_routine import Learner, UpdateParams, check_finite_weights
-from fewshotseg.runs.card import read_card
 from fewshotseg.runs.curves import Curves
-from fewshotseg.runs.initialization import (
-    load_initialization,
-    model_state,
-    save_initialization,
-    write_run_card,
-)
 from fewshotseg.runs.provenance import environment
 from fewshotseg.runs.run_dir import CHECKPOINT, CONFIG, MODEL, RunDir
 from fewshotseg.training import distributed

@@ -217,7 +217,7 @@ def early_stopping_job(state: WorkerState, init_path: str, data: str, size: int,
     train, held, retrain = early_stopping_sets(episode, holdout)
     rng = episode_rng(seed, 3, episode.class_index, episode.split, len(episode.support))
     result = early_stopping(
-        jobs.learner(state, init_path), state.init(init_path), task.take(train), task.take(held), params, stopping, rng,
+        jobs.learner(state, init_path), jobs.init(state, init_path), task.take(train), task.take(held), params, stopping, rng,
         monitor=None if retrain else task.take(list(episode.query)),
     )
     return {"class": episode.cls, "best_step": result.best_step, "best_score": result.best_score,
@@ -226,7 +226,7 @@ def early_stopping_job(state: WorkerState, init_path: str, data: str, size: int,
 
 def score_job(state: WorkerState, init_path: str, data: str, size: int, episode: Episode, params: UpdateParams,
               steps: int, seed: int) -> float:
-    rows = run_episode(jobs.learner(state, init_path), state.init(init_path), jobs.dataset(state, data, size), episode,
+    rows = run_episode(jobs.learner(state, init_path), jobs.init(state, init_path), jobs.dataset(state, data, size), episode,
                        params, seed=seed, steps=steps)
     return float(np.mean([r["iou"] for r in rows]))
 
@@ -247,7 +247,7 @@ def suggest_values(trial: optuna.Trial, space: dict[str, tuple], search: list[st
 
 def method_job(state: WorkerState, init_path: str, data: str, size: int, episode: Episode, spec: MethodSpec,
                seed: int) -> float:
-    rows = run_episode(jobs.learner(state, init_path), state.init(init_path), jobs.dataset(state, data, size), episode,
+    rows = run_episode(jobs.learner(state, init_path), jobs.init(state, init_path), jobs.dataset(state, data, size), episode,
                        UpdateParams(), seed=seed, method=spec)
     return float(np.mean([r["iou"] for r in rows]))
 
@@ -329,8 +329,8 @@ def make_objective(pool: Pool, init_path: str, cfg: TuneConfig, episodes: list[E
 def tune(cfg: TuneConfig, *, progress: bool = True, pool: Pool | None = None) -> dict:
     from fewshotseg.data.cache import load_split
     from fewshotseg.evaluation.evaluate import select_tasks
+    from fewshotseg.initializations.weights import write_for_workers
     from fewshotseg.runs.device import choose_device
-    from fewshotseg.runs.initialization import write_for_workers
 
     search = [s.strip() for s in cfg.search.split(",") if s.strip()]
     unknown = sorted(set(search) - set(SEARCH_SPACE))
@@ -338,7 +338,7 @@ def tune(cfg: TuneConfig, *, progress: bool = True, pool: Pool | None = None) ->
         raise ValueError(f"unknown --search entries {unknown}; choose from {', '.join(SEARCH_SPACE)}")
     run = RunDir(cfg.run_dir)
     if not cfg.size:
-        from fewshotseg.runs.initialization import card_size
+        from fewshotseg.initializations.pretrained import card_size
 
         cfg = replace(cfg, size=card_size(cfg.init) or 224)
     fold = cfg.fold if cfg.fold >= 0 else None
@@ -413,7 +413,7 @@ def tune(cfg: TuneConfig, *, progress: bool = True, pool: Pool | None = None) ->
 
 def tuned_method(cfg: TuneConfig) -> tuple[MethodSpec, str]:
     from fewshotseg.config import resolve_method
-    from fewshotseg.runs.initialization import init_card
+    from fewshotseg.initializations.pretrained import init_card
 
     return resolve_method(init_card(cfg.init), cfg.method)
 
