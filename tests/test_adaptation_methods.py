@@ -228,3 +228,38 @@ def test_flip_gives_mirror_symmetric_predictions(tiny_model, tiny_dataset):
         # fitting on the support and its mirror, predicting image and mirror: a mirrored query is mirrored output
         torch.testing.assert_close(adapter.predict(query.images.flip(-1)), adapter.predict(query.images).flip(-1),
                                    rtol=1e-3, atol=1e-3)
+
+
+def test_a_prior_pulls_the_probe_toward_it():
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(400, 6, generator=g)
+    y = (x[:, 0] > 0).float()
+    free = logistic_head(x, y, 1e-3, balanced_weights(y), max_iter=300)
+    prior = logistic_head(x, 1 - y, 1e-3, balanced_weights(y), max_iter=300)  # the opposite rule
+    anchored = logistic_head(x, y, 1e3, balanced_weights(y), max_iter=300, prior=prior)
+    # a strong pull keeps the prior's weights; a weak one leaves the data's solution (the prior only starts it)
+    torch.testing.assert_close(anchored.weight, prior.weight, rtol=0, atol=2e-3)
+    weak = logistic_head(x, y, 1e-3, balanced_weights(y), max_iter=300, prior=prior)
+    assert torch.equal((x @ weak.weight + weak.bias > 0), (x @ free.weight + free.bias > 0))
+
+
+def test_self_training_is_per_image_and_mirror_symmetric(tiny_model, tiny_dataset):
+    support = _task(tiny_dataset, tiny_dataset.names[1], [0])
+    query = _task(tiny_dataset, tiny_dataset.names[1], [1, 2, 3])
+    plain = make_adapter(MethodSpec.of("probe", {"flip": True}))
+    plain.fit(tiny_model, support, np.random.default_rng(0))
+    adapter = make_adapter(MethodSpec.of("probe", {"flip": True, "self_train": 2, "confidence": 0.6}))
+    adapter.fit(tiny_model, support, np.random.default_rng(0))
+    together = adapter.predict(query.images)
+    assert not torch.allclose(together, plain.predict(query.images), atol=1e-4)  # the refit changed something
+    # each query is refit on its own pixels: alone or in a batch, the same probabilities
+    for i in range(len(query.images)):
+        torch.testing.assert_close(adapter.predict(query.images[i:i + 1])[0], together[i], rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(adapter.predict(query.images.flip(-1)), together.flip(-1), rtol=1e-3, atol=1e-3)
+
+
+def test_self_training_settings_are_checked():
+    with pytest.raises(ValueError, match="logistic"):
+        settings_for("probe", {"self_train": 1, "solver": "ridge"})
+    with pytest.raises(ValueError, match="confidence"):
+        settings_for("probe", {"self_train": 1, "confidence": 0.4})

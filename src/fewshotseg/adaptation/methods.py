@@ -62,6 +62,11 @@ class ProbeSettings:
     stats: str = "running"  # BatchNorm statistics of the frozen network: its own (running) or the support images'
     max_iter: int = 200  # L-BFGS iterations of the logistic solver
     flip: bool = False  # also fit on the mirrored support images, and average each query with its mirror image
+    # Per-image self-training (transductive within one image, so a mask never depends on the other queries): refit
+    # the head on the query's own confident pixels (probability >= confidence or <= 1 - confidence), its weights
+    # pulled toward the support's solution by l2; `self_train` rounds, each from the previous round's mask.
+    self_train: int = 0
+    confidence: float = 0.9
 
     def __post_init__(self) -> None:
         _check_features(self.features)
@@ -69,6 +74,10 @@ class ProbeSettings:
         _check_choice("stats", self.stats, FROZEN_STATS)
         if not self.l2 > 0 or self.max_iter < 1:
             raise ValueError("l2 must be > 0 and max_iter >= 1")
+        if self.self_train < 0 or not 0.5 < self.confidence < 1:
+            raise ValueError("self_train must be >= 0 and confidence in (0.5, 1)")
+        if self.self_train and self.solver != "logistic":
+            raise ValueError("self_train needs the logistic solver")
 
 
 @dataclass
@@ -244,12 +253,17 @@ class FrozenFeatures(Adapter):
         out = []
         for i in range(0, len(images), batch_size):
             chunk = images[i:i + batch_size]
-            logits = self.logits(self.features(chunk))
-            if self.settings.flip:  # the mean of the logits of the image and of its mirror image, mirrored back
-                logits = (logits + self.logits(self.features(chunk.flip(-1))).flip(-1)) / 2
+            logits = self.query_logits(chunk)
             full = F.interpolate(logits[:, None], size=chunk.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
             out.append(self.probability(full).float().cpu())
         return torch.cat(out) if out else torch.zeros(0, *images.shape[-2:])
+
+    def query_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, h, w) logits on the feature grid; with `flip`, the mean of each image's and its mirror image's."""
+        logits = self.logits(self.features(images))
+        if self.settings.flip:  # the mean of the logits of the image and of its mirror image, mirrored back
+            logits = (logits + self.logits(self.features(images.flip(-1))).flip(-1)) / 2
+        return logits
 
     @abstractmethod
     def logits(self, features: torch.Tensor) -> torch.Tensor: ...
@@ -277,6 +291,12 @@ class FrozenFeatures(Adapter):
 
     def probability(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(logits)
+
+
+def _mean_view_logits(head: LinearHead, views: list[torch.Tensor]) -> torch.Tensor:
+    """A head's logits on an image's features, averaged with its mirror image's (mirrored back) when given."""
+    logits = head.logits(views[0])
+    return logits if len(views) == 1 else (logits + head.logits(views[1]).flip(-1)) / 2
 
 
 def hard_labels(fraction: torch.Tensor) -> torch.Tensor:
@@ -318,6 +338,31 @@ class ProbeAdapter(FrozenFeatures):
 
     def logits(self, features):
         return self.head.logits(features)
+
+    @torch.no_grad()
+    def query_logits(self, images):
+        s = self.settings
+        if not s.self_train:
+            return super().query_logits(images)
+        views = [self.features(images)] + ([self.features(images.flip(-1))] if s.flip else [])
+        out = []
+        for i in range(len(images)):
+            feats = [v[i:i + 1] for v in views]
+            head = self.head
+            for _ in range(s.self_train):
+                logits = _mean_view_logits(head, feats)
+                prob = torch.sigmoid(logits)
+                sure = (prob >= s.confidence) | (prob <= 1 - s.confidence)
+                y = (prob > 0.5).float()
+                if not (sure & (y > 0)).any() or not (sure & (y == 0)).any():
+                    break  # no confident pixels of one class: the support's head stands
+                x = torch.cat([flatten(f) for f in feats])
+                labels = torch.cat([y.flatten(), *([y.flip(-1).flatten()] if s.flip else [])])
+                keep = torch.cat([sure.flatten(), *([sure.flip(-1).flatten()] if s.flip else [])])
+                x, labels = x[keep], labels[keep]
+                head = logistic_head(x, labels, s.l2, balanced_weights(labels), max_iter=s.max_iter, prior=self.head)
+            out.append(_mean_view_logits(head, feats))
+        return torch.cat(out) if out else self.head.logits(views[0])
 
     def tensors(self):
         return {"weight": self.head.weight.contiguous(), "bias": self.head.bias.reshape(1).contiguous()}

@@ -101,21 +101,24 @@ def ridge_head(x: torch.Tensor, y: torch.Tensor, l2: float, weights: torch.Tenso
 
 
 def logistic_head(x: torch.Tensor, y: torch.Tensor, l2: float, weights: torch.Tensor | None = None, *,
-                  max_iter: int = 100, tol: float = 1e-5) -> LinearHead:
-    """argmin_w,b mean_i weights_i * BCE(<w, x_i> + b, y_i) + l2/2 ||w||^2 by L-BFGS (deterministic on CPU).
+                  max_iter: int = 100, tol: float = 1e-5, prior: LinearHead | None = None) -> LinearHead:
+    """argmin_w,b mean_i weights_i * BCE(<w, x_i> + b, y_i) + l2/2 ||w - w0||^2 by L-BFGS (deterministic on CPU).
 
-    `converged` says whether the gradient's largest entry fell below `tol` within `max_iter` iterations."""
+    w0 is `prior`'s weight (the solver starts from it), else 0. `converged` says whether the gradient's largest entry
+    fell below `tol` within `max_iter` iterations."""
     x, y = x.detach(), y.detach().float()
     weights = torch.ones_like(y) if weights is None else weights.detach()
-    w = torch.zeros(x.shape[1], dtype=x.dtype, device=x.device, requires_grad=True)
-    b = torch.zeros((), dtype=x.dtype, device=x.device, requires_grad=True)
+    w0 = torch.zeros(x.shape[1], dtype=x.dtype, device=x.device) if prior is None else prior.weight.detach().to(x)
+    w = w0.clone().requires_grad_(True)
+    b = (torch.zeros((), dtype=x.dtype, device=x.device) if prior is None
+         else prior.bias.detach().to(x).reshape(())).clone().requires_grad_(True)
     opt = torch.optim.LBFGS([w, b], lr=1, max_iter=max_iter, tolerance_grad=tol, tolerance_change=1e-12,
                             history_size=20, line_search_fn="strong_wolfe")
     total = weights.sum()
 
     def loss() -> torch.Tensor:
         return (weights * F.binary_cross_entropy_with_logits(x @ w + b, y, reduction="none")).sum() / total \
-            + 0.5 * l2 * (w * w).sum()
+            + 0.5 * l2 * ((w - w0) ** 2).sum()
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
