@@ -14,7 +14,7 @@ from conftest import REAL_PHOTOS
 
 pytest.importorskip("gradio")
 
-DUCK = REAL_PHOTOS / "duck_toy"
+DUCK, CAT = REAL_PHOTOS / "duck_toy", REAL_PHOTOS / "cat"
 
 
 @pytest.fixture(scope="module")
@@ -198,3 +198,106 @@ def test_the_page_gives_the_apis_masks_for_every_method(ws, tiny_init, method):
     assert not ws.savable
     with pytest.raises(UserError, match="pickle"):
         ws.weights()
+
+
+class Predicted:
+    """A stand-in adapted segmenter whose prediction for every query is the top `rows` rows."""
+
+    def __init__(self, rows: int):
+        self.rows = rows
+
+    def predict(self, images):
+        from types import SimpleNamespace
+
+        out = []
+        for rgb in images:
+            mask = np.zeros(rgb.shape[:2], bool)
+            mask[: self.rows] = True
+            out.append(SimpleNamespace(mask=mask))
+        return out
+
+
+def test_a_corrected_prediction_joins_the_support_set_with_its_share_of_pixels_changed(ws):
+    from fewshotseg.app.page import corrections_text
+    from fewshotseg.errors import UserError
+
+    ws.add_support([CAT / "3.jpg"])  # a support image named like a query
+    ws.set_mask("3.jpg", CAT / "3.png")
+    ws.add_queries([DUCK / "3.jpg", CAT / "1.jpg"])
+    with pytest.raises(UserError, match="no prediction to correct yet"):
+        ws.correct("3.jpg", np.ones((320, 320), bool))
+    ws.segmenter = Predicted(rows=100)  # an adapted network, as `adapt` leaves one
+    ws.segment()
+    with pytest.raises(UserError, match="choose a predicted query"):
+        ws.correct("no-such.jpg", np.ones((320, 320), bool))
+    with pytest.raises(UserError, match="corrected mask of 3.jpg has no foreground: paint over the object"):
+        ws.correct("3.jpg", np.zeros((320, 320), bool))  # refused like an empty painted mask ...
+    assert [q.name for q in ws.queries] == ["3.jpg", "1.jpg"] and len(ws.results) == 2  # ... and nothing lost
+
+    corrected = np.zeros((320, 320), bool)  # the prediction is rows 0-99: erase rows 80-99, paint rows 200-209
+    corrected[:80] = True
+    corrected[200:210] = True
+    pair = ws.correct("3.jpg", corrected)
+    assert pair.name == "3_2.jpg" and pair.mask_source == "corrected"
+    assert pair.changed == 30 / 320  # 30 of 320 rows changed their label: exactly 9.375 % of the pixels
+    assert ws.pair("3_2.jpg") is pair and pair.path.parent == ws.folder / "support" and pair.path.is_file()
+    np.testing.assert_array_equal(pair.mask, corrected)
+    assert [q.name for q in ws.queries] == ["1.jpg"] and [r[0] for r in ws.results] == ["1.jpg"]
+    assert ws.segmenter is not None  # the other predictions and the network stay until the next Adapt
+
+    half = np.zeros((160, 160), bool)  # a canvas of another size is read at the image's size
+    half[:40] = True
+    assert ws.correct("1.jpg", half).changed == 20 / 320
+    assert ws.corrections() == [("3_2.jpg", 30 / 320), ("1.jpg", 20 / 320)]
+    assert corrections_text(ws) == "**2 corrected**: 9.4 %, 6.2 % of pixels changed"
+    assert not ws.queries and not ws.results
+    with zipfile.ZipFile(ws.masks_zip()) as z:  # the corrected masks are downloadable before adapting again
+        assert sorted(z.namelist()) == ["settings.json", "support/1_mask.png", "support/3_2_mask.png",
+                                        "support/3_mask.png"]
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(z.read("support/3_2_mask.png")))) > 0,
+                                      corrected)
+        assert "3_2.jpg" in z.read("settings.json").decode()
+
+    ws.set_mask("1.jpg", CAT / "1.png")  # a mask set by hand is no longer a corrected prediction
+    assert ws.corrections() == [("3_2.jpg", 30 / 320)]
+    ws.add_queries([DUCK / "2.jpg"])
+    ws.segmenter = Predicted(rows=10)
+    ws.segment()
+    with pytest.raises(UserError, match="at most 3 support images"):  # the support set is full: the query stays
+        ws.correct("2.jpg", corrected)
+    assert [q.name for q in ws.queries] == ["2.jpg"] and len(ws.results) == 1
+
+
+@pytest.mark.slow
+def test_adapting_again_uses_the_corrected_mask_not_the_prediction(ws, tiny_init):
+    from fewshotseg.app.serve import load_initializations
+    from fewshotseg.data.images import read_mask
+    from fewshotseg.segmenter import FewShotSegmenter
+
+    (init,) = load_initializations([str(tiny_init)], "cpu")
+    ws.add_support([DUCK / "1.jpg", DUCK / "2.jpg"])
+    ws.set_mask("1.jpg", DUCK / "1.png")
+    ws.set_mask("2.jpg", DUCK / "2.png")
+    ws.add_queries([DUCK / "3.jpg", CAT / "1.jpg"])
+    ws.adapt(init, lr=0.01, steps=2, seed=0)
+    predicted = ws.segment()[0][2]
+    truth = read_mask(DUCK / "3.png").astype(bool)
+    pair = ws.correct("3.jpg", truth)
+    assert pair.changed == np.mean(truth != predicted)
+    assert [p.name for p in ws.labelled()] == ["1.jpg", "2.jpg", "3.jpg"]
+    ws.adapt(init, lr=0.01, steps=2, seed=0)
+    ((name, _, mask),) = ws.segment()
+    probability = ws.segmenter.predict([CAT / "1.jpg"])[0].probability
+
+    def refit(third: np.ndarray) -> np.ndarray:
+        seg = FewShotSegmenter.from_pretrained(tiny_init, device="cpu")
+        params, _ = seg.update_params_for(3, lr=0.01, steps=2)
+        seg.fit([DUCK / "1.jpg", DUCK / "2.jpg", DUCK / "3.jpg"], [DUCK / "1.png", DUCK / "2.png", third], seed=0,
+                update_params=params)
+        return seg.predict([CAT / "1.jpg"])[0]
+
+    with_correction = refit(truth)
+    assert name == "1.jpg" and ws.settings["support"] == ["1.jpg", "2.jpg", "3.jpg"]
+    np.testing.assert_array_equal(mask, with_correction.mask)
+    np.testing.assert_array_equal(probability, with_correction.probability)
+    assert not np.array_equal(probability, refit(predicted).probability)  # the prediction would give another

@@ -8,6 +8,8 @@ temporary folder.
     ws.add_queries(["c.jpg"])
     ws.adapt(initialization, lr=0.005, steps=5, seed=0)
     ws.segment()                                # -> [(name, overlay, mask)], and masks.zip
+    ws.correct("c.jpg", corrected)              # the prediction, fixed in the page: c.jpg becomes a support pair
+    ws.adapt(initialization, lr=0.005, steps=5, seed=0)   # ... and the next adaptation uses it
     ws.close()                                  # removes the folder (the session ended)
 
 Everything the browser sends is read from the upload's own path (a file the web library wrote into the server's
@@ -18,6 +20,10 @@ a message (the others of the same upload are kept); every other mistake is a `Us
 Adapting is `FewShotSegmenter.fit` with the support statistics and the seed given, and each query is predicted alone,
 exactly as `fewshotseg adapt` does: the page's masks equal the command's for the same initialization, update
 parameters, seed and support pairs in the same order.
+
+Correcting closes the loop "predict, correct the worst, adapt again": `correct` moves a predicted query into the
+support set with its corrected mask and records the share of its pixels the correction changed, so that the page
+can show whether each round of corrections changes less than the one before.
 """
 
 from __future__ import annotations
@@ -77,7 +83,8 @@ class Pair:
     path: Path  # the session's copy of the image
     rgb: np.ndarray  # (H, W, 3) uint8, upright
     mask: np.ndarray | None = None  # (H, W) bool on the upright grid
-    mask_source: str = ""  # "uploaded" or "painted"
+    mask_source: str = ""  # "uploaded", "painted" or "corrected" (a query's prediction, corrected in the page)
+    changed: float | None = None  # a corrected pair's share of pixels whose label the correction changed
 
 
 @dataclass
@@ -180,24 +187,63 @@ class Workspace:
         self._check_open()
         pair = self.pair(name)
         if isinstance(mask, np.ndarray):
-            m = mask.astype(bool)
-            if m.shape != pair.rgb.shape[:2]:
-                h, w = pair.rgb.shape[:2]
-                m = np.asarray(Image.fromarray(m.astype(np.uint8) * 255).resize((w, h), Image.NEAREST)) > 127
+            m = _at_size(mask, pair.rgb)
         else:
             self._checked_image(Path(mask))
             try:
                 _, m = read_pair(pair.rgb, Path(mask), f"mask of {name}")
             except DataError as err:
                 raise UserError(f"the mask of {name}: {getattr(err, 'reason', err)}") from None
-        if not m.any():
-            how = "paint over the object with the brush" if source == "painted" else "upload a mask that marks it"
-            raise UserError(f"the {source} mask of {name} has no foreground: {how}")
-        pair.mask, pair.mask_source = m, source
+        _check_foreground(m, name, source)
+        pair.mask, pair.mask_source, pair.changed = m, source, None
         self._forget_adaptation()
 
     def labelled(self) -> list[Pair]:
         return [p for p in self.support if p.mask is not None]
+
+    # ------------------------------------------------------------------------------------------ corrections
+
+    def prediction(self, name: str) -> Pair:
+        """The query `name` with its predicted mask ((H, W) bool at the image's size) as `mask`."""
+        if not self.results:
+            raise UserError("no prediction to correct yet: adapt (or press Segment queries) first, then open a "
+                            "predicted query in the correction editor")
+        predicted = {n: mask for n, _, mask in self.results}
+        for q in self.queries:
+            if q.name == name and name in predicted:
+                return Pair(q.name, q.path, q.rgb, predicted[name], "predicted")
+        raise UserError("choose a predicted query to correct (pick it in the list or click its overlay)")
+
+    def correct(self, name: str, mask: np.ndarray) -> Pair:
+        """Move the predicted query `name` into the support set with `mask`, its prediction corrected ((H, W),
+        nonzero = object; resized to the image if the canvas was), and record the share of the image's pixels whose
+        label the correction changed. Returns the new support pair (renamed if a support image has its name).
+
+        The image leaves the queries: its label is now known, and predicting it again would only echo its support
+        mask (and put a second, different mask of it in the download). The other predictions and the adapted
+        network stay, so several queries can be corrected before adapting again; the next Adapt uses the corrected
+        masks. A refused correction (no foreground, support set full) changes nothing."""
+        self._check_open()
+        query = self.prediction(name)
+        m = _at_size(mask, query.rgb)
+        _check_foreground(m, name, "corrected")
+        if len(self.support) >= self.limits.max_images:
+            raise UserError(f"at most {self.limits.max_images} support images per session (this server's "
+                            f"--max-images): remove one before adding {name}")
+        new = _unique(name, {p.name for p in self.support})
+        dest = self.folder / "support" / new
+        dest.parent.mkdir(exist_ok=True)
+        shutil.move(query.path, dest)
+        pair = Pair(new, dest, query.rgb, m, "corrected", changed=float(np.mean(m != query.mask)))
+        self.support.append(pair)
+        self.queries = [q for q in self.queries if q.name != name]
+        self.results = [r for r in self.results if r[0] != name]
+        return pair
+
+    def corrections(self) -> list[tuple[str, float]]:
+        """(support name, share of pixels changed) of every corrected prediction in the support set, in the order
+        they were corrected."""
+        return [(p.name, p.changed) for p in self.support if p.changed is not None]
 
     # ------------------------------------------------------------------------------------------ U and prediction
 
@@ -260,8 +306,10 @@ class Workspace:
 
     def masks_zip(self) -> Path:
         """masks/<query>_mask.png (0/255, each at its query's size), support/<image>_mask.png (the masks used,
-        painted ones included) and settings.json (what `fewshotseg adapt` needs to give the same masks)."""
-        if not self.results:
+        painted and corrected ones included) and settings.json (what `fewshotseg adapt` needs to give the same masks:
+        its `support` lists the pairs the adaptation used; a correction made since counts from the next Adapt, and
+        `corrected` gives each corrected pair's share of pixels changed)."""
+        if not self.results and not self.corrections():
             raise UserError("nothing to download yet: adapt, then segment query images")
         path = self.folder / "downloads" / "masks.zip"
         path.parent.mkdir(exist_ok=True)
@@ -271,7 +319,8 @@ class Workspace:
             for p in self.support:
                 if p.mask is not None:
                     z.writestr(f"support/{Path(p.name).stem}_mask.png", _png(p.mask))
-            z.writestr("settings.json", json.dumps(self.settings, indent=2) + "\n")
+            settings = {**self.settings, "corrected": dict(self.corrections())}
+            z.writestr("settings.json", json.dumps(settings, indent=2) + "\n")
         return path
 
     def weights(self) -> Path:
@@ -307,6 +356,21 @@ class Workspace:
 
     def _forget_adaptation(self) -> None:
         self.segmenter, self.results = None, []
+
+
+def _at_size(mask: np.ndarray, rgb: np.ndarray) -> np.ndarray:
+    """(H, W) bool of a painted mask (nonzero = object) on `rgb`'s grid, resized if the canvas was another size."""
+    m = np.asarray(mask).astype(bool)
+    if m.shape != rgb.shape[:2]:
+        h, w = rgb.shape[:2]
+        m = np.asarray(Image.fromarray(m.astype(np.uint8) * 255).resize((w, h), Image.NEAREST)) > 127
+    return m
+
+
+def _check_foreground(mask: np.ndarray, name: str, source: str) -> None:
+    if not mask.any():
+        how = "upload a mask that marks it" if source == "uploaded" else "paint over the object with the brush"
+        raise UserError(f"the {source} mask of {name} has no foreground: {how}")
 
 
 def _safe_name(name: str) -> str:
