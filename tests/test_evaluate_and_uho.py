@@ -148,9 +148,11 @@ def test_a_diverging_trial_is_recorded_as_failed_and_the_study_resumes(tiny_benc
 
 
 def test_a_study_refuses_another_setting(tiny_benchmark, tmp_path):
-    tune(tune_config(tiny_benchmark, tmp_path, trials=1), progress=False)
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"  # one study, two run folders (one folder refuses other settings)
+    tune(tune_config(tiny_benchmark, tmp_path, trials=1, storage=storage), progress=False)
     with pytest.raises(ValueError, match="another --study"):
-        tune(tune_config(tiny_benchmark, tmp_path, trials=2, shots=5), progress=False)
+        tune(tune_config(tiny_benchmark, tmp_path, trials=2, shots=5, storage=storage, run_dir=str(tmp_path / "b")),
+             progress=False)
 
 
 def two_workers(tiny_benchmark, tmp_path, storage: str, study: str) -> optuna.Study:

@@ -7,10 +7,8 @@ library calls. Heavy imports (torch, timm) happen inside the `run_` functions so
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
-from contextlib import nullcontext
 
 STARTED = time.monotonic()  # the command's start: `--max-minutes` counts importing torch and timm too
 
@@ -233,9 +231,8 @@ def run_meta_train(args: argparse.Namespace) -> int:
     from fewshotseg.training.meta_train import meta_train
 
     cfg = config_from_args(MetaTrainConfig, args)
-    with claimed(args, "meta-train", cfg, free=("iterations", "eval_interval", "eval_tasks", "checkpoint_interval")):
-        meta_train(cfg, resume=args.resume, max_minutes=args.max_minutes, started=STARTED,
-                   continue_to=cfg.iterations if "iterations" in given_settings(MetaTrainConfig, args) else None)
+    meta_train(cfg, resume=args.resume, overwrite=args.overwrite, max_minutes=args.max_minutes, started=STARTED,
+               continue_to=cfg.iterations if "iterations" in given_settings(MetaTrainConfig, args) else None)
     return 0
 
 
@@ -257,8 +254,8 @@ def run_joint_train(args: argparse.Namespace) -> int:
     from fewshotseg.training.joint_train import joint_train
 
     cfg = config_from_args(JointTrainConfig, args)
-    with claimed(args, "joint-train", cfg, free=("epochs", "max_minutes", "checkpoint_interval")):
-        joint_train(cfg, resume=args.resume, started=STARTED, given=frozenset(given_settings(JointTrainConfig, args)))
+    joint_train(cfg, resume=args.resume, overwrite=args.overwrite, started=STARTED,
+                given=frozenset(given_settings(JointTrainConfig, args)))
     return 0
 
 
@@ -266,22 +263,6 @@ def add_overwrite_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the results of another run in --run-dir (otherwise that is refused)")
 
-
-# Settings that do not change a run's results: a folder may be continued with other values of these.
-RESULT_NEUTRAL = ("run_dir", "threads", "device", "workers", "label")
-
-
-def claimed(args: argparse.Namespace, command: str, cfg, *, free: tuple[str, ...] = (), extra: dict | None = None):
-    """Hold cfg.run_dir for this process while the command writes it (rank 0 only under torchrun)."""
-    from dataclasses import asdict
-
-    from fewshotseg.runs.run_dir import claim
-
-    if int(os.environ.get("RANK", "0")) != 0:
-        return nullcontext()
-    settings = {k: v for k, v in asdict(cfg).items() if k not in RESULT_NEUTRAL + free} | (extra or {})
-    return claim(cfg.run_dir, command, settings, overwrite=getattr(args, "overwrite", False),
-                 resume=getattr(args, "resume", False))
 
 
 def add_update_flags(parser: argparse.ArgumentParser) -> None:
@@ -331,15 +312,10 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from fewshotseg.evaluation.evaluate import EvaluateConfig, evaluate, shot_params
+    from fewshotseg.evaluation.evaluate import EvaluateConfig, evaluate
 
     cfg = config_from_args(EvaluateConfig, args)
-    overrides = u_overrides(args)
-    per_shot = shot_params(cfg, overrides)
-    # Episodes of other shot counts may share the folder (results.json holds the current ones); U's values count.
-    with claimed(args, "evaluate", cfg, free=("shots", "update_params", "u_preset"),
-                 extra={"u": {str(k): p.as_dict() for k, (p, _) in per_shot.items()}}):
-        results = evaluate(cfg, u_overrides=overrides)
+    results = evaluate(cfg, u_overrides=u_overrides(args), overwrite=args.overwrite)
     for shots, summary in results["shots"].items():
         paper, pooled = summary["paper_miou"], summary["hsnet_miou"]
         print(f"{shots}-shot: mean IoU {100 * paper['mean']:.2f} ± {100 * paper['ci95']:.2f} % "
@@ -361,22 +337,14 @@ def add_tune(sub: argparse._SubParsersAction) -> None:
 
 
 def run_tune(args: argparse.Namespace) -> int:
-    from fewshotseg.initializations.pretrained import record_tuned
     from fewshotseg.tuning.uho import TuneConfig, tune
 
     cfg = config_from_args(TuneConfig, args)
-    with claimed(args, "tune", cfg, free=("trials",)):
-        result = tune(cfg)
+    result = tune(cfg, overwrite=args.overwrite)
+    folder = result["card"]
     if "update_params" not in result:  # another adaptation method than U
-        from fewshotseg.initializations.pretrained import record_method
-
         print(f"best: mean IoU {100 * result['objective']:.2f} % on validation tasks with {result['method']} "
               f"{result['settings']} (trial {result['trial']}); written to {cfg.run_dir}/method.json")
-        folder = record_method(cfg.init, {"method": result["method"], "settings": result["settings"]},
-                               f"tune: {cfg.run_dir}/method.json",
-                               {"data": f"{cfg.data} ({cfg.split} classes)", "protocol": "tune objective (validation)",
-                                "shots": cfg.shots, "mean_iou": result["objective"], "episodes": cfg.val_tasks,
-                                "method": result["method"]})
         if folder is not None:
             print(f"the {result['method']} method and its settings recorded in {folder}/card.json as the default "
                   "(adapt, evaluate, serve and FewShotSegmenter use them)")
@@ -384,9 +352,6 @@ def run_tune(args: argparse.Namespace) -> int:
     params = result["update_params"]
     print(f"best: mean IoU {100 * result['objective']:.2f} % on validation tasks with lr {params['lr']:.3g}, "
           f"{params['steps']} steps (trial {result['trial']}); written to {cfg.run_dir}/update_params.json")
-    folder = record_tuned(cfg.init, cfg.shots, params, f"tune: {cfg.run_dir}/update_params.json",
-                          {"data": f"{cfg.data} ({cfg.split} classes)", "protocol": "UHO objective (validation)",
-                           "shots": cfg.shots, "mean_iou": result["objective"], "episodes": cfg.val_tasks})
     if folder is not None:
         print(f"{cfg.shots}-shot update parameters recorded in {folder}/card.json (adapt and evaluate use them)")
     return 0
@@ -413,8 +378,7 @@ def run_fp_k(args: argparse.Namespace) -> int:
     from fewshotseg.evaluation.fp_k import FPKConfig, fp_k
 
     cfg = config_from_args(FPKConfig, args)
-    with claimed(args, "fp-k", cfg):
-        summary = fp_k(cfg)
+    summary = fp_k(cfg, overwrite=args.overwrite)
     for label, by_k in summary.items():
         cells = ", ".join(f"k={k}: {100 * v['mean']:.1f}±{100 * v['ci95']:.1f}" for k, v in by_k.items())
         print(f"{label}: {cells}")
@@ -436,8 +400,7 @@ def run_analyze_weights(args: argparse.Namespace) -> int:
     from fewshotseg.evaluation.analyze_weights import AnalyzeConfig, analyze_weights
 
     cfg = config_from_args(AnalyzeConfig, args)
-    with claimed(args, "analyze-weights", cfg):
-        summary = analyze_weights(cfg)
+    summary = analyze_weights(cfg, overwrite=args.overwrite)
     for label, blocks in summary.items():
         net = blocks.get("network", {}).get("d1", {})
         print(f"{label}: whole-network d1 = {net.get('mean', float('nan')):.4f} ± {net.get('ci95', float('nan')):.4f}")

@@ -11,7 +11,7 @@ import json
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import pydantic
 import yaml
@@ -80,6 +80,8 @@ class MetaTrainConfig(ModelFields):
     checkpoint_interval: int = option(100, "meta-iterations between checkpoints (the reference: 100)")
     threads: int = option(0, "torch threads per process (0: cores / processes)")
     device: str = option("auto", "cpu, cuda or auto")
+    # Settings a run folder may be continued with other values of: how long and how often, not what is learnt.
+    FREE: ClassVar[tuple[str, ...]] = ("iterations", "eval_interval", "eval_tasks", "checkpoint_interval")
 
     def update_params(self) -> UpdateParams:
         return UpdateParams(
@@ -121,6 +123,8 @@ class JointTrainConfig(ModelFields):
     checkpoint_interval: int = option(500, "optimizer steps between checkpoints")
     threads: int = option(0, "torch threads per process (0: cores / processes)")
     device: str = option("auto", "cpu, cuda or auto")
+    # Settings a run folder may be continued with other values of (a resumed run keeps its own epochs and budget).
+    FREE: ClassVar[tuple[str, ...]] = ("epochs", "max_minutes", "checkpoint_interval")
 
 
 # Named presets: each says how it departs from the paper and why.

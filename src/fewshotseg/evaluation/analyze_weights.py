@@ -15,7 +15,7 @@ from fewshotseg.evaluation import jobs
 from fewshotseg.evaluation.intervals import interval_by_class
 from fewshotseg.evaluation.protocols import Episode, paper_episodes
 from fewshotseg.meta_learning.update_routine import UpdateParams
-from fewshotseg.runs.run_dir import WEIGHT_ROWS, WEIGHT_SUMMARY, RunDir
+from fewshotseg.runs.run_dir import WEIGHT_ROWS, WEIGHT_SUMMARY, RunDir, claimed
 from fewshotseg.runs.workers import Pool, WorkerState
 
 
@@ -48,7 +48,14 @@ def distance_job(state: WorkerState, label: str, init_path: str, data: str, size
             for block, values in found.items()]
 
 
-def analyze_weights(cfg: AnalyzeConfig, *, progress: bool = True) -> dict:
+def analyze_weights(cfg: AnalyzeConfig, *, overwrite: bool = False, progress: bool = True) -> dict:
+    """How far U moves each initialization, per block: init -> block -> metric -> mean ± CI95. The run folder is
+    held while it is written (`runs.run_dir.claimed`); another run's results there are refused unless `overwrite`."""
+    with claimed(cfg.run_dir, "analyze-weights", cfg, overwrite=overwrite):
+        return _analyze_weights(cfg, progress=progress)
+
+
+def _analyze_weights(cfg: AnalyzeConfig, *, progress: bool) -> dict:
     from tqdm import tqdm
 
     from fewshotseg.data.cache import load_dataset

@@ -19,6 +19,7 @@ import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -39,7 +40,16 @@ from fewshotseg.evaluation.protocols import (
     run_episode,
 )
 from fewshotseg.meta_learning.update_routine import UpdateParams
-from fewshotseg.runs.run_dir import EPISODES, INIT, PREDICTIONS, RESULTS, RunDir, atomic_write, read_jsonl
+from fewshotseg.runs.run_dir import (
+    EPISODES,
+    INIT,
+    PREDICTIONS,
+    RESULTS,
+    RunDir,
+    atomic_write,
+    claimed,
+    read_jsonl,
+)
 from fewshotseg.runs.workers import Pool, WorkerState
 
 OVERLAY_EPISODES = 8
@@ -76,6 +86,9 @@ class EvaluateConfig(ModelFields):
     workers: int = option(1, "processes running episodes in parallel (CPU)")
     device: str = option("auto", "cpu, cuda or auto")
     label: str = option("", "the row's name in reports (default: the run folder's name)")
+    # Episodes of other shot counts may share a run folder (results.json holds the current ones); U's values count,
+    # claimed per shot count in place of the file or preset they came from.
+    FREE: ClassVar[tuple[str, ...]] = ("shots", "update_params", "u_preset")
 
 
 def select_tasks(names: list[str], max_tasks: int, seed: int) -> list[str]:
@@ -182,9 +195,24 @@ def shot_params(cfg: EvaluateConfig, u_overrides: dict | None = None) -> dict[in
 
 
 def evaluate(cfg: EvaluateConfig, *, params: UpdateParams | None = None, u_overrides: dict | None = None,
-             progress: bool = True, pool: Pool | None = None, label: str | None = None) -> dict:
+             overwrite: bool = False, progress: bool = True, pool: Pool | None = None,
+             label: str | None = None) -> dict:
     """Evaluate `cfg.init`; U is `params` for every shot count when given, else the initialization's own per shot
-    count (its card), a file, or the paper's (see `shot_params`)."""
+    count (its card), a file, or the paper's (see `shot_params`). The run folder is held while it is written
+    (`runs.run_dir.claimed`): the same settings append to its episodes, another run's results are refused unless
+    `overwrite`."""
+    from fewshotseg.initializations.pretrained import adopt_init_architecture
+
+    cfg = adopt_init_architecture(cfg)
+    per_shot = ({k: (params, "given") for k in cfg.shots} if params is not None
+                else shot_params(cfg, u_overrides))
+    with claimed(cfg.run_dir, "evaluate", cfg, free=cfg.FREE, overwrite=overwrite,
+                 extra={"u": {str(k): p.as_dict() for k, (p, _) in per_shot.items()}}):
+        return _evaluate(cfg, per_shot, progress=progress, pool=pool, label=label)
+
+
+def _evaluate(cfg: EvaluateConfig, per_shot: dict[int, tuple[UpdateParams, str]], *, progress: bool,
+              pool: Pool | None, label: str | None) -> dict:
     from fewshotseg.data.cache import load_split
     from fewshotseg.data.sources import parse_spec
     from fewshotseg.initializations.weights import write_for_workers
@@ -199,8 +227,6 @@ def evaluate(cfg: EvaluateConfig, *, params: UpdateParams | None = None, u_overr
 
         cfg = replace(cfg, size=card_size(cfg.init) or 224)
     spec, spec_source = method_spec(cfg)
-    per_shot = ({k: (params, "given") for k in cfg.shots} if params is not None
-                else shot_params(cfg, u_overrides))
     params = per_shot[cfg.shots[0]][0]
     run = RunDir(cfg.run_dir)
     device = str(choose_device(cfg.device))

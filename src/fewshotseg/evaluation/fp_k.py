@@ -26,7 +26,7 @@ from fewshotseg.evaluation import jobs
 from fewshotseg.evaluation.early_stopping import EarlyStopping, early_stopping, score
 from fewshotseg.evaluation.intervals import interval_by_class
 from fewshotseg.meta_learning.update_routine import UpdateParams
-from fewshotseg.runs.run_dir import FP_K_ROWS, FP_K_SUMMARY, RunDir
+from fewshotseg.runs.run_dir import FP_K_ROWS, FP_K_SUMMARY, RunDir, claimed
 from fewshotseg.runs.workers import Pool, WorkerState
 
 PAPER_KS = [1, 5, 10, 50, 100, 200, 400]
@@ -86,7 +86,14 @@ def fp_k_job(state: WorkerState, label: str, init_path: str, data: str, size: in
     return {"init": label, "class": cls, "repeat": repeat, "k": k, "steps": steps, "lr": params.lr, "iou": iou}
 
 
-def fp_k(cfg: FPKConfig, *, progress: bool = True) -> dict:
+def fp_k(cfg: FPKConfig, *, overwrite: bool = False, progress: bool = True) -> dict:
+    """Mean IoU against k for every initialization (see above): init -> k -> mean ± CI95. The run folder is held
+    while it is written (`runs.run_dir.claimed`); another run's results there are refused unless `overwrite`."""
+    with claimed(cfg.run_dir, "fp-k", cfg, overwrite=overwrite):
+        return _fp_k(cfg, progress=progress)
+
+
+def _fp_k(cfg: FPKConfig, *, progress: bool) -> dict:
     from tqdm import tqdm
 
     from fewshotseg.data.cache import load_dataset

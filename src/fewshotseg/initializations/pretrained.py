@@ -11,7 +11,7 @@ import json
 import shlex
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from torch import nn
 
@@ -26,6 +26,8 @@ from fewshotseg.initializations.weights import (
 )
 from fewshotseg.models.efficientlab import EfficientLab, ModelConfig
 from fewshotseg.runs.run_dir import CONFIG, METRICS, read_jsonl
+
+T = TypeVar("T")
 
 U_FROM_META_TRAIN = {"inner_lr": "lr", "inner_steps": "steps", "inner_batch": "batch_size", "dropout": "dropout",
                      "aug_rate": "aug_rate", "inner_optimizer": "optimizer", "l2": "l2", "bn_policy": "bn_policy"}
@@ -148,6 +150,15 @@ def init_architecture(spec: str) -> tuple[dict[str, Any], int, str] | None:
     card = card_for(path, config, extra)
     where = path.parent / "card.json" if (path.parent / "card.json").is_file() else path
     return {k: getattr(config, k) for k in ARCHITECTURE}, int(card.size), str(where)
+
+
+def adopt_init_architecture(cfg: T) -> T:
+    """A command's config (`init`, `variant`, `encoder`, ...) with the variant and encoder of its initialization when
+    that carries its own: its weights fix them, so what a run records (config.yaml, run.json, results.json) is what
+    runs, whether the command is called from Python or the command line (which also refuses a given --variant or
+    --encoder that disagrees)."""
+    own = init_architecture(cfg.init)  # type: ignore[attr-defined]
+    return cfg if own is None else replace(cfg, **own[0])  # type: ignore[type-var]
 
 
 def write_run_card(folder: str | Path, model: nn.Module, *, size: int, update_params: dict[str, Any], source: str,

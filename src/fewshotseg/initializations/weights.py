@@ -154,9 +154,10 @@ def write_for_workers(spec: str, config: ModelConfig, path: Path, *, seed: int) 
     return described
 
 
-# Initializations shipped inside the package: name -> folder under fewshotseg/inits/. `general` is the default of adapt, serve and FewShotSegmenter (chosen on the
-# corpus's real-photo validation classes; README, "The general initialization"); `general-fomaml` is the FOMAML*
-# meta-learned network that was the default before it, kept for comparison and for fine-tuning with U.
+# Initializations shipped inside the package: name -> folder under fewshotseg/inits/. `general` is the default of
+# adapt, serve and FewShotSegmenter (chosen on the corpus's real-photo validation classes; README, "The general
+# initialization"); `general-fomaml` is the FOMAML* meta-learned network that was the default before it, kept for
+# comparison and for fine-tuning with U.
 PACKAGED = {"general": "general", "general-fomaml": "general-fomaml"}
 
 

@@ -12,7 +12,8 @@ import os
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -188,6 +189,24 @@ def claim(path: str | Path, command: str, settings: dict[str, Any], *, overwrite
                 path.rmdir()  # only if empty
             except OSError:
                 pass
+
+
+# Settings that do not change any command's results: a folder may be continued with other values of these.
+NEUTRAL = ("run_dir", "threads", "device", "workers", "label")
+
+
+def claimed(folder: str | Path, command: str, cfg: Any, *, free: tuple[str, ...] = (),
+            extra: dict[str, Any] | None = None, overwrite: bool = False,
+            resume: bool = False) -> AbstractContextManager[Path]:
+    """`claim` a command's run folder for its settings: the fields of `cfg` (its dataclass) but the NEUTRAL ones
+    and the command's `free` ones, plus `extra` (values resolved from elsewhere, such as U's per shot count). Every
+    command function holds its folder through this while it writes it, so a call from Python and the command line
+    take the same lock, write the same `run.json` and refuse or continue a folder alike. Under torchrun only rank
+    0 claims (the other ranks write nothing)."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return nullcontext(Path(folder))
+    settings = {k: v for k, v in asdict(cfg).items() if k not in NEUTRAL + free} | (extra or {})
+    return claim(folder, command, settings, overwrite=overwrite, resume=resume)
 
 
 def _take_over(path: Path, command: str, settings: dict[str, Any], *, overwrite: bool, resume: bool) -> bool:

@@ -27,11 +27,11 @@ from fewshotseg.data.augment import augment_batch
 from fewshotseg.data.dataset import IGNORE
 from fewshotseg.data.tasks import TaskTensors, episode_rng, torch_generator
 from fewshotseg.errors import DivergedError, RunFolderError
-from fewshotseg.initializations.pretrained import write_run_card
+from fewshotseg.initializations.pretrained import adopt_init_architecture, write_run_card
 from fewshotseg.initializations.weights import load_initialization, model_state, save_initialization
 from fewshotseg.models.losses import l2_parameters, segmentation_loss
 from fewshotseg.runs.curves import Curves
-from fewshotseg.runs.run_dir import CHECKPOINT, CONFIG, MODEL, RunDir
+from fewshotseg.runs.run_dir import CHECKPOINT, CONFIG, MODEL, RunDir, claimed
 from fewshotseg.training import distributed
 from fewshotseg.training.budget import Budget
 from fewshotseg.training.checkpoint import (
@@ -43,11 +43,18 @@ from fewshotseg.training.checkpoint import (
 from fewshotseg.training.datasets import load_train_val
 
 
-def joint_train(cfg: JointTrainConfig, *, resume: bool = False, started: float | None = None,
+def joint_train(cfg: JointTrainConfig, *, resume: bool = False, overwrite: bool = False, started: float | None = None,
                 given: frozenset[str] = frozenset()) -> Path:
     """Train the joint baseline; returns the path of the exported weights. `cfg.max_minutes` counts from `started`
-    (a `time.monotonic()` value; the call when not given). A resumed run keeps its own epochs and time budget: one of
-    them in `given` (the settings the user gave) with another value is refused, as is an edited config.yaml."""
+    (a `time.monotonic()` value; the call when not given). The run folder is held and checked as meta-training's
+    (`overwrite`, `resume`: see `meta_train`). A resumed run keeps its own epochs and time budget: one of them in
+    `given` (the settings the user gave) with another value is refused, as is an edited config.yaml."""
+    cfg = adopt_init_architecture(cfg)
+    with claimed(cfg.run_dir, "joint-train", cfg, free=cfg.FREE, overwrite=overwrite, resume=resume):
+        return _joint_train(cfg, resume=resume, started=started, given=given)
+
+
+def _joint_train(cfg: JointTrainConfig, *, resume: bool, started: float | None, given: frozenset[str]) -> Path:
     budget = Budget(cfg.max_minutes, started=started) if cfg.max_minutes and not resume else None
     ctx = distributed.setup(cfg.device, cfg.threads)
     run = RunDir(cfg.run_dir, writer=ctx.is_main)

@@ -38,14 +38,14 @@ from fewshotseg.errors import DivergedError, RunFolderError
 from fewshotseg.evaluation.intervals import Estimate, t_interval
 from fewshotseg.evaluation.protocols import paper_episodes, run_episode
 from fewshotseg.initializations.card import read_card
-from fewshotseg.initializations.pretrained import write_run_card
+from fewshotseg.initializations.pretrained import adopt_init_architecture, write_run_card
 from fewshotseg.initializations.weights import load_initialization, model_state, save_initialization
 from fewshotseg.meta_learning.meta_learner import MetaLearner
 from fewshotseg.meta_learning.meta_update import check_algorithm
 from fewshotseg.meta_learning.update_routine import Learner, UpdateParams, check_finite_weights
 from fewshotseg.runs.curves import Curves
 from fewshotseg.runs.provenance import environment
-from fewshotseg.runs.run_dir import CHECKPOINT, CONFIG, MODEL, RunDir
+from fewshotseg.runs.run_dir import CHECKPOINT, CONFIG, MODEL, RunDir, claimed
 from fewshotseg.training import distributed
 from fewshotseg.training.budget import Budget
 from fewshotseg.training.checkpoint import (
@@ -62,15 +62,24 @@ _FIXED_ON_RESUME = ("data", "size", "splits", "fold", "algorithm", "variant", "e
                     "train_shots", "val_shots", "dropout", "aug_rate", "l2", "bn_policy", "seed")
 
 
-def meta_train(cfg: MetaTrainConfig, *, resume: bool = False, max_minutes: float = 0.0,
+def meta_train(cfg: MetaTrainConfig, *, resume: bool = False, overwrite: bool = False, max_minutes: float = 0.0,
                started: float | None = None, continue_to: int | None = None) -> Path:
     """Meta-train an initialization; returns the path of the exported `model.safetensors`. `max_minutes` counts
     from `started` (a `time.monotonic()` value; the call when not given).
 
-    On `resume`, the run continues to its own iteration count (as fitted to its time budget, if it had one), or to
-    `continue_to` when that is another count than the one it was asked for (`--iterations` given with `--resume`): the
-    meta step size then decays linearly over the new count from where the run stands. A config.yaml edited since the
-    run wrote it is refused, showing the difference."""
+    The run folder is held while it is written (`runs.run_dir.claimed`): a folder another process writes, or that
+    holds another run's results, is refused unless `overwrite` (which removes those results). On `resume`, the run
+    continues to its own iteration count (as fitted to its time budget, if it had one), or to `continue_to` when
+    that is another count than the one it was asked for (`--iterations` given with `--resume`): the meta step size
+    then decays linearly over the new count from where the run stands. A config.yaml edited since the run wrote it
+    is refused, showing the difference."""
+    cfg = adopt_init_architecture(cfg)
+    with claimed(cfg.run_dir, "meta-train", cfg, free=cfg.FREE, overwrite=overwrite, resume=resume):
+        return _meta_train(cfg, resume=resume, max_minutes=max_minutes, started=started, continue_to=continue_to)
+
+
+def _meta_train(cfg: MetaTrainConfig, *, resume: bool, max_minutes: float, started: float | None,
+                continue_to: int | None) -> Path:
     check_algorithm(cfg.algorithm)
     budget = Budget(max_minutes, started=started) if max_minutes and not resume else None  # loading counts too
     ctx = distributed.setup(cfg.device, cfg.threads)

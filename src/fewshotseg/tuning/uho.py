@@ -26,6 +26,7 @@ import socket
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import optuna
@@ -39,7 +40,7 @@ from fewshotseg.evaluation.early_stopping import EarlyStopping, early_stopping
 from fewshotseg.evaluation.protocols import Episode, paper_episodes, run_episode
 from fewshotseg.meta_learning.update_routine import DivergedError, UpdateParams
 from fewshotseg.runs.curves import Curves
-from fewshotseg.runs.run_dir import INIT, STUDY, TRIALS, UPDATE_PARAMS, RunDir, atomic_write
+from fewshotseg.runs.run_dir import INIT, STUDY, TRIALS, UPDATE_PARAMS, RunDir, atomic_write, claimed
 from fewshotseg.runs.workers import Pool, WorkerState, process_alive
 
 # name -> (low, high, log scale, integer). Paper App. B: lr in [5e-4, 5e-2]; EfficientLab-6-3 also searched
@@ -90,6 +91,8 @@ class TuneConfig(ModelFields):
     lr_range: str = option("", "LOW,HIGH of the searched learning rate (log-uniform; default: the paper's 5e-4,5e-2): "
                                "widen it when the best lr lands on a bound")
     device: str = option("auto", "cpu, cuda or auto")
+    # A run folder's study may be continued to more trials.
+    FREE: ClassVar[tuple[str, ...]] = ("trials",)
 
 
 def storage_for(url: str, run_dir: Path):
@@ -217,8 +220,8 @@ def early_stopping_job(state: WorkerState, init_path: str, data: str, size: int,
     train, held, retrain = early_stopping_sets(episode, holdout)
     rng = episode_rng(seed, 3, episode.class_index, episode.split, len(episode.support))
     result = early_stopping(
-        jobs.learner(state, init_path), jobs.init(state, init_path), task.take(train), task.take(held), params, stopping, rng,
-        monitor=None if retrain else task.take(list(episode.query)),
+        jobs.learner(state, init_path), jobs.init(state, init_path), task.take(train), task.take(held), params,
+        stopping, rng, monitor=None if retrain else task.take(list(episode.query)),
     )
     return {"class": episode.cls, "best_step": result.best_step, "best_score": result.best_score,
             "scores": result.scores, "query_scores": result.monitored, "retrain": retrain}
@@ -226,8 +229,8 @@ def early_stopping_job(state: WorkerState, init_path: str, data: str, size: int,
 
 def score_job(state: WorkerState, init_path: str, data: str, size: int, episode: Episode, params: UpdateParams,
               steps: int, seed: int) -> float:
-    rows = run_episode(jobs.learner(state, init_path), jobs.init(state, init_path), jobs.dataset(state, data, size), episode,
-                       params, seed=seed, steps=steps)
+    rows = run_episode(jobs.learner(state, init_path), jobs.init(state, init_path), jobs.dataset(state, data, size),
+                       episode, params, seed=seed, steps=steps)
     return float(np.mean([r["iou"] for r in rows]))
 
 
@@ -247,8 +250,8 @@ def suggest_values(trial: optuna.Trial, space: dict[str, tuple], search: list[st
 
 def method_job(state: WorkerState, init_path: str, data: str, size: int, episode: Episode, spec: MethodSpec,
                seed: int) -> float:
-    rows = run_episode(jobs.learner(state, init_path), jobs.init(state, init_path), jobs.dataset(state, data, size), episode,
-                       UpdateParams(), seed=seed, method=spec)
+    rows = run_episode(jobs.learner(state, init_path), jobs.init(state, init_path), jobs.dataset(state, data, size),
+                       episode, UpdateParams(), seed=seed, method=spec)
     return float(np.mean([r["iou"] for r in rows]))
 
 
@@ -326,7 +329,38 @@ def make_objective(pool: Pool, init_path: str, cfg: TuneConfig, episodes: list[E
     return objective
 
 
-def tune(cfg: TuneConfig, *, progress: bool = True, pool: Pool | None = None) -> dict:
+def tune(cfg: TuneConfig, *, overwrite: bool = False, progress: bool = True, pool: Pool | None = None) -> dict:
+    """Tune U (or another adaptation method) for `cfg.init` on validation tasks; the best settings go to the run
+    folder (update_params.json or method.json) and become the default of the initialization's card for
+    `cfg.shots` (`result["card"]`: that card's folder; None for random, imagenet and packaged initializations,
+    whose cards are not changed). The run folder is held while it is written (`runs.run_dir.claimed`): the same
+    settings continue its study, another run's results are refused unless `overwrite`."""
+    from fewshotseg.initializations.pretrained import adopt_init_architecture
+
+    cfg = adopt_init_architecture(cfg)
+    with claimed(cfg.run_dir, "tune", cfg, free=cfg.FREE, overwrite=overwrite):
+        result = _tune(cfg, progress=progress, pool=pool)
+        folder = record_in_card(cfg, result)
+    return {**result, "card": str(folder) if folder is not None else None}
+
+
+def record_in_card(cfg: TuneConfig, result: dict) -> Path | None:
+    """Make a tune result the default of the card of the initialization it was tuned for (the replaced one goes to
+    the card's history), with its objective as a metric; the card's folder, or None where cards are not changed."""
+    from fewshotseg.initializations.pretrained import record_method, record_tuned
+
+    data = f"{cfg.data} ({cfg.split} classes)"
+    if "update_params" not in result:  # another adaptation method than U
+        return record_method(cfg.init, {"method": result["method"], "settings": result["settings"]},
+                             f"tune: {cfg.run_dir}/method.json",
+                             {"data": data, "protocol": "tune objective (validation)", "shots": cfg.shots,
+                              "mean_iou": result["objective"], "episodes": cfg.val_tasks, "method": result["method"]})
+    return record_tuned(cfg.init, cfg.shots, result["update_params"], f"tune: {cfg.run_dir}/update_params.json",
+                        {"data": data, "protocol": "UHO objective (validation)", "shots": cfg.shots,
+                         "mean_iou": result["objective"], "episodes": cfg.val_tasks})
+
+
+def _tune(cfg: TuneConfig, *, progress: bool, pool: Pool | None) -> dict:
     from fewshotseg.data.cache import load_split
     from fewshotseg.evaluation.evaluate import select_tasks
     from fewshotseg.initializations.weights import write_for_workers
