@@ -25,7 +25,7 @@ LAYERS: list[set[str]] = [
     {"evaluation"},  # every number we report, early stopping, the episode jobs
     {"tuning"},  # UHO
     {"training"},  # the two training loops, their budget and checkpoints
-    {"adapt", "segmenter", "quickstart", "predict"},  # applications built on the library
+    {"adapt", "segmenter", "multiclass", "quickstart", "predict"},  # applications built on the library
     {"app"},  # the web page (`fewshotseg serve`) over segmenter and adapt
     {"cli", "__main__"},  # the only place that knows argparse
 ]

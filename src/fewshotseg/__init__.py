@@ -12,6 +12,8 @@ stays fast):
 * initialization files: `save_initialization`, `read_initialization`, `load_initialization`
 * for practitioners: `FewShotSegmenter` (`from_pretrained("general")`, `fit`, `predict`, `save_pretrained`),
   `Prediction`, and the initialization card `Card`; the corpus builder `make_corpus`, `CorpusSpec`
+* several classes at once: `MultiClassSegmenter` (`fit(images, masks, classes)`, `predict` -> `MultiClassPrediction`:
+  per-class probabilities, an indexed label map and per-class masks)
 * adaptation methods: `MethodSpec` (`finetune`, `probe`, `prototype`, `rf`) and `make_adapter`
 
 Type checkers and IDEs see every name through the `TYPE_CHECKING` imports below, so `from fewshotseg import
@@ -41,6 +43,7 @@ if TYPE_CHECKING:  # what the lazy `__getattr__` returns, for mypy, pyright and 
     from fewshotseg.meta_learning.meta_learner import MetaLearner
     from fewshotseg.meta_learning.update_routine import Learner, UpdateParams
     from fewshotseg.models.efficientlab import VARIANTS, EfficientLab, ModelConfig, build_model
+    from fewshotseg.multiclass import MultiClassPrediction, MultiClassSegmenter
     from fewshotseg.segmenter import FewShotSegmenter, Prediction
 
 __version__ = "0.1.0"
@@ -70,6 +73,8 @@ _EXPORTS: dict[str, str] = {
     "load_initialization": "fewshotseg.initializations.weights",
     "FewShotSegmenter": "fewshotseg.segmenter",
     "Prediction": "fewshotseg.segmenter",
+    "MultiClassSegmenter": "fewshotseg.multiclass",
+    "MultiClassPrediction": "fewshotseg.multiclass",
     "Card": "fewshotseg.initializations.card",
     "make_corpus": "fewshotseg.data.corpus",
     "CorpusSpec": "fewshotseg.data.corpus",

@@ -6,6 +6,12 @@
     <out>/adapt.json (what was done), optionally <out>/adapted/ (weights + card, `--save-weights`) and
     <out>/adapted.onnx (image in [0, 1] -> foreground probability, any batch size).
 
+A support folder of several classes (`data.folder.multiclass_folder`: indexed masks with classes.txt, or one mask
+per class `name.<class>.png`) is adapted with `MultiClassSegmenter` (`--strategy`), and for every query:
+        <out>/<name>_mask.png          indexed palette PNG: 0 background, k class k (<out>/classes.txt names them)
+        <out>/<name>_<class>_mask.png  each class's binary mask (0/255); no two overlap
+        <out>/<name>_overlay.png       the query with each class tinted in its palette colour
+
 A thin layer over `FewShotSegmenter`: files in, files out. The initialization defaults to the shipped `general` one
 and U to the initialization's own update parameters for the number of support pairs (`--u-preset paper`: the
 paper's Table 3; `--update-params FILE`: a `tune` result; `--u-lr` etc. override single values).
@@ -32,12 +38,15 @@ from fewshotseg.errors import UserError
 
 log = logging.getLogger(__name__)
 
+CLASSES_TXT = "classes.txt"  # beside a multi-class result: line k names value k of the indexed masks
+
 
 @dataclass
 class AdaptConfig(ModelFields):
     init: str = option("general", "initialization: general (shipped), a folder with card.json, a run folder or "
                                   "model.safetensors, imagenet or random")
-    support: str = option("", "folder of labelled pairs: name.jpg + name_mask.png, or FSS-style 1.jpg + 1.png",
+    support: str = option("", "folder of labelled pairs: name.jpg + name_mask.png, or FSS-style 1.jpg + 1.png; "
+                              "several classes: indexed masks with classes.txt, or name.jpg + name.<class>.png",
                           required=True)
     query: str = option("", "folder of images to segment (or one image)", required=True)
     out: str = option("", "output folder for masks, overlays and optional weights", required=True)
@@ -58,6 +67,8 @@ class AdaptConfig(ModelFields):
                                        "<out>/adapted/, loadable with FewShotSegmenter.from_pretrained")
     onnx: bool = option(False, "also export the adapted network to adapted.onnx")
     overwrite: bool = option(False, "replace the results of an earlier adapt in --out")
+    strategy: str = option("auto", "several classes: auto (the measured default for the probe, else one-vs-rest), "
+                                   "one-vs-rest (one adapted segmenter per class) or joint (one softmax head; probe)")
     seed: int = option(0, "seed of U's augmentation and batching")
     device: str = option("auto", "cpu, cuda or auto")
 
@@ -88,8 +99,10 @@ def export_onnx(model: torch.nn.Module, size: int, path: Path) -> None:
                       dynamic_axes={"image": {0: "batch"}, "foreground": {0: "batch"}}, dynamo=False)
 
 
-def _outputs(out: Path, queries: list[Path], cfg: AdaptConfig) -> list[Path]:
+def _outputs(out: Path, queries: list[Path], cfg: AdaptConfig, classes: list[str] | None = None) -> list[Path]:
     names = [out / "adapt.json"] + [out / f"{q.stem}_{kind}.png" for q in queries for kind in ("mask", "overlay")]
+    if classes:
+        names += [out / CLASSES_TXT] + [out / f"{q.stem}_{c}_mask.png" for q in queries for c in classes]
     if cfg.onnx:
         names.append(out / "adapted.onnx")
     if cfg.save_weights:
@@ -97,7 +110,8 @@ def _outputs(out: Path, queries: list[Path], cfg: AdaptConfig) -> list[Path]:
     return names
 
 
-def check_out(out: Path, support: Path, query: Path, inputs: list[Path], queries: list[Path], cfg: AdaptConfig) -> None:
+def check_out(out: Path, support: Path, query: Path, inputs: list[Path], queries: list[Path], cfg: AdaptConfig,
+              classes: list[str] | None = None) -> None:
     """Refuse an --out that would overwrite the user's files (see the module docstring)."""
     resolved = out.resolve()
     for what, folder in (("support", support), ("query", query)):
@@ -112,7 +126,7 @@ def check_out(out: Path, support: Path, query: Path, inputs: list[Path], queries
                             "each other: rename one")
         stems[q.stem] = q
     inputs_resolved = {p.resolve() for p in inputs}
-    planned = _outputs(out, queries, cfg)
+    planned = _outputs(out, queries, cfg, classes)
     clash = [p for p in planned if p.resolve() in inputs_resolved]
     if clash:
         raise UserError(f"--out {out}: writing {clash[0].name} would overwrite the input file {clash[0]}; choose "
@@ -151,12 +165,15 @@ def read_support(folder: Path) -> tuple[list[tuple[np.ndarray, np.ndarray, str]]
 
 def adapt(cfg: AdaptConfig, *, u_overrides: dict[str, Any] | None = None, progress=print) -> dict[str, Any]:
     """Adapt and segment (see the module docstring); `u_overrides` replace single fields of U (`--u-lr` ...)."""
-    from fewshotseg.data.folder import list_queries, skipped_queries
+    from fewshotseg.data.folder import list_queries, multiclass_folder, skipped_queries
     from fewshotseg.data.images import load_image
     from fewshotseg.segmenter import FewShotSegmenter
 
     queries = list_queries(cfg.query)
     skipped = skipped_queries(cfg.query)  # reported with the results, never silently left out
+    several = multiclass_folder(cfg.support)
+    if several is not None:
+        return adapt_classes(cfg, several, queries, skipped, u_overrides or {}, progress)
     support, problems, support_files = read_support(Path(cfg.support))
     out = Path(cfg.out)
     check_out(out, Path(cfg.support), Path(cfg.query), support_files + queries, queries, cfg)
@@ -227,3 +244,118 @@ def _save(path: Path, rgb: np.ndarray, mask: np.ndarray, out: Path, written: lis
     Image.fromarray(overlay(rgb, mask)).save(out / f"{path.stem}_overlay.png")
     written.append({"query": str(path), "mask": str(out / f"{path.stem}_mask.png"),
                     "foreground_fraction": float(mask.mean())})
+
+
+# ------------------------------------------------------------------------------------------ several classes
+
+
+def readable_pairs(found) -> tuple[list[Problem], list[int]]:
+    """(problems, indices of the pairs whose files all decode) of a `MultiClassFolder`: a corrupt or unreadable
+    image or mask is skipped and reported, as in a one-class folder; wrong values are `fit`'s to refuse."""
+    from fewshotseg.data.images import BadFile, read_image
+
+    problems, keep = [], []
+    for i, image in enumerate(found.images):
+        masks = ([ms[i] for ms in found.masks.values() if ms[i] is not None] if isinstance(found.masks, dict)
+                 else [found.masks[i]])
+        try:
+            for path in (image, *masks):
+                if path == image:
+                    read_image(path)
+                else:
+                    with Image.open(path) as im:
+                        im.load()
+        except BadFile as err:
+            problems.append(Problem(err.path, err.reason, "skipped"))
+            continue
+        except OSError as err:
+            problems.append(Problem(str(path), f"cannot decode it ({err}); re-export it or delete the pair", "skipped"))
+            continue
+        keep.append(i)
+    return problems, keep
+
+
+def adapt_classes(cfg: AdaptConfig, found, queries: list[Path], skipped: list[str], u_overrides: dict[str, Any],
+                  progress) -> dict[str, Any]:
+    """`adapt` on a support folder of several classes (see the module docstring)."""
+    from fewshotseg.data.exports import label_png, voc_palette
+    from fewshotseg.data.images import load_image, report_problems
+    from fewshotseg.multiclass import MultiClassSegmenter
+    from fewshotseg.segmenter import with_stats
+
+    problems, keep = readable_pairs(found)
+    report_problems(problems)
+    if not keep:
+        shown = "".join(f"\n  {p}" for p in problems[:10])
+        raise DataError(f"{cfg.support}: no usable support image among {len(found.images)}.{shown}")
+    images = [found.images[i] for i in keep]
+    masks = ({c: [ms[i] for i in keep] for c, ms in found.masks.items()} if isinstance(found.masks, dict)
+             else [found.masks[i] for i in keep])
+    classes = list(found.classes.values())
+    out = Path(cfg.out)
+    check_out(out, Path(cfg.support), Path(cfg.query), found.files + queries, queries, cfg, classes)
+    if cfg.onnx:
+        raise UserError("--onnx exports the one network of a one-class segmenter; a support folder of several "
+                        "classes gives one per class (or a joint head): use --save-weights and fewshotseg predict")
+    seg = MultiClassSegmenter.from_pretrained(cfg.init, device=cfg.device, size=cfg.size,
+                                              model_config=cfg.model_config())
+    spec, spec_source = seg.base.method_for(cfg.method, file=cfg.method_settings or None)
+    if spec.method == "rf" and cfg.save_weights:
+        raise UserError("--save-weights with --method rf: a random forest can only be stored with pickle, which "
+                        "fewshotseg never loads; keep the support pairs and run adapt again")
+    progress(f"adapting {seg.base.described} to {len(images)} support image(s) of {len(classes)} classes "
+             f"({', '.join(classes)}; {found.layout} masks) at {seg.size} px")
+    params, source = None, ""
+    if spec.method == "finetune":
+        params, source = seg.base.update_params_for(len(images), preset=cfg.u_preset, file=cfg.update_params or None,
+                                                    **u_overrides)
+        params = with_stats(params, cfg.stats)
+        progress(f"U: lr {params.lr:g}, {params.steps} steps, batch {params.batch_size}, {params.optimizer}, "
+                 f"BatchNorm {params.bn_policy} — from {source}")
+    elif cfg.update_params or any(v is not None for v in u_overrides.values()):
+        raise UserError(f"--update-params and --u-* set U's fine-tuning, but the method is {spec.method}; pass "
+                        "--method finetune to fine-tune, or drop them")
+    else:
+        progress(f"method: {spec.describe()} — from {spec_source}")
+    seg.fit(images, masks, found.classes, strategy=cfg.strategy, method=spec, update_params=params, seed=cfg.seed,
+            names=[str(p) for p in images])
+    progress(f"strategy: {seg.strategy}" + (" (the measured default)" if cfg.strategy == "auto" else ""))
+    together = params is not None and params.bn_policy == "transductive"
+
+    out.mkdir(parents=True, exist_ok=True)
+    colours = np.asarray(voc_palette(), np.float32).reshape(256, 3)
+    written: list[dict[str, Any]] = []
+    failed: list[str] = []
+    loaded = []
+    for path in queries:
+        try:
+            loaded.append((path, load_image(path, str(path))))
+        except DataError as err:
+            failed.append(str(err))
+    batches = [loaded] if together else [[item] for item in loaded]
+    for batch in batches:  # one at a time (each query independent), or all together (transductive)
+        for (path, rgb), pred in zip(batch, seg.predict([rgb for _, rgb in batch], threshold=cfg.threshold),
+                                     strict=True):
+            label_png(pred.labels).save(out / f"{path.stem}_mask.png")
+            tinted = rgb.astype(np.float32)
+            fg = pred.labels > 0
+            tinted[fg] = 0.5 * tinted[fg] + 0.5 * colours[pred.labels[fg]]
+            Image.fromarray(tinted.round().astype(np.uint8)).save(out / f"{path.stem}_overlay.png")
+            for name, mask in pred.masks.items():
+                Image.fromarray(mask.astype(np.uint8) * 255).save(out / f"{path.stem}_{name}_mask.png")
+            written.append({"query": str(path), "mask": str(out / f"{path.stem}_mask.png"),
+                            "foreground_fraction": {c: float(m.mean()) for c, m in pred.masks.items()},
+                            "contested_pixels": pred.contested})
+    (out / CLASSES_TXT).write_text("".join(f"{c}\n" for c in seg.classes))
+    if cfg.save_weights:
+        seg.save_pretrained(out / "adapted")
+    summary = {"init": seg.base.described, "size": seg.size, "support_pairs": len(images),
+               "support_problems": len(problems) + len(found.problems), "classes": seg.classes,
+               "layout": found.layout, "strategy": seg.strategy, "method": spec.as_dict(),
+               "method_source": spec_source, "update_params": params.as_dict() if params is not None else None,
+               "update_params_source": source, "seed": cfg.seed, "threshold": cfg.threshold,
+               "overlaps": "a pixel claimed by several classes goes to the most probable one",
+               "contested_pixels": sum(q["contested_pixels"] for q in written), "queries": written,
+               "failed": failed, "skipped": skipped}
+    (out / "adapt.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary

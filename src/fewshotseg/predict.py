@@ -9,6 +9,10 @@
         predict.json                                what was done: counts, every skipped file and why, timings
         predict-settings.json                       what every output here was predicted with (checked on re-runs)
 
+A segmenter of several classes (`MultiClassSegmenter.save_pretrained`'s folder) writes the same files: each PNG an
+indexed palette PNG (0 background, k class k; `classes.txt` names them), YOLO rows with class ids 0..K-1, and COCO
+one category per class (ids 1..K) with one annotation per image and class present.
+
 Images are listed once (sorted relative paths; hidden files and folders left out; `*_mask.png`, a `.png` beside a
 same-name `.jpg`, and files that are not .jpg/.jpeg/.png listed as skipped), then cut into batches of `--batch-size`
 consecutive images. A batch is the unit of everything: it is read, predicted and written by one worker (the parent,
@@ -95,6 +99,7 @@ class Job:
     polygon_tolerance: float
     device: str
     overwrite: bool
+    classes: tuple[str, ...] = ()  # a segmenter of several classes: their names (class k = classes[k - 1])
 
 
 # ------------------------------------------------------------------------------------------ checks
@@ -309,10 +314,14 @@ def clean_partial(out: Path) -> int:
 
 
 def write_image_outputs(writer: Writer, job: Job, rel: str, mask: np.ndarray) -> None:
+    """One image's outputs: `mask` (H, W) bool, or for a segmenter of several classes a label map (H, W) uint8."""
     from fewshotseg.data.exports import coco_record, outer_polygons, yolo_text
 
     paths = outputs(Path(job.out), rel, job.formats)
     todo = {f: p for f, p in paths.items() if job.overwrite or not p.is_file()}
+    if job.classes:
+        write_label_outputs(writer, job, rel, mask, todo)
+        return
     if "png" in todo:
         writer.write(todo["png"], lambda tmp: Image.fromarray(mask.astype(np.uint8) * 255).save(tmp, format="PNG"))
     polygons = outer_polygons(mask, job.polygon_tolerance) if {"yolo", "coco"} & set(todo) else []
@@ -322,6 +331,20 @@ def write_image_outputs(writer: Writer, job: Job, rel: str, mask: np.ndarray) ->
         writer.write(todo["yolo"], lambda tmp: tmp.write_text(text))
     if "coco" in todo:
         record = json.dumps(coco_record(rel, mask, polygons=polygons), separators=(",", ":"))
+        writer.write(todo["coco"], lambda tmp: tmp.write_text(record + "\n"))
+
+
+def write_label_outputs(writer: Writer, job: Job, rel: str, labels: np.ndarray, todo: dict[str, Path]) -> None:
+    from fewshotseg.data.exports import coco_labels_record, label_png, yolo_labels_text
+
+    k = len(job.classes)
+    if "png" in todo:
+        writer.write(todo["png"], lambda tmp: label_png(labels).save(tmp, format="PNG"))
+    if "yolo" in todo:
+        text = yolo_labels_text(labels, k, job.polygon_tolerance)
+        writer.write(todo["yolo"], lambda tmp: tmp.write_text(text))
+    if "coco" in todo:
+        record = json.dumps(coco_labels_record(rel, labels, k, job.polygon_tolerance), separators=(",", ":"))
         writer.write(todo["coco"], lambda tmp: tmp.write_text(record + "\n"))
 
 
@@ -343,18 +366,22 @@ def tile_boxes(height: int, width: int, tile: int, overlap: int) -> list[tuple[i
 def tiled_probability(predict: Callable[[list[np.ndarray]], list[np.ndarray]], rgb: np.ndarray, tile: int,
                       overlap: int, batch_size: int, together: bool) -> np.ndarray:
     """(H, W) probability of a large image from its tiles' probabilities (`predict`: tiles -> probability maps at
-    their own size), averaged where tiles overlap. `together`: every tile in one call (a transductive batch)."""
+    their own size), averaged where tiles overlap. `together`: every tile in one call (a transductive batch).
+    Maps of several classes (K, h, w) give (K, H, W)."""
     h, w = rgb.shape[:2]
     boxes = tile_boxes(h, w, tile, overlap)
-    total = np.zeros((h, w), np.float32)
+    total: np.ndarray | None = None
     count = np.zeros((h, w), np.float32)
     step = len(boxes) if together else batch_size
     for i in range(0, len(boxes), step):
         chunk = boxes[i:i + step]
         for (y0, x0, y1, x1), p in zip(chunk, predict([rgb[y0:y1, x0:x1] for y0, x0, y1, x1 in chunk]),
                                        strict=True):
-            total[y0:y1, x0:x1] += p
+            if total is None:
+                total = np.zeros((*p.shape[:-2], h, w), np.float32)
+            total[..., y0:y1, x0:x1] += p
             count[y0:y1, x0:x1] += 1
+    assert total is not None
     return total / count
 
 
@@ -385,26 +412,35 @@ def predict_batch(seg, job: Job, rels: list[str], writer: Writer, together: bool
             record = json.dumps({"file": rel, "reason": reason, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns})
             writer.write(unreadable_marker(out, rel), lambda tmp, text=record: tmp.write_text(text + "\n"))
     whole = [(rel, rgb) for rel, rgb in loaded if not _tiled(job, rgb.shape)]
-    masks: dict[str, np.ndarray] = {}
+    masks: dict[str, np.ndarray] = {}  # (H, W) bool, or label maps (H, W) uint8 of several classes
     if whole:
         preds = seg.predict([rgb for _, rgb in whole], threshold=job.threshold, batch_size=job.batch_size)
-        masks.update((rel, p.mask) for (rel, _), p in zip(whole, preds, strict=True))
+        masks.update((rel, p.labels if job.classes else p.mask) for (rel, _), p in zip(whole, preds, strict=True))
 
     def tiles(images: list[np.ndarray]) -> list[np.ndarray]:
+        if job.classes:
+            return seg.probabilities(images, batch_size=job.batch_size)
         return [p.probability for p in seg.predict(images, threshold=job.threshold, batch_size=job.batch_size)]
+
+    from fewshotseg.multiclass import resolve  # (torch is loaded by now: the segmenter predicted)
 
     for rel, rgb in loaded:
         if rel not in masks:
-            masks[rel] = tiled_probability(tiles, rgb, job.tile, job.overlap, job.batch_size, together) > job.threshold
+            prob = tiled_probability(tiles, rgb, job.tile, job.overlap, job.batch_size, together)
+            masks[rel] = resolve(prob, job.threshold)[0] if job.classes else prob > job.threshold
     for rel, _ in loaded:
         mask = masks.pop(rel)
         write_image_outputs(writer, job, rel, mask)
         unreadable_marker(out, rel).unlink(missing_ok=True)  # read at last (the file was replaced)
-        results.append({"file": rel, "foreground": round(float(mask.mean()), 6)})
+        results.append({"file": rel, "foreground": round(float((mask > 0).mean()), 6)})
     return results
 
 
 def load_segmenter(job: Job):
+    if job.classes:
+        from fewshotseg.multiclass import MultiClassSegmenter
+
+        return MultiClassSegmenter.from_pretrained(job.model, device=job.device)
     from fewshotseg.segmenter import FewShotSegmenter
 
     return FewShotSegmenter.from_pretrained(job.model, device=job.device)
@@ -462,7 +498,8 @@ def settings_of(opts: PredictOptions, model: dict[str, Any]) -> dict[str, Any]:
     from fewshotseg.initializations.card import sha256
 
     folder = model["folder"]
-    weights = {p.name: sha256(p) for p in sorted(folder.glob("*.safetensors"))}  # the network, a fitted head
+    weights = {p.relative_to(folder).as_posix(): sha256(p)  # the network(s), fitted heads (one per class)
+               for p in sorted(folder.rglob("*.safetensors"))}
     tiling = {"tile": opts.tile, "overlap": opts.overlap if opts.tile else 0,
               "tile_above": opts.tile_above if opts.tile else 0}
     return {"model": model["card"].name, "weights_sha256": weights, "threshold": opts.threshold,
@@ -512,6 +549,10 @@ def predict_folder(opts: PredictOptions) -> dict[str, Any]:
         raise UserError(f"--images {images}: " + ("a file; pass the folder that holds the images" if images.exists()
                                                   else "no such folder; pass the folder of images to label"))
     model = check_model(opts.model)
+    classes = tuple((model["card"].adaptation or {})["fitted"].get("classes") or ())
+    if classes and opts.label:
+        raise UserError(f"--label names the one COCO category of a one-class segmenter; {opts.model} segments "
+                        f"{len(classes)} classes, each its own category ({', '.join(classes)}): leave --label out")
     check_out(images, out)
     settings = settings_of(opts, model)
     check_settings(out, settings, opts.overwrite)
@@ -521,7 +562,7 @@ def predict_folder(opts: PredictOptions) -> dict[str, Any]:
     job = Job(model=str(model["folder"]), root=str(images), out=str(out), formats=formats,
               threshold=opts.threshold, batch_size=opts.batch_size, tile=opts.tile, overlap=opts.overlap,
               tile_above=opts.tile_above, polygon_tolerance=opts.polygon_tolerance, device=device,
-              overwrite=opts.overwrite)
+              overwrite=opts.overwrite, classes=classes)
 
     listing = list_tree(images)
     mine = batches_of(listing.images, opts.batch_size, shard)
@@ -549,6 +590,8 @@ def predict_folder(opts: PredictOptions) -> dict[str, Any]:
     seconds = time.perf_counter() - predicting
 
     label = opts.label or model["card"].name
+    if classes:
+        atomic_write(out / "classes.txt", lambda tmp: Path(tmp).write_text("".join(f"{c}\n" for c in classes)))
     coco_file = None
     if "coco" in formats:
         records = []
@@ -557,7 +600,7 @@ def predict_folder(opts: PredictOptions) -> dict[str, Any]:
                 path = outputs(out, rel, ("coco",))["coco"]
                 if path.is_file():
                     records.append(json.loads(path.read_text()))
-        doc = coco_document(records, label, polygons=opts.coco_polygons,
+        doc = coco_document(records, list(classes) or label, polygons=opts.coco_polygons,
                             info={"description": f"{label}: masks predicted by fewshotseg {__version__}",
                                   "version": __version__})
         coco_file = out / f"coco{suffix_of(shard)}.json"
@@ -569,7 +612,7 @@ def predict_folder(opts: PredictOptions) -> dict[str, Any]:
                 failed[rel] = record["reason"]
     summary = {
         "model": str(model["folder"]), "images": str(images), "out": str(out), "formats": list(formats),
-        "label": label, "shard": f"{shard[0]}/{shard[1]}", "device": device, "workers": opts.workers,
+        "label": label, "classes": list(classes) or None, "shard": f"{shard[0]}/{shard[1]}", "device": device, "workers": opts.workers,
         "batch_size": opts.batch_size, "threshold": opts.threshold,
         "batchnorm": ("transductive: the images of each batch (--batch-size consecutive images in sorted order) "
                       "are normalised together, so a mask depends on its batch") if together else

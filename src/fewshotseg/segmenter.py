@@ -51,7 +51,7 @@ from fewshotseg.adaptation import (
 from fewshotseg.data.images import ImageLike, load_image, no_signal, read_pair  # noqa: F401 (re-exported)
 from fewshotseg.data.tasks import TaskTensors, episode_rng
 from fewshotseg.errors import UserError
-from fewshotseg.initializations.card import Card
+from fewshotseg.initializations.card import Card, read_card
 from fewshotseg.initializations.pretrained import resolve_pretrained, save_pretrained
 from fewshotseg.initializations.weights import find_initialization
 from fewshotseg.meta_learning.update_routine import UpdateParams
@@ -99,6 +99,9 @@ class FewShotSegmenter:
 
         A folder that `save_pretrained` wrote after `fit` holds a fitted segmenter: it predicts at once (and `fit`
         adapts it again, from the network it holds)."""
+        if multiclass_classes(spec):
+            raise UserError(f"{spec} holds a segmenter of several classes ({', '.join(multiclass_classes(spec))}): "
+                            "load it with fewshotseg.MultiClassSegmenter.from_pretrained")
         model, card, described = resolve_pretrained(str(spec), model_config=model_config, size=size)
         seg = cls(model, card, device=choose_device(device), described=described)
         fitted = (card.adaptation or {}).get("fitted")
@@ -179,10 +182,11 @@ class FewShotSegmenter:
     def fit(self, images: list[ImageLike], masks: list[ImageLike], *, seed: int = 0,
             update_params: UpdateParams | None = None, stats: str = "card", names: list[str] | None = None,
             method: str | MethodSpec = "card", settings: dict[str, Any] | None = None,
-            progress=None) -> FewShotSegmenter:
+            progress=None, allow_empty: bool = False) -> FewShotSegmenter:
         """Adapt the initialization to labelled examples: with the card's method (fine-tuning with U, the card's
         update parameters for this many shots, unless `update_params` is given) or the one named by `method`.
-        Support pairs without foreground are refused with their names."""
+        Support pairs without foreground are refused with their names, unless `allow_empty` keeps them as examples
+        of background (a one-vs-rest class of `MultiClassSegmenter`: an image without that class)."""
         if stats not in STATS:
             raise UserError(f"stats {stats!r}: choose one of {', '.join(STATS)}")
         if len(images) != len(masks):
@@ -193,7 +197,7 @@ class FewShotSegmenter:
         xs, ys, empty = [], [], []
         for name, image, mask in zip(names, images, masks, strict=True):
             rgb, m = read_pair(image, mask, name)
-            if not m.any():
+            if not m.any() and not allow_empty:
                 empty.append(name)
                 continue
             if (reason := no_signal(rgb.shape[:2], m.astype(np.uint8))) is not None:
@@ -257,6 +261,14 @@ class FewShotSegmenter:
 
 
 # ------------------------------------------------------------------------------------------ helpers
+
+
+def multiclass_classes(spec: str | Path) -> list[str]:
+    """The class names of a folder that `MultiClassSegmenter.save_pretrained` wrote; [] for anything else."""
+    folder = Path(str(spec))
+    card = read_card(folder) if folder.is_dir() else None
+    fitted = (card.adaptation or {}).get("fitted") if card is not None else None
+    return list(fitted.get("classes") or []) if isinstance(fitted, dict) else []
 
 
 def with_stats(params: UpdateParams, stats: str) -> UpdateParams:

@@ -9,9 +9,14 @@ rasterises back to the region exactly. A `tolerance` in px simplifies it further
 region's holes are filled, since neither a COCO polygon nor a YOLO row can carry one. RLE (pycocotools) is exact.
 
     coco_record(file, mask)      one image's record: size, RLE, polygons, area, bbox (JSON-ready)
-    coco_document(records, ...)  the COCO instances file: one category, one annotation per image with foreground
+    coco_labels_record(file, labels, K)  the same for a label map of K classes: one entry per class present
+    coco_document(records, ...)  the COCO instances file: one category per class, one annotation per image and class
+                                 with foreground
     merge_coco(documents)        one COCO file from several (shards of one folder), numbered as if written at once
     yolo_text(polygons, w, h)    Ultralytics' segmentation label file: one `class x1 y1 x2 y2 ...` row per region
+    yolo_labels_text(labels, K)  the same for a label map: class k's regions with YOLO class id k - 1
+    label_png(labels)            a label map (0 background, k class k) as a palette PNG: the index values are the
+                                 classes, the colours PASCAL VOC's
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from PIL import Image
 from pycocotools import mask as coco_mask
 from skimage import measure
 
@@ -94,20 +100,38 @@ def coco_record(file_name: str, mask: np.ndarray, tolerance: float = 0.0,
             "polygons": [_flat(p) for p in (outer_polygons(mask, tolerance) if polygons is None else polygons)]}
 
 
-def coco_document(records: list[dict[str, Any]], category: str, *, polygons: bool = False,
+def coco_labels_record(file_name: str, labels: np.ndarray, classes: int, tolerance: float = 0.0) -> dict[str, Any]:
+    """`coco_record` of a label map (H, W) with values 0..`classes`: {"file_name", "width", "height", "classes":
+    {"k": class k's record (area, bbox, RLE, polygons)} for every class k present}."""
+    h, w = labels.shape
+    found = {}
+    for k in range(1, classes + 1):
+        mask = labels == k
+        if mask.any():
+            found[str(k)] = {key: v for key, v in coco_record(file_name, mask, tolerance).items()
+                             if key not in ("file_name", "width", "height")}
+    return {"file_name": file_name, "width": int(w), "height": int(h), "classes": found}
+
+
+def coco_document(records: list[dict[str, Any]], category: str | list[str], *, polygons: bool = False,
                   info: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A COCO instances file: every image, and one annotation (category `category`, iscrowd 0) per image with
-    foreground, its segmentation RLE (exact) or, with `polygons`, the outer contours (editable in labelling tools)."""
+    """A COCO instances file: every image, and one annotation (iscrowd 0) per image and category with foreground,
+    its segmentation RLE (exact) or, with `polygons`, the outer contours (editable in labelling tools). `category`:
+    the one category's name (records of `coco_record`), or the classes' names, category id k for class k (records
+    of `coco_labels_record`)."""
     entries = []
     for r in records:
         image = {"file_name": r["file_name"], "width": r["width"], "height": r["height"]}
-        segmentation = r["polygons"] if polygons else r["rle"]
+        parts = sorted(((int(k), v) for k, v in r["classes"].items())) if "classes" in r else [(CATEGORY_ID, r)]
         anns = []
-        if r["area"] > 0 and segmentation:
-            anns.append({"category_id": CATEGORY_ID, "segmentation": segmentation, "area": r["area"],
-                         "bbox": r["bbox"], "iscrowd": 0})
+        for category_id, part in parts:
+            segmentation = part["polygons"] if polygons else part["rle"]
+            if part["area"] > 0 and segmentation:
+                anns.append({"category_id": category_id, "segmentation": segmentation, "area": part["area"],
+                             "bbox": part["bbox"], "iscrowd": 0})
         entries.append((image, anns))
-    categories = [{"id": CATEGORY_ID, "name": category, "supercategory": ""}]
+    names = [category] if isinstance(category, str) else list(category)
+    categories = [{"id": k, "name": name, "supercategory": ""} for k, name in enumerate(names, start=CATEGORY_ID)]
     return _numbered(entries, categories, info or {})
 
 
@@ -163,3 +187,33 @@ def yolo_text(polygons: list[np.ndarray], width: int, height: int, class_id: int
         xy = np.clip(points / np.array([width, height], dtype=np.float64), 0.0, 1.0)
         rows.append(" ".join([str(class_id), *(f"{v:.6f}" for v in xy.reshape(-1))]))
     return "".join(row + "\n" for row in rows)
+
+
+def yolo_labels_text(labels: np.ndarray, classes: int, tolerance: float = 0.0) -> str:
+    """`yolo_text` of a label map (H, W) with values 0..`classes`: class k's regions with the YOLO class id k - 1."""
+    h, w = labels.shape
+    return "".join(yolo_text(outer_polygons(labels == k, tolerance), w, h, class_id=k - 1)
+                   for k in range(1, classes + 1))
+
+
+def voc_palette() -> list[int]:
+    """PASCAL VOC's colour map, flat [r, g, b] * 256: 0 black, 1 dark red, 2 green, 3 olive, 4 navy, ..."""
+    colours = []
+    for index in range(256):
+        r = g = b = 0
+        c = index
+        for bit in range(8):
+            r |= ((c >> 0) & 1) << (7 - bit)
+            g |= ((c >> 1) & 1) << (7 - bit)
+            b |= ((c >> 2) & 1) << (7 - bit)
+            c >>= 3
+        colours += [r, g, b]
+    return colours
+
+
+def label_png(labels: np.ndarray) -> Image.Image:
+    """A label map (H, W) uint8 (0 background, k class k) as a palette image whose index values are the classes."""
+    labels = np.ascontiguousarray(labels, dtype=np.uint8)
+    image = Image.frombytes("P", (labels.shape[1], labels.shape[0]), labels.tobytes())
+    image.putpalette(voc_palette())
+    return image

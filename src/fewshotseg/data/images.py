@@ -470,6 +470,11 @@ def read_pair(image: ImageLike, mask: ImageLike, name: str) -> tuple[np.ndarray,
     return rgb, _oriented_mask(mask, rgb.shape[:2], image, name)
 
 
+def mask_on_image(mask: ImageLike, shape: tuple[int, int], image: ImageLike, name: str) -> np.ndarray:
+    """(H, W) bool binary mask on the grid of `image`, whose upright size is `shape` (see `_oriented_mask`)."""
+    return _oriented_mask(mask, shape, image, name)
+
+
 def _oriented_mask(mask: ImageLike, shape: tuple[int, int], image: ImageLike, name: str) -> np.ndarray:
     """(H, W) bool mask on the upright image's grid.
 
@@ -498,14 +503,54 @@ def _oriented_mask(mask: ImageLike, shape: tuple[int, int], image: ImageLike, na
 
 
 def _apply_orientation(mask: np.ndarray, image: str | Path | Image.Image) -> np.ndarray:
-    """Turn a mask drawn on the image's stored pixel grid the way the image's EXIF orientation turns the image."""
+    """Turn a mask (bool, or uint8 class indices) drawn on the image's stored pixel grid the way the image's EXIF
+    orientation turns the image."""
     im = Image.open(image) if isinstance(image, (str, Path)) else image
     try:
         orientation = im.getexif().get(0x0112, 1)
     finally:
         if im is not image:
             im.close()
-    pil = Image.fromarray(mask.astype(np.uint8) * 255)
     method = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
               6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}.get(orientation)
-    return (np.asarray(pil.transpose(method)) > 127) if method is not None else mask
+    if method is None:
+        return mask
+    turned = np.asarray(Image.fromarray(mask.astype(np.uint8)).transpose(method))  # a transpose moves, never mixes
+    return turned.astype(mask.dtype)
+
+
+def read_label_map(labels: ImageLike, image: ImageLike, shape: tuple[int, int], name: str) -> np.ndarray:
+    """(H, W) uint8 class indices of an indexed mask (0 = background, k = class k) on the upright image's grid.
+
+    A file or PIL image must be a palette PNG (its INDEX values, never the colours) or grayscale (the values, 16-bit
+    ones kept when they fit in 0..255); an array must be (H, W) integers in 0..255. Turned upright as binary masks
+    are (`_oriented_mask`)."""
+    if isinstance(labels, (str, Path, Image.Image)):
+        img = _open(Path(labels), exif=True) if isinstance(labels, (str, Path)) else ImageOps.exif_transpose(labels)
+        where = str(labels) if isinstance(labels, (str, Path)) else name
+        with img:
+            if img.mode not in ("P", "L") and not img.mode.startswith("I"):
+                raise BadFile(where, f"an indexed mask must be a palette or grayscale PNG of class values (0 "
+                              f"background, 1, 2, ... the classes); this one is {img.mode}: export it as an 8-bit "
+                              "palette or grayscale PNG")
+            values = np.asarray(img)
+        if values.max(initial=0) > 255 or values.min(initial=0) < 0:
+            raise BadFile(where, f"class values up to {values.max()}: an indexed mask holds values 0..255")
+        m = values.astype(np.uint8)
+    elif isinstance(labels, np.ndarray):
+        if labels.ndim != 2 or not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool):
+            raise UserError(f"{name}: an indexed mask array must be (H, W) integers; got {labels.dtype} "
+                            f"{labels.shape}")
+        if labels.size and (labels.min() < 0 or labels.max() > 255):
+            raise UserError(f"{name}: an indexed mask holds class values 0..255; got {labels.min()}..{labels.max()}")
+        m = labels.astype(np.uint8)
+    else:
+        raise UserError(f"mask of {name}: expected a path, a PIL image or a numpy array, got {type(labels).__name__}")
+    if m.shape == shape:
+        return m
+    if m.shape == shape[::-1] and isinstance(image, (str, Path, Image.Image)):
+        turned = _apply_orientation(m, image)
+        if turned.shape == shape:
+            return turned
+    raise UserError(f"{name}: mask is {m.shape[1]}x{m.shape[0]} px but the image is {shape[1]}x{shape[0]} px; "
+                    "a mask must have its image's size")
