@@ -24,6 +24,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import REAL_PHOTOS, REPO
@@ -123,6 +124,25 @@ def make_support_and_queries(work: Path) -> tuple[list[str], list[str]]:
     return support, queries
 
 
+def make_scenes(work: Path) -> list[str]:
+    """my_scenes/ with scene1.jpg + scene1.duck.png + scene1.cat.png, ...: a duck toy photo and a cat photo of the
+    fixtures side by side, each object's mask its own file (the third scene shows the duck only); the classes."""
+    import numpy as np
+    from PIL import Image
+
+    (work / "my_scenes").mkdir()
+    for n in (1, 2, 3):
+        photos = [REAL_PHOTOS / c / f"{n}.jpg" for c in ("duck_toy", "cat")][: 1 if n == 3 else 2]
+        images = [np.asarray(Image.open(p).convert("RGB").resize((320, 320))) for p in photos]
+        Image.fromarray(np.concatenate(images, 1)).save(work / "my_scenes" / f"scene{n}.jpg", quality=90)
+        for k, (name, photo) in enumerate(zip(("duck", "cat"), photos)):
+            halves = [np.zeros((320, 320), np.uint8) for _ in photos]
+            halves[k] = (np.asarray(Image.open(photo.with_suffix(".png")).resize((320, 320), Image.Resampling.NEAREST)) > 0)
+            Image.fromarray(np.concatenate(halves, 1).astype(np.uint8) * 255).save(
+                work / "my_scenes" / f"scene{n}.{name}.png")
+    return ["cat", "duck"]
+
+
 def make_classes(work: Path, text: str, shots: int) -> list[str]:
     """my_classes/<class>/<n>.jpg + <n>.png (shots + 5 pairs each) for the classes of the split file the README
     shows, and that file, my_splits.json, as the README writes it."""
@@ -169,6 +189,7 @@ def test_segmenting_your_own_images_runs_as_printed(tmp_path: Path):
     work = tmp_path / "work folder"
     work.mkdir()
     support, queries = make_support_and_queries(work)
+    classes = make_scenes(work) if "my_scenes/" in text else []
     env = user_env(tmp_path / "home")
     outputs = [run_block(block, work, env) for block in blocks]
     adapt = next(o for b, o in zip(blocks, outputs) if "fewshotseg adapt" in b)
@@ -178,6 +199,16 @@ def test_segmenting_your_own_images_runs_as_printed(tmp_path: Path):
         assert (out / f"{q}_mask.png").is_file() and (out / f"{q}_overlay.png").is_file(), sorted(os.listdir(out))
     summary = json.loads((out / "adapt.json").read_text())
     assert summary["support_pairs"] == len(support) and summary["failed"] == []
+    if classes:  # several objects at once: an indexed PNG per query, the classes named beside them
+        from PIL import Image
+
+        scenes = work / "scene_masks"
+        assert (scenes / "classes.txt").read_text().split() == classes
+        for q in queries:
+            with Image.open(scenes / f"{q}_mask.png") as im:
+                assert im.mode == "P" and set(np.unique(np.asarray(im)).tolist()) <= {0, 1, 2}
+        coco = json.loads((work / "scene_labels" / "coco.json").read_text())
+        assert [c["name"] for c in coco["categories"]] == classes
     # The README's example of what adapt prints (`...` stands for anything) is what it prints.
     example = next(body for lang, body in fenced_blocks(text) if not lang and body.startswith("adapting "))
     for line in example.splitlines():
