@@ -180,6 +180,30 @@ def test_indexed_masks_and_one_mask_per_class_give_the_same_fit(tiny_init, suppo
         (support["per-class"] / "classes.txt").unlink()
 
 
+def test_class_files_name_any_mask_values(tiny_init, support, tmp_path, one_torch_thread):
+    """classes.json may name any values (grayscale masks of 8 and 12 here); classes.txt may name the background
+    first: both give the fit of masks valued 1 and 2."""
+    from fewshotseg.data.folder import multiclass_folder
+
+    gaps, named = tmp_path / "gaps", tmp_path / "named"
+    shutil.copytree(support["indexed"], gaps)
+    shutil.copytree(support["indexed"], named)
+    (gaps / "classes.txt").unlink()
+    (gaps / "classes.json").write_text('{"8": "red", "12": "blue"}')
+    for mask in gaps.glob("*.png"):
+        values = np.asarray(Image.open(mask))
+        Image.fromarray(np.select([values == 1, values == 2], [8, 12], 0).astype(np.uint8)).save(mask)  # mode L
+    (named / "classes.txt").write_text("_background_\nred\n# a comment\nblue\n")
+    found = multiclass_folder(gaps)
+    assert found is not None and found.classes == {8: "red", 12: "blue"}
+    assert multiclass_folder(named).classes == {1: "red", 2: "blue"}
+    queries = sorted(support["query"].glob("*.jpg"))
+    reference = fitted(tiny_init, support["indexed"], "joint").predict(queries)
+    for folder in (gaps, named):
+        for a, b in zip(reference, fitted(tiny_init, folder, "joint").predict(queries), strict=True):
+            assert np.array_equal(a.probabilities, b.probabilities)
+
+
 def test_a_joint_head_and_one_vs_rest_both_find_two_separable_objects(tiny_init, support, one_torch_thread):
     queries = scenes(3, seed=1)
     for strategy in ("one-vs-rest", "joint"):
@@ -234,7 +258,7 @@ def test_save_and_load_give_identical_predictions(tiny_init, support, tmp_path, 
         with pytest.raises(UserError, match=r"several classes \(red, blue\).*MultiClassSegmenter.from_pretrained"):
             FewShotSegmenter.from_pretrained(folder, device="cpu")
     one = FewShotSegmenter.from_pretrained(tmp_path / "one-vs-rest" / "class-2", device="cpu")  # a class alone
-    assert one.fitted
+    assert one.fitted and one.card.name == "blue"
 
 
 def test_adapt_writes_what_the_api_predicts(tiny_init, support, tmp_path, one_torch_thread):
@@ -287,7 +311,7 @@ def test_predict_exports_read_back_as_the_indexed_pngs(tiny_init, support, tmp_p
                               **kw)
 
     summary = predict_folder(options(out=str(out), formats="png,coco,yolo"))
-    assert summary["predicted"] == 4 and summary["classes"] == CLASSES
+    assert summary["predicted"] == 4 and summary["classes"] == CLASSES and summary["contested_pixels"] >= 0
     assert (out / "classes.txt").read_text() == "red\nblue\n"
     coco = COCO(str(out / "coco.json"))
     assert [(c["id"], c["name"]) for c in coco.dataset["categories"]] == [(1, "red"), (2, "blue")]

@@ -250,8 +250,12 @@ class MultiClassSegmenter:
 
             save_file({k: v.detach().cpu() for k, v in self._joint.tensors().items()}, str(out / ADAPTER_FILE))
         else:
-            for k, seg in enumerate(self._per_class, start=1):
-                seg.save_pretrained(out / class_folder(k))
+            for k, (seg, cls) in enumerate(zip(self._per_class, self.classes, strict=True), start=1):
+                part = seg.save_pretrained(out / class_folder(k))
+                own = read_card(part)  # named after its class: `predict --model` on it alone labels that class
+                assert own is not None
+                own.name, own.summary = cls, f"{own.summary} The class {cls!r} of {card.name} ({self.strategy})."
+                own.save(part)
             card.weights = {"classes": [f"{class_folder(k)}/" for k in range(1, len(self.classes) + 1)]}
             card.save(out)
         (out / CLASSES_FILE).write_text("".join(f"{c}\n" for c in self.classes))

@@ -11,7 +11,8 @@
 
 A segmenter of several classes (`MultiClassSegmenter.save_pretrained`'s folder) writes the same files: each PNG an
 indexed palette PNG (0 background, k class k; `classes.txt` names them), YOLO rows with class ids 0..K-1, and COCO
-one category per class (ids 1..K) with one annotation per image and class present.
+one category per class (ids 1..K) with one annotation per image and class present; `predict.json` counts the pixels
+that two or more classes claimed (each given to the most probable one).
 
 Images are listed once (sorted relative paths; hidden files and folders left out; `*_mask.png`, a `.png` beside a
 same-name `.jpg`, and files that are not .jpg/.jpeg/.png listed as skipped), then cut into batches of `--batch-size`
@@ -413,9 +414,12 @@ def predict_batch(seg, job: Job, rels: list[str], writer: Writer, together: bool
             writer.write(unreadable_marker(out, rel), lambda tmp, text=record: tmp.write_text(text + "\n"))
     whole = [(rel, rgb) for rel, rgb in loaded if not _tiled(job, rgb.shape)]
     masks: dict[str, np.ndarray] = {}  # (H, W) bool, or label maps (H, W) uint8 of several classes
+    contested: dict[str, int] = {}  # several classes: the pixels two or more of them claimed
     if whole:
         preds = seg.predict([rgb for _, rgb in whole], threshold=job.threshold, batch_size=job.batch_size)
         masks.update((rel, p.labels if job.classes else p.mask) for (rel, _), p in zip(whole, preds, strict=True))
+        if job.classes:
+            contested.update((rel, p.contested) for (rel, _), p in zip(whole, preds, strict=True))
 
     def tiles(images: list[np.ndarray]) -> list[np.ndarray]:
         if job.classes:
@@ -427,12 +431,16 @@ def predict_batch(seg, job: Job, rels: list[str], writer: Writer, together: bool
     for rel, rgb in loaded:
         if rel not in masks:
             prob = tiled_probability(tiles, rgb, job.tile, job.overlap, job.batch_size, together)
-            masks[rel] = resolve(prob, job.threshold)[0] if job.classes else prob > job.threshold
+            if job.classes:
+                masks[rel], contested[rel] = resolve(prob, job.threshold)
+            else:
+                masks[rel] = prob > job.threshold
     for rel, _ in loaded:
         mask = masks.pop(rel)
         write_image_outputs(writer, job, rel, mask)
         unreadable_marker(out, rel).unlink(missing_ok=True)  # read at last (the file was replaced)
-        results.append({"file": rel, "foreground": round(float((mask > 0).mean()), 6)})
+        results.append({"file": rel, "foreground": round(float((mask > 0).mean()), 6)}
+                       | ({"contested": contested[rel]} if job.classes else {}))
     return results
 
 
@@ -570,7 +578,7 @@ def predict_folder(opts: PredictOptions) -> dict[str, Any]:
     in_shard = sum(len(rels) for _, rels in mine)
     to_predict = sum(len(rels) for _, rels in todo)
     failed: dict[str, str] = {}
-    written, first, worker_peak = 0, None, None
+    written, first, worker_peak, claimed_twice = 0, None, None, 0
     bar = tqdm(total=to_predict, unit="img", desc="predict" + (f" {opts.shard}" if shard[1] > 1 else ""),
                disable=not opts.progress, smoothing=0.05)
     predicting = time.perf_counter()
@@ -584,6 +592,7 @@ def predict_folder(opts: PredictOptions) -> dict[str, Any]:
                     failed[r["file"]] = r["error"]
                 else:
                     written += 1
+                    claimed_twice += r.get("contested", 0)
             bar.update(len(results))
     finally:
         bar.close()
@@ -612,7 +621,10 @@ def predict_folder(opts: PredictOptions) -> dict[str, Any]:
                 failed[rel] = record["reason"]
     summary = {
         "model": str(model["folder"]), "images": str(images), "out": str(out), "formats": list(formats),
-        "label": label, "classes": list(classes) or None, "shard": f"{shard[0]}/{shard[1]}", "device": device, "workers": opts.workers,
+        "label": label, "classes": list(classes) or None,
+        # pixels of the images predicted by this run that several classes claimed (each given to the likeliest)
+        "contested_pixels": claimed_twice if classes else None,
+        "shard": f"{shard[0]}/{shard[1]}", "device": device, "workers": opts.workers,
         "batch_size": opts.batch_size, "threshold": opts.threshold,
         "batchnorm": ("transductive: the images of each batch (--batch-size consecutive images in sorted order) "
                       "are normalised together, so a mask depends on its batch") if together else
