@@ -189,8 +189,8 @@ def test_r2d2_meta_steps_lower_the_query_loss_under_the_closed_form_head(tiny_da
 
 
 def test_frozen_features_of_an_untrained_decoder_are_refused_naming_both():
-    from fewshotseg.config import resolve_method
     from fewshotseg.errors import SettingError
+    from fewshotseg.initializations.adapting import resolve_method
     from fewshotseg.initializations.pretrained import init_card
 
     spec, _ = resolve_method(init_card("imagenet"), "probe")

@@ -8,10 +8,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fewshotseg.config import PRESETS, JointTrainConfig, MetaTrainConfig, resolve
+from fewshotseg.config import resolve
 from fewshotseg.evaluation.analyze_weights import AnalyzeConfig
 from fewshotseg.evaluation.evaluate import EvaluateConfig
 from fewshotseg.evaluation.fp_k import FPKConfig
+from fewshotseg.training.joint_train import JointTrainConfig
+from fewshotseg.training.meta_train import MetaTrainConfig
 from fewshotseg.tuning.uho import TuneConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -72,7 +74,7 @@ def test_flags_override_file_override_preset(tmp_path):
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text("inner_lr: 0.03\nsize: 96\n")
     cfg = resolve(MetaTrainConfig, preset="cpu-quick", file=cfg_file, size=48, data="d", run_dir="r")
-    assert cfg.encoder == PRESETS["cpu-quick"]["encoder"]  # from the preset
+    assert cfg.encoder == MetaTrainConfig.PRESETS["cpu-quick"]["encoder"]  # from the preset
     assert cfg.inner_lr == 0.03  # the file beats the preset
     assert cfg.size == 48  # the flag beats the file
     with pytest.raises(ValueError, match="--data"):

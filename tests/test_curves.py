@@ -6,9 +6,8 @@ from pathlib import Path
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from fewshotseg.config import JointTrainConfig, MetaTrainConfig
-from fewshotseg.training.joint_train import joint_train
-from fewshotseg.training.meta_train import meta_train
+from fewshotseg.training.joint_train import JointTrainConfig, joint_train
+from fewshotseg.training.meta_train import MetaTrainConfig, meta_train
 
 
 def tags(folder: Path) -> dict[str, list[float]]:

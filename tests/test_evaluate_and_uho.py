@@ -18,6 +18,7 @@ from fewshotseg.evaluation.evaluate import EvaluateConfig, evaluate, recompute
 from fewshotseg.evaluation.intervals import class_bootstrap, class_bootstrap_ci
 from fewshotseg.evaluation.metrics import split_scores
 from fewshotseg.evaluation.protocols import Episode
+from fewshotseg.initializations.adapting import resolve_update_params
 from fewshotseg.meta_learning.update_routine import UpdateParams
 from fewshotseg.tuning import uho
 from fewshotseg.tuning.uho import TuneConfig, early_stopping_sets, median_steps, tune
@@ -128,7 +129,7 @@ def test_uho_finishes_and_its_best_trial_beats_its_worst(tiny_benchmark, tmp_pat
     assert result["objective"] == max(values) > min(values)
     assert 5e-4 <= result["update_params"]["lr"] <= 5e-2
     assert result["update_params"]["steps"] == next(t for t in trials if t["value"] == max(values))["median_steps"]
-    saved = UpdateParams.load(tmp_path / "tune" / "update_params.json")
+    saved = resolve_update_params(tmp_path / "tune" / "update_params.json")
     assert saved.lr == result["update_params"]["lr"]
 
 

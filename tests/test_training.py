@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from fewshotseg.config import JointTrainConfig, MetaTrainConfig
 from fewshotseg.evaluation.results import evaluate_initialization
 from fewshotseg.initializations.weights import load_checkpoint, load_initialization, read_initialization
 from fewshotseg.runs.run_dir import read_jsonl
+from fewshotseg.training.joint_train import JointTrainConfig
+from fewshotseg.training.meta_train import MetaTrainConfig
 
 
 def meta_flags(data: Path, run_dir: Path, iterations: int, **extra) -> list[str]:

@@ -32,9 +32,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fewshotseg.config import ModelFields, option
+from fewshotseg.adaptation import METHODS
+from fewshotseg.config import SIZE, option
 from fewshotseg.data.dataset import DataError, Problem
 from fewshotseg.errors import UserError
+from fewshotseg.initializations.adapting import U_PRESETS
+from fewshotseg.models.efficientlab import ModelFields
+from fewshotseg.segmenter import STATS
 
 log = logging.getLogger(__name__)
 
@@ -53,15 +57,16 @@ class AdaptConfig(ModelFields):
     update_params: str = option("", "U's hyperparameters from a file (`tune`'s update_params.json); default: the "
                                     "initialization's own (its card)")
     u_preset: str = option("card", "where U's hyperparameters come from when no file is given: card (the "
-                                   "initialization's own) or paper (Table 3)")
+                                   "initialization's own) or paper (Table 3)", choices=U_PRESETS)
     method: str = option("card", "adaptation method: card (the initialization's own), finetune (U), probe (linear "
-                                 "head on frozen features), prototype or rf (random-forest pixel classifier)")
+                                 "head on frozen features), prototype or rf (random-forest pixel classifier)",
+                         choices=("card", *METHODS))
     method_settings: str = option("", "the method's settings from a file (`tune --method`'s method.json or a "
                                       "YAML/JSON mapping); default: the card's for that method, else its defaults")
     stats: str = option("card", "BatchNorm statistics at prediction when fine-tuning: card (U's own regime, as "
                                 "tuned), support (recomputed from the support images; each query independent), "
-                                "query-batch or running")
-    size: int = option(0, "network input size (0: the initialization's own, from its card)")
+                                "query-batch or running", choices=STATS)
+    size: int = option(0, "network input size (0: the initialization's own, from its card)", **SIZE, or_zero=True)
     threshold: float = option(0.5, "foreground probability threshold")
     save_weights: bool = option(False, "also write the fitted segmenter (weights, fitted head, card) to "
                                        "<out>/adapted/, loadable with FewShotSegmenter.from_pretrained")

@@ -119,13 +119,14 @@ def given_settings(cls: type, args: argparse.Namespace) -> set[str]:
     """The settings the user gave: flags, the --config file's fields and the preset's."""
     from dataclasses import fields
 
-    from fewshotseg.config import PRESETS, load_yaml
+    from fewshotseg.config import load_yaml, presets_of
 
+    presets = presets_of(cls)
     given = {f.name for f in fields(cls) if getattr(args, f.name, None) is not None}
     if getattr(args, "config", None):
         values = load_yaml(args.config)
-        given |= set(values) | set(PRESETS.get(values.get("preset"), {}) if isinstance(values.get("preset"), str) else ())
-    return given | set(PRESETS.get(getattr(args, "preset", None) or "", {}))
+        given |= set(values) | set(presets.get(values.get("preset"), {}) if isinstance(values.get("preset"), str) else ())
+    return given | set(presets.get(getattr(args, "preset", None) or "", {}))
 
 
 def with_init_architecture(cfg, given: set[str], verb: str):
@@ -210,14 +211,15 @@ def run_make_corpus(args: argparse.Namespace) -> int:
 
 
 def add_meta_train(sub: argparse._SubParsersAction) -> None:
-    from fewshotseg.config import PRESETS, MetaTrainConfig
+    from fewshotseg.training.meta_train import MetaTrainConfig
 
     p = sub.add_parser("meta-train", help="meta-learn an initialization with Reptile, FOMAML or FOMAML*",
                        description="Meta-learn an initialization. Settings: defaults (the paper's Table 3), then "
                        "--preset, then --config FILE (YAML), then flags. Run under torchrun to spread each "
                        "meta-batch over processes.")
     p.add_argument("--config", help="YAML file of settings (see configs/)")
-    p.add_argument("--preset", choices=list(PRESETS), help="named settings; cpu-quick departs from the paper")
+    p.add_argument("--preset", choices=list(MetaTrainConfig.PRESETS),
+                   help="named settings; cpu-quick departs from the paper")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its checkpoint")
     add_overwrite_flag(p)
     p.add_argument("--max-minutes", type=float, default=0.0,
@@ -227,8 +229,7 @@ def add_meta_train(sub: argparse._SubParsersAction) -> None:
 
 
 def run_meta_train(args: argparse.Namespace) -> int:
-    from fewshotseg.config import MetaTrainConfig
-    from fewshotseg.training.meta_train import meta_train
+    from fewshotseg.training.meta_train import MetaTrainConfig, meta_train
 
     cfg = config_from_args(MetaTrainConfig, args)
     meta_train(cfg, resume=args.resume, overwrite=args.overwrite, max_minutes=args.max_minutes, started=STARTED,
@@ -237,7 +238,7 @@ def run_meta_train(args: argparse.Namespace) -> int:
 
 
 def add_joint_train(sub: argparse._SubParsersAction) -> None:
-    from fewshotseg.config import JointTrainConfig
+    from fewshotseg.training.joint_train import JointTrainConfig
 
     p = sub.add_parser("joint-train", help="train the joint-trained baseline (all training classes + background)",
                        description="Train EfficientLab on every training class plus background as one multi-class "
@@ -250,8 +251,7 @@ def add_joint_train(sub: argparse._SubParsersAction) -> None:
 
 
 def run_joint_train(args: argparse.Namespace) -> int:
-    from fewshotseg.config import JointTrainConfig
-    from fewshotseg.training.joint_train import joint_train
+    from fewshotseg.training.joint_train import JointTrainConfig, joint_train
 
     cfg = config_from_args(JointTrainConfig, args)
     joint_train(cfg, resume=args.resume, overwrite=args.overwrite, started=STARTED,
@@ -286,15 +286,6 @@ def u_overrides(args: argparse.Namespace) -> dict:
 
     return {f.name: getattr(args, "u_" + f.name) for f in fields(UpdateParams)
             if getattr(args, "u_" + f.name, None) is not None}
-
-
-def update_params_from_args(args: argparse.Namespace, file: str | None):
-    from dataclasses import fields
-
-    from fewshotseg.config import resolve_update_params
-    from fewshotseg.meta_learning.update_routine import UpdateParams
-
-    return resolve_update_params(file, **{f.name: getattr(args, "u_" + f.name, None) for f in fields(UpdateParams)})
 
 
 def add_evaluate(sub: argparse._SubParsersAction) -> None:
@@ -533,6 +524,8 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def add_serve(sub: argparse._SubParsersAction) -> None:
+    from fewshotseg.adaptation import METHODS
+
     p = sub.add_parser("serve", help="a web page to label, adapt and segment your own images (extra: app)",
                        description="Serve one page: upload support images, paint or upload their masks, adapt an "
                        "initialization with U and segment query images; download masks, weights and ONNX. "
@@ -553,7 +546,7 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--concurrency", type=at_least(1), default=1, metavar="N",
                    help="adaptations run at once; others wait in a queue that shows their position [default: 1]")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto [default: cpu]")
-    p.add_argument("--method", default="card", choices=("card", "finetune", "probe", "prototype", "rf"),
+    p.add_argument("--method", default="card", choices=("card", *METHODS),
                    help="the page's starting adaptation method: card (the initialization's own), finetune (U), "
                    "probe, prototype or rf [default: card]")
 

@@ -24,7 +24,8 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from fewshotseg.config import PRESETS, JointTrainConfig, MetaTrainConfig, option
+from fewshotseg.config import OPTIONAL_COUNT, option
+from fewshotseg.models.efficientlab import VARIANTS
 
 
 @dataclass
@@ -33,15 +34,16 @@ class QuickstartConfig:
     workers: int = option(2, "processes: meta-batches, joint-training batches and episodes are spread over them")
     train_minutes: float = option(1.75, "wall-clock budget of meta-training, and the same for joint training")
     classes: int = option(1000, "classes of the built-in benchmark")
-    pairs: int = option(10, "image/mask pairs per class")
+    pairs: int = option(10, "image/mask pairs per class", ge=6)
     size: int = option(64, "image size in pixels")
     encoder: str = option("tinynet_e", "timm encoder (tinynet_e: fast on a CPU)")
-    variant: str = option("efficientlab-3", "EfficientLab variant")
+    variant: str = option("efficientlab-3", "EfficientLab variant", choices=tuple(VARIANTS))
     test_tasks: int = option(36, "held-out test tasks evaluated (2 random splits each)")
     uho_trials: int = option(5, "UHO trials per (initialization, shots); half random")
     uho_tasks: int = option(10, "validation tasks per UHO trial")
     uho_max_steps: int = option(10, "UHO early-stopping maximum steps")
-    iterations: int = option(0, "meta-training iterations instead of a time budget (0: use the budget)")
+    iterations: int = option(0, "meta-training iterations instead of a time budget (0: use the budget)",
+                             **OPTIONAL_COUNT)
     joint_epochs: float = option(0.0, "joint-training epochs instead of a time budget (0: use the budget)")
     seed: int = option(0, "seed of everything")
 
@@ -91,9 +93,11 @@ def quickstart(cfg: QuickstartConfig) -> Path:
     from fewshotseg.data.cache import prepare
     from fewshotseg.data.synthetic import SyntheticSpec, make_synthetic
     from fewshotseg.evaluation.evaluate import EvaluateConfig, evaluate
-    from fewshotseg.meta_learning.update_routine import UpdateParams
+    from fewshotseg.initializations.adapting import resolve_update_params
     from fewshotseg.reports.report import write_report
     from fewshotseg.runs.workers import Pool
+    from fewshotseg.training.joint_train import JointTrainConfig
+    from fewshotseg.training.meta_train import MetaTrainConfig
     from fewshotseg.tuning.uho import TuneConfig, tune
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -116,7 +120,7 @@ def quickstart(cfg: QuickstartConfig) -> Path:
     # 2. meta-training (FOMAML*, cpu-quick preset), the torchrun path when workers > 1
     stages.begin("meta-train FOMAML*")
     meta_dir = runs / "meta-fomaml-star"
-    meta_cfg = MetaTrainConfig(**{**PRESETS["cpu-quick"], "data": str(data), "run_dir": str(meta_dir),
+    meta_cfg = MetaTrainConfig(**{**MetaTrainConfig.PRESETS["cpu-quick"], "data": str(data), "run_dir": str(meta_dir),
                                   "size": cfg.size, "encoder": cfg.encoder, "variant": cfg.variant,
                                   "algorithm": "fomaml-star", "seed": cfg.seed,
                                   "iterations": cfg.iterations or 100_000, "eval_tasks": 20})
@@ -163,7 +167,7 @@ def quickstart(cfg: QuickstartConfig) -> Path:
             for shots in (1, 5):
                 run_dir = runs / "evaluate" / f"{_slug(label)}-{shots}shot"
                 if not (run_dir / "results.json").exists():
-                    params = UpdateParams.load(tuned[(tuned_for, shots)]) if tuned_for else meta_u
+                    params = resolve_update_params(tuned[(tuned_for, shots)]) if tuned_for else meta_u
                     evaluate(EvaluateConfig(init=init, data=str(data), run_dir=str(run_dir), shots=[shots],
                                             size=cfg.size, max_tasks=cfg.test_tasks, seed=cfg.seed,
                                             workers=cfg.workers, encoder=cfg.encoder, variant=cfg.variant,

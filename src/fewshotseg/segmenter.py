@@ -167,7 +167,7 @@ class FewShotSegmenter:
                           **overrides: Any) -> tuple[UpdateParams, str]:
         """U's hyperparameters for `shots` support images and where they came from: the card (default), the paper's
         Table 3 (`preset="paper"`), or a file written by `tune`; `overrides` replace single fields."""
-        from fewshotseg.config import resolve_card_update_params
+        from fewshotseg.initializations.adapting import resolve_card_update_params
 
         return resolve_card_update_params(self.card, shots, preset=preset, file=file, **overrides)
 
@@ -175,7 +175,7 @@ class FewShotSegmenter:
                    file: str | Path | None = None) -> tuple[MethodSpec, str]:
         """The adaptation method and its settings, and where they came from: the card's own (`method="card"`), or
         the named method with the card's settings for it (else its defaults), a file, then single `settings`."""
-        from fewshotseg.config import resolve_method
+        from fewshotseg.initializations.adapting import resolve_method
 
         return resolve_method(self.card, method, settings=settings, file=file)
 

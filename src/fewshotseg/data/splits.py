@@ -30,6 +30,7 @@ from pathlib import Path
 from fewshotseg.data.dataset import DataError
 
 SCHEMES = ("auto", "fss1000", "fss1000-all", "fp-k", "hsnet:DIR", "file:PATH")
+SPLITS = ("train", "val", "test")  # the class lists every scheme gives
 VAL_CLASSES = 200  # the paper's number of validation tasks
 SPLIT_FILE = "splits.json"
 
@@ -71,12 +72,12 @@ def _from_json(path: Path) -> dict[str, list[str]]:
     if (
         not isinstance(data, dict)
         or not {"train", "test"} <= set(data)
-        or set(data) - {"train", "val", "test"}
+        or set(data) - set(SPLITS)
     ):
         raise DataError(
             f'{path}: a split file holds exactly the keys "train", "test" and optionally "val" (lists of class names)'
         )
-    return {key: [str(name) for name in data.get(key, [])] for key in ("train", "val", "test")}
+    return {key: [str(name) for name in data.get(key, [])] for key in SPLITS}
 
 
 def _hsnet(folder: Path) -> dict[str, list[str]]:

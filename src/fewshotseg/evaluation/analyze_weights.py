@@ -9,12 +9,15 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from fewshotseg.analysis.weight_distance import distances, group_blocks
-from fewshotseg.config import ModelFields, option, resolve_update_params
+from fewshotseg.config import option
+from fewshotseg.data.splits import SPLITS
 from fewshotseg.data.tasks import TaskTensors, episode_rng
 from fewshotseg.evaluation import jobs
 from fewshotseg.evaluation.intervals import interval_by_class
 from fewshotseg.evaluation.protocols import Episode, paper_episodes
+from fewshotseg.initializations.adapting import resolve_update_params
 from fewshotseg.meta_learning.update_routine import UpdateParams
+from fewshotseg.models.efficientlab import ModelFields
 from fewshotseg.runs.run_dir import WEIGHT_ROWS, WEIGHT_SUMMARY, RunDir, claimed
 from fewshotseg.runs.workers import Pool, WorkerState
 
@@ -29,7 +32,7 @@ class AnalyzeConfig(ModelFields):
     max_tasks: int = option(0, "a seeded subset of this many test tasks (0: all)")
     update_params: str = option("", "U's parameters (paper App. G: lr 0.005, 5 steps, the defaults)")
     splits: str = option("auto", "class split scheme")
-    split: str = option("test", "which classes")
+    split: str = option("test", "which classes", choices=SPLITS)
     size: int = option(224, "square image size")
     seed: int = option(0, "seed")
     workers: int = option(1, "processes in parallel")

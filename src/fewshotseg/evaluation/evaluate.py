@@ -25,8 +25,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from fewshotseg.adaptation import MethodSpec
-from fewshotseg.config import ModelFields, option
+from fewshotseg.adaptation import METHODS, MethodSpec
+from fewshotseg.config import SIZE, option
+from fewshotseg.data.splits import SPLITS
 from fewshotseg.data.tasks import TaskTensors, episode_rng
 from fewshotseg.errors import DivergedError
 from fewshotseg.evaluation import jobs, metrics
@@ -39,7 +40,9 @@ from fewshotseg.evaluation.protocols import (
     make_episodes,
     run_episode,
 )
+from fewshotseg.initializations.adapting import U_PRESETS
 from fewshotseg.meta_learning.update_routine import UpdateParams
+from fewshotseg.models.efficientlab import ModelFields
 from fewshotseg.runs.run_dir import (
     EPISODES,
     INIT,
@@ -63,22 +66,22 @@ class EvaluateConfig(ModelFields):
     update_params: str = option("", "file of U's hyperparameters (written by `tune`); default: the "
                                     "initialization's own, per shot count (its card)")
     u_preset: str = option("card", "where U's hyperparameters come from when no file is given: card (the "
-                                   "initialization's own) or paper (Table 3)")
+                                   "initialization's own) or paper (Table 3)", choices=U_PRESETS)
     method: str = option("card", "adaptation method: card (the initialization's own), finetune (U), probe, "
-                                 "prototype or rf; every method runs on the same episodes")
+                                 "prototype or rf; every method runs on the same episodes", choices=("card", *METHODS))
     method_settings: str = option("", "the method's settings from a file (`tune --method`'s method.json); "
                                       "default: the card's for that method, else its defaults")
     shots: list[int] = field(default_factory=lambda: [1, 5], metadata={"help": "support images per task"})
     protocol: str = option("auto", "paper (2 splits x every test task), hsnet (1000 seeded episodes x 5 seeds, "
                                     "HSNet's), per-query (one episode per query image); auto: hsnet with --fold, "
-                                    "else paper")
+                                    "else paper", choices=("auto", *PROTOCOLS))
     episodes: int = option(HSNET_EPISODES, "episodes per seed of the hsnet protocol (HSNet: 1000)")
     seeds: int = option(HSNET_SEEDS, "runs of the hsnet protocol with seeds seed, seed+1, ...; results hold each "
                                      "and their mean")
     splits: str = option("auto", "class split scheme (see meta-train)")
-    split: str = option("test", "which classes: test, val or train")
+    split: str = option("test", "which classes: test, val or train", choices=SPLITS)
     size: int = option(0, "square image size in pixels (0: the initialization's own, from its card; else 224, "
-                          "the paper's)")
+                          "the paper's)", **SIZE, or_zero=True)
     num_splits: int = option(2, "random support/query splits per task for the paper protocol (paper: 2)")
     max_tasks: int = option(0, "evaluate a seeded random subset of this many tasks (0: all)")
     fold: int = option(-1, "PASCAL-5i / COCO-20i fold (0-3): test = the fold's classes; -1 for other datasets")
@@ -179,8 +182,8 @@ def versions() -> dict[str, str]:
 
 
 def method_spec(cfg: EvaluateConfig) -> tuple[MethodSpec, str]:
-    """The adaptation method evaluated and where its settings came from (see `config.resolve_method`)."""
-    from fewshotseg.config import resolve_method
+    """The adaptation method evaluated and where its settings came from (see `initializations.adapting.resolve_method`)."""
+    from fewshotseg.initializations.adapting import resolve_method
     from fewshotseg.initializations.pretrained import init_card
 
     return resolve_method(init_card(cfg.init), cfg.method, file=cfg.method_settings or None)
@@ -188,7 +191,7 @@ def method_spec(cfg: EvaluateConfig) -> tuple[MethodSpec, str]:
 
 def shot_params(cfg: EvaluateConfig, u_overrides: dict | None = None) -> dict[int, tuple[UpdateParams, str]]:
     """shots -> (U's hyperparameters, where they came from) for every shot count of the evaluation."""
-    from fewshotseg.config import init_update_params
+    from fewshotseg.initializations.adapting import init_update_params
 
     return {k: init_update_params(cfg.init, k, preset=cfg.u_preset, file=cfg.update_params or None,
                                   **(u_overrides or {})) for k in cfg.shots}

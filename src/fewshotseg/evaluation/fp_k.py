@@ -20,12 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
-from fewshotseg.config import ModelFields, option, resolve_update_params
+from fewshotseg.config import COUNT, option
 from fewshotseg.data.tasks import TaskTensors, episode_rng, fp_k_prefixes
 from fewshotseg.evaluation import jobs
 from fewshotseg.evaluation.early_stopping import EarlyStopping, early_stopping, score
 from fewshotseg.evaluation.intervals import interval_by_class
-from fewshotseg.meta_learning.update_routine import UpdateParams
+from fewshotseg.initializations.adapting import resolve_update_params
+from fewshotseg.meta_learning.update_routine import LR_SCHEDULES, UpdateParams
+from fewshotseg.models.efficientlab import ModelFields
 from fewshotseg.runs.run_dir import FP_K_ROWS, FP_K_SUMMARY, RunDir, claimed
 from fewshotseg.runs.workers import Pool, WorkerState
 
@@ -43,13 +45,14 @@ class FPKConfig(ModelFields):
     repeats: int = option(4, "random repeats per task (paper: 4)")
     test_images: int = option(20, "test images per repeat (paper: 20)")
     tasks: str = option("", "comma-separated classes (default: every class with enough pairs, at most --max-tasks)")
-    max_tasks: int = option(5, "at most this many tasks when --tasks is not given (FP-k has 5)")
+    max_tasks: int = option(5, "at most this many tasks when --tasks is not given (FP-k has 5)", **COUNT)
     early_stopping_from: int = option(10, "k from which early stopping replaces the fixed update routine")
     holdout: float = option(0.2, "fraction of the k images early stopping is judged on (paper: 20 %)")
     patience: int = option(50, "early-stopping patience (paper: 50 or 100)")
     max_steps: int = option(500, "early-stopping maximum steps (the reference: 500)")
     lr: float = option(0.005, "fixed learning rate for k >= 10 (paper: the meta-training value)")
-    lr_schedule: str = option("fixed", "fixed, or step: lr * 0.5 every `decay_every` steps (Fig. 4, left)")
+    lr_schedule: str = option("fixed", "fixed, or step: lr * 0.5 every `decay_every` steps (Fig. 4, left)",
+                              choices=LR_SCHEDULES)
     decay_every: int = option(100, "step-decay interval")
     size: int = option(224, "square image size")
     seed: int = option(0, "seed of the shuffles and of U")

@@ -66,7 +66,7 @@ def card_for(path: Path, config: ModelConfig, extra: dict[str, Any]) -> Card:
 def check_card_values(card: Card, where: Path) -> None:
     """The values of a card that commands use (input size, U's settings per shot count), checked as settings are,
     with errors naming the card file: a hand-edited card fails here, not deep inside a command. (U's values are
-    checked, naming the same file, where they are resolved: `config.resolve_card_update_params`.)"""
+    checked, naming the same file, where they are resolved: `adapting.resolve_card_update_params`.)"""
     size = card.size
     if isinstance(size, bool) or not isinstance(size, int) or size < 32 or size % 16:
         raise CardError(f"{where}: size {size!r}: the input size the weights were trained at must be a whole number "

@@ -15,7 +15,7 @@ import contextlib
 import json
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,8 @@ from fewshotseg.meta_learning.weights import copy_state_
 from fewshotseg.models.losses import l2_parameters, segmentation_loss
 
 HEAD_INITS = ("init", "probe")
+OPTIMIZERS = ("sgd", "adam")  # the paper's SGD, or Adam
+LR_SCHEDULES = ("fixed", "step")
 
 
 class DivergedError(errors.DivergedError):
@@ -46,24 +48,25 @@ class UpdateParams:
     batch_size: int = 8
     dropout: float = 0.2
     aug_rate: float = 0.5
-    optimizer: str = "sgd"  # "sgd" (paper) or "adam"
+    optimizer: str = field(default="sgd", metadata={"choices": OPTIMIZERS})  # "sgd" (paper) or "adam"
     l2: float = 5e-4  # lambda in lambda * ||theta||^2 (paper convention; the reference's code used 2.5e-4)
-    lr_schedule: str = "fixed"  # "fixed" or "step": lr * decay_rate ** (step // decay_every) (App. E)
+    # "fixed" or "step": lr * decay_rate ** (step // decay_every) (App. E)
+    lr_schedule: str = field(default="fixed", metadata={"choices": LR_SCHEDULES})
     decay_rate: float = 0.5
     decay_every: int = 5
-    bn_policy: str = "paper"  # see meta_learning/batchnorm.py
+    bn_policy: str = field(default="paper", metadata={"choices": batchnorm.POLICIES})  # see meta_learning/batchnorm.py
     # "init": start from the initialization's classifier; "probe": first set the classifier to the linear probe's
     # solution on the support pixels' decoder features (LP-FT, Kumar et al. 2022), then take the steps.
-    head_init: str = "init"
+    head_init: str = field(default="init", metadata={"choices": HEAD_INITS})
     probe_l2: float = 1e-3  # the probe's L2 penalty when head_init is "probe"
 
     def __post_init__(self) -> None:
         batchnorm.check_policy(self.bn_policy)
         if self.head_init not in HEAD_INITS:
             raise ValueError(f"unknown head_init {self.head_init!r}; choose one of {', '.join(HEAD_INITS)}")
-        if self.optimizer not in ("sgd", "adam"):
+        if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose sgd or adam")
-        if self.lr_schedule not in ("fixed", "step"):
+        if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"unknown lr schedule {self.lr_schedule!r}; choose fixed or step")
 
     def lr_at(self, step: int) -> float:
@@ -85,26 +88,10 @@ class UpdateParams:
             raise ValueError(f"unknown update parameter(s) {unknown}; known: {sorted(known)}")
         return cls(**values)
 
-    @classmethod
-    def load(cls, path: str | Path) -> UpdateParams:
-        """Read an update-parameters file (JSON or YAML); `tune` writes one under the key "update_params"."""
-        text = Path(path).read_text()
-        values = json.loads(text) if str(path).endswith(".json") else _yaml_load(text)
-        if "update_params" in values:
-            values = values["update_params"]
-        try:
-            return cls.from_dict(values)
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"{path}: {err}") from err
-
     def save(self, path: str | Path) -> None:
+        """An update-parameters file as `tune` writes one (read back by `initializations.adapting.read_update_params`,
+        which checks every value)."""
         Path(path).write_text(json.dumps({"update_params": self.as_dict()}, indent=2) + "\n")
-
-
-def _yaml_load(text: str) -> dict:
-    import yaml
-
-    return yaml.safe_load(text) or {}
 
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (model output, masks (B, H, W)) -> scalar loss

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fewshotseg.config import option
 from fewshotseg.models.encoder import Encoder
 from fewshotseg.models.residual_skip_decoder import DeepLabV3PlusDecoder, RSDStack
 
@@ -46,6 +47,24 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
             raise ValueError(f"unknown variant {self.variant!r}; choose one of {', '.join(VARIANTS)}")
+
+
+@dataclass
+class ModelFields:
+    """The model fields of every command's settings that builds a network (`config.option` fields: flags, limits)."""
+
+    variant: str = option("efficientlab-3", "EfficientLab variant (paper: efficientlab-3; best: efficientlab-6-3)",
+                          choices=tuple(VARIANTS))
+    encoder: str = option("tf_efficientnet_b0", "timm encoder name (paper: tf_efficientnet_b0)")
+    bn_momentum: float = option(0.01, "BN running-statistics momentum, PyTorch convention (TF 0.99 = 0.01)")
+    drop_path_rate: float = option(0.0, "drop-connect rate of the encoder (reference code: 0.2; paper: none)")
+    channels_last: bool = option(True, "channels-last memory format (faster on CPU and GPU)")
+
+    def model_config(self, num_classes: int = 2, dropout: float = 0.2) -> ModelConfig:
+        return ModelConfig(
+            variant=self.variant, encoder=self.encoder, num_classes=num_classes, dropout=dropout,
+            bn_momentum=self.bn_momentum, drop_path_rate=self.drop_path_rate, channels_last=self.channels_last,
+        )
 
 
 class EfficientLab(nn.Module):

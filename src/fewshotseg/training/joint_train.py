@@ -15,20 +15,23 @@ processes, not across process counts.
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from fewshotseg.config import JointTrainConfig, as_dict
+from fewshotseg.config import as_dict, option
 from fewshotseg.data.augment import augment_batch
 from fewshotseg.data.dataset import IGNORE
 from fewshotseg.data.tasks import TaskTensors, episode_rng, torch_generator
 from fewshotseg.errors import DivergedError, RunFolderError
 from fewshotseg.initializations.pretrained import adopt_init_architecture, write_run_card
 from fewshotseg.initializations.weights import load_initialization, model_state, save_initialization
+from fewshotseg.meta_learning.update_routine import OPTIMIZERS
+from fewshotseg.models.efficientlab import ModelFields
 from fewshotseg.models.losses import l2_parameters, segmentation_loss
 from fewshotseg.runs.curves import Curves
 from fewshotseg.runs.run_dir import CHECKPOINT, CONFIG, MODEL, RunDir, claimed
@@ -41,6 +44,31 @@ from fewshotseg.training.checkpoint import (
     save_checkpoint,
 )
 from fewshotseg.training.datasets import load_train_val
+
+
+@dataclass
+class JointTrainConfig(ModelFields):
+    data: str = option("", "dataset folder in the FSS-1000 layout", required=True)
+    run_dir: str = option("", "run folder", required=True)
+    splits: str = option("auto", "class split scheme (see meta-train)")
+    fold: int = option(-1, "PASCAL-5i / COCO-20i fold (0-3): train on the other classes; -1 for other datasets")
+    size: int = option(224, "square image size in pixels (paper: 224)")
+    init: str = option("random", "starting weights: random, imagenet or a checkpoint")
+    epochs: float = option(200, "passes over every training pair (paper: 200)")
+    batch_size: int = option(8, "batch size (paper: 8)")
+    lr: float = option(0.005, "initial SGD learning rate, decayed linearly (paper: 0.005)")
+    lr_final: float = option(5e-7, "final learning rate (the reference: 5e-7)")
+    optimizer: str = option("sgd", "sgd (paper) or adam", choices=OPTIMIZERS)
+    dropout: float = option(0.2, "final-layer dropout (paper: 0.2)")
+    aug_rate: float = option(0.5, "probability that an example is augmented")
+    l2: float = option(5e-4, "L2 coefficient lambda (paper: 5e-4)")
+    seed: int = option(0, "seed of every random choice")
+    max_minutes: float = option(0.0, "stop after this wall time, with the lr schedule compressed to fit (0: off)")
+    checkpoint_interval: int = option(500, "optimizer steps between checkpoints")
+    threads: int = option(0, "torch threads per process (0: cores / processes)")
+    device: str = option("auto", "cpu, cuda or auto")
+    # Settings a run folder may be continued with other values of (a resumed run keeps its own epochs and budget).
+    FREE: ClassVar[tuple[str, ...]] = ("epochs", "max_minutes", "checkpoint_interval")
 
 
 def joint_train(cfg: JointTrainConfig, *, resume: bool = False, overwrite: bool = False, started: float | None = None,

@@ -31,14 +31,18 @@ from typing import ClassVar
 import numpy as np
 import optuna
 
-from fewshotseg.adaptation import MethodSpec
-from fewshotseg.config import ModelFields, init_update_params, option
+from fewshotseg.adaptation import METHODS, MethodSpec
+from fewshotseg.config import SIZE, option
+from fewshotseg.data.splits import SPLITS
 from fewshotseg.data.tasks import TaskTensors, episode_rng
 from fewshotseg.errors import UserError
 from fewshotseg.evaluation import jobs
 from fewshotseg.evaluation.early_stopping import EarlyStopping, early_stopping
 from fewshotseg.evaluation.protocols import Episode, paper_episodes, run_episode
+from fewshotseg.initializations.adapting import init_update_params
+from fewshotseg.meta_learning.batchnorm import POLICIES
 from fewshotseg.meta_learning.update_routine import DivergedError, UpdateParams
+from fewshotseg.models.efficientlab import ModelFields
 from fewshotseg.runs.curves import Curves
 from fewshotseg.runs.run_dir import INIT, STUDY, TRIALS, UPDATE_PARAMS, RunDir, atomic_write, claimed
 from fewshotseg.runs.workers import Pool, WorkerState, process_alive
@@ -78,16 +82,17 @@ class TuneConfig(ModelFields):
     val_tasks: int = option(0, "validation tasks per trial, a seeded subset (0: all; paper: 200)")
     update_params: str = option("", "base update parameters (unsearched values); default: the paper's Table 3")
     splits: str = option("auto", "class split scheme (see meta-train)")
-    split: str = option("val", "which classes to tune on")
+    split: str = option("val", "which classes to tune on", choices=SPLITS)
     fold: int = option(-1, "PASCAL-5i / COCO-20i fold (0-3): tune on its training classes' evaluation images")
-    size: int = option(0, "square image size in pixels (0: the initialization's own, from its card; else 224)")
+    size: int = option(0, "square image size in pixels (0: the initialization's own, from its card; else 224)",
+                       **SIZE, or_zero=True)
     seed: int = option(0, "seed of the episodes and the sampler")
     workers: int = option(1, "processes running the validation tasks of a trial in parallel (CPU)")
     method: str = option("card", "adaptation method to tune: card (the initialization's own), finetune (UHO of U), "
                                  "probe (l2, features), prototype (temperature, features) or rf (sigma_max, "
-                                 "max_depth)")
+                                 "max_depth)", choices=("card", *METHODS))
     bn_policy: str = option("", "U's BatchNorm regime while tuning and in the result (paper, transductive, frozen, "
-                                "support); default: U's own, the one adapt deploys")
+                                "support); default: U's own, the one adapt deploys", choices=("", *POLICIES))
     lr_range: str = option("", "LOW,HIGH of the searched learning rate (log-uniform; default: the paper's 5e-4,5e-2): "
                                "widen it when the best lr lands on a bound")
     device: str = option("auto", "cpu, cuda or auto")
@@ -446,7 +451,7 @@ def _tune(cfg: TuneConfig, *, progress: bool, pool: Pool | None) -> dict:
 
 
 def tuned_method(cfg: TuneConfig) -> tuple[MethodSpec, str]:
-    from fewshotseg.config import resolve_method
+    from fewshotseg.initializations.adapting import resolve_method
     from fewshotseg.initializations.pretrained import init_card
 
     return resolve_method(init_card(cfg.init), cfg.method)
