@@ -397,6 +397,16 @@ def test_bad_support_is_refused_with_the_file_and_the_class(tiny_init, tmp_path,
     err = adapt(overlap)
     assert "1.jpg" in err and "both 'blue' and 'red'" in err
 
+    # --strategy on a folder of one kind of object; an unknown strategy
+    one = tmp_path / "one"
+    shutil.copytree(REAL_PHOTOS / "duck_toy", one)
+    code = main(["adapt", "--init", str(tiny_init), "--support", str(one), "--query", str(query), "--out",
+                 str(tmp_path / "out" / "one"), "--strategy", "joint"])
+    assert code == 2 and "holds one kind of object" in capsys.readouterr().err
+    assert main(["adapt", "--init", str(tiny_init), "--support", str(absent), "--query", str(query), "--out",
+                 str(tmp_path / "out" / "s"), "--strategy", "both"]) == 2
+    assert "one-vs-rest" in capsys.readouterr().err
+
     # two layouts in one folder; a class file naming a class twice; a mask of a class the file does not name
     mixed = tmp_path / "mixed"
     write_support(mixed, pairs, "per-class")

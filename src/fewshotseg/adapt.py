@@ -38,6 +38,7 @@ from fewshotseg.data.dataset import DataError, Problem
 from fewshotseg.errors import UserError
 from fewshotseg.initializations.adapting import U_PRESETS
 from fewshotseg.models.efficientlab import ModelFields
+from fewshotseg.multiclass import STRATEGIES
 from fewshotseg.segmenter import STATS
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,8 @@ class AdaptConfig(ModelFields):
     onnx: bool = option(False, "also export the adapted network to adapted.onnx")
     overwrite: bool = option(False, "replace the results of an earlier adapt in --out")
     strategy: str = option("auto", "several classes: auto (the measured default for the probe, else one-vs-rest), "
-                                   "one-vs-rest (one adapted segmenter per class) or joint (one softmax head; probe)")
+                                   "one-vs-rest (one adapted segmenter per class) or joint (one softmax head; probe)",
+                           choices=STRATEGIES)
     seed: int = option(0, "seed of U's augmentation and batching")
     device: str = option("auto", "cpu, cuda or auto")
 
@@ -179,6 +181,9 @@ def adapt(cfg: AdaptConfig, *, u_overrides: dict[str, Any] | None = None, progre
     several = multiclass_folder(cfg.support)
     if several is not None:
         return adapt_classes(cfg, several, queries, skipped, u_overrides or {}, progress)
+    if cfg.strategy != "auto":
+        raise UserError(f"--strategy {cfg.strategy} chooses how several classes are adapted, but {cfg.support} holds "
+                        "one kind of object (no classes.txt, no name.<class>.png masks); drop --strategy")
     support, problems, support_files = read_support(Path(cfg.support))
     out = Path(cfg.out)
     check_out(out, Path(cfg.support), Path(cfg.query), support_files + queries, queries, cfg)
