@@ -205,9 +205,16 @@ def test_class_files_name_any_mask_values(tiny_init, support, tmp_path, one_torc
 
 
 def test_a_joint_head_and_one_vs_rest_both_find_two_separable_objects(tiny_init, support, one_torch_thread):
+    from fewshotseg.data.folder import multiclass_folder
+    from fewshotseg.multiclass import MultiClassSegmenter
+
     queries = scenes(3, seed=1)
-    for strategy in ("one-vs-rest", "joint"):
-        seg = fitted(tiny_init, support["indexed"], strategy)
+    found = multiclass_folder(support["indexed"])
+    assert found is not None
+    for strategy, rounds in (("one-vs-rest", 0), ("joint", 0), ("one-vs-rest", 1), ("joint", 1)):
+        seg = MultiClassSegmenter.from_pretrained(tiny_init, device="cpu")  # self-training: a query refits its heads
+        seg.fit(found.images, found.masks, found.classes, strategy=strategy, method="probe",
+                settings={"self_train": rounds, "confidence": 0.7})
         assert seg.strategy == strategy and seg.classes == CLASSES
         for pred, (_, truth) in zip(seg.predict([im for im, _ in queries]), queries, strict=True):
             assert pred.labels.shape == truth.shape and pred.probabilities.shape == (2, *truth.shape)

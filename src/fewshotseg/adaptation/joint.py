@@ -6,7 +6,9 @@ The binary probe's recipe (`ProbeAdapter`) with a multinomial logistic regressio
 same frozen network, features, BatchNorm statistics, mirrored support images and mirrored queries, L2 penalty and
 L-BFGS; class-balanced as the binary probe is (each of the K+1 labels' cells carries the same total weight). A
 feature cell's label is the label covering most of it; a class that covers most of no cell (an object smaller than
-half a cell everywhere) still gets every cell it touches, as the binary probe's `hard_labels` does.
+half a cell everywhere) still gets every cell it touches, as the binary probe's `hard_labels` does. Per-image
+self-training (`self_train` rounds) as the binary probe's: the head refit on the query's own confident cells (the
+largest softmax probability >= `confidence`, labelled by it), pulled toward the support's head by the L2 penalty.
 """
 
 from __future__ import annotations
@@ -44,20 +46,25 @@ def balanced_label_weights(y: torch.Tensor, labels: int) -> torch.Tensor:
 
 
 def softmax_head(x: torch.Tensor, y: torch.Tensor, labels: int, l2: float, weights: torch.Tensor | None = None, *,
-                 max_iter: int = 100, tol: float = 1e-5) -> SoftmaxHead:
-    """argmin_W,b mean_i weights_i * CE(W x_i + b, y_i) + l2/2 ||W||^2 by L-BFGS (deterministic on CPU).
+                 max_iter: int = 100, tol: float = 1e-5, prior: SoftmaxHead | None = None) -> SoftmaxHead:
+    """argmin_W,b mean_i weights_i * CE(W x_i + b, y_i) + l2/2 ||W - W0||^2 by L-BFGS (deterministic on CPU).
 
-    x (N, C), y (N,) int64 in 0..labels-1. `converged`: the gradient's largest entry fell below `tol`."""
+    x (N, C), y (N,) int64 in 0..labels-1; W0 is `prior`'s weight (the solver starts from it), else 0.
+    `converged`: the gradient's largest entry fell below `tol`."""
     x = x.detach()
     weights = torch.ones(len(y), dtype=x.dtype, device=x.device) if weights is None else weights.detach().to(x)
-    w = torch.zeros(labels, x.shape[1], dtype=x.dtype, device=x.device, requires_grad=True)
-    b = torch.zeros(labels, dtype=x.dtype, device=x.device, requires_grad=True)
+    w0 = (torch.zeros(labels, x.shape[1], dtype=x.dtype, device=x.device) if prior is None
+          else prior.weight.detach().to(x))
+    w = w0.clone().requires_grad_(True)
+    b = (torch.zeros(labels, dtype=x.dtype, device=x.device) if prior is None
+         else prior.bias.detach().to(x)).clone().requires_grad_(True)
     opt = torch.optim.LBFGS([w, b], lr=1, max_iter=max_iter, tolerance_grad=tol, tolerance_change=1e-12,
                             history_size=20, line_search_fn="strong_wolfe")
     total = weights.sum()
 
     def loss() -> torch.Tensor:
-        return (weights * F.cross_entropy(x @ w.T + b, y, reduction="none")).sum() / total + 0.5 * l2 * (w * w).sum()
+        return (weights * F.cross_entropy(x @ w.T + b, y, reduction="none")).sum() / total \
+            + 0.5 * l2 * ((w - w0) ** 2).sum()
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
@@ -100,9 +107,9 @@ class JointProbe(FrozenFeatures):
     settings: ProbeSettings
 
     def __init__(self, settings: ProbeSettings, device: torch.device | str = "cpu", classes: int = 0):
-        if settings.solver != "logistic" or getattr(settings, "self_train", False):
-            raise ValueError("the joint multi-class head is the logistic probe without self-training; choose the "
-                             "one-vs-rest strategy for the ridge solver or self-training")
+        if settings.solver != "logistic":
+            raise ValueError("the joint multi-class head is a logistic regression; choose the one-vs-rest strategy "
+                             "for the probe's ridge solver")
         super().__init__(settings, device)
         self.classes = classes
 
@@ -136,12 +143,37 @@ class JointProbe(FrozenFeatures):
         out = []
         for i in range(0, len(images), batch_size):
             chunk = images[i:i + batch_size]
-            logits = self.logits(self.features(chunk))
-            if self.settings.flip:  # the mean of the logits of the image and of its mirror image, mirrored back
-                logits = (logits + self.logits(self.features(chunk.flip(-1))).flip(-1)) / 2
-            full = F.interpolate(logits, size=chunk.shape[-2:], mode="bilinear", align_corners=False)
+            full = F.interpolate(self.query_logits(chunk), size=chunk.shape[-2:], mode="bilinear",
+                                 align_corners=False)
             out.append(full.softmax(1).float().cpu())
         return torch.cat(out) if out else torch.zeros(0, self.classes + 1, *images.shape[-2:])
+
+    @torch.no_grad()
+    def query_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, K+1, h, w) logits on the feature grid: with `flip`, the mean of each image's and its mirror image's;
+        with `self_train`, each image's from its own refit head."""
+        s = self.settings
+        views = [self.features(images)] + ([self.features(images.flip(-1))] if s.flip else [])
+        rounds = int(getattr(s, "self_train", 0))
+        if not rounds:
+            return _mean_view_logits(self.head, views)
+        labels = self.classes + 1
+        out = []
+        for i in range(len(images)):
+            feats = [v[i:i + 1] for v in views]
+            head = self.head
+            for _ in range(rounds):
+                top, y = _mean_view_logits(head, feats).softmax(1).max(1)  # (1, h, w)
+                sure = top >= s.confidence
+                if len(torch.unique(y[sure])) < 2:
+                    break  # confident cells of one label only: the support's head stands
+                x = torch.cat([flatten(f) for f in feats])
+                ys = torch.cat([y.flatten(), *([y.flip(-1).flatten()] if s.flip else [])])
+                keep = torch.cat([sure.flatten(), *([sure.flip(-1).flatten()] if s.flip else [])])
+                head = softmax_head(x[keep], ys[keep], labels, s.l2, balanced_label_weights(ys[keep], labels),
+                                    max_iter=s.max_iter, prior=self.head)
+            out.append(_mean_view_logits(head, feats))
+        return torch.cat(out)
 
     def tensors(self):
         return {"weight": self.head.weight.contiguous(), "bias": self.head.bias.contiguous()}
@@ -149,3 +181,9 @@ class JointProbe(FrozenFeatures):
     def load_tensors(self, tensors):
         self.head = SoftmaxHead(tensors["weight"], tensors["bias"])
         self.classes = int(tensors["weight"].shape[0]) - 1
+
+
+def _mean_view_logits(head: SoftmaxHead, views: list[torch.Tensor]) -> torch.Tensor:
+    """A head's logits on an image's features, averaged with its mirror image's (mirrored back) when given."""
+    logits = head.logits(views[0])
+    return logits if len(views) == 1 else (logits + head.logits(views[1]).flip(-1)) / 2
