@@ -33,7 +33,6 @@ probabilities share one softmax, so with a threshold of 0.5 or more no two class
 from __future__ import annotations
 
 import copy
-import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,16 +44,14 @@ from PIL import Image
 
 from fewshotseg.adaptation import MethodSpec, settings_for
 from fewshotseg.adaptation.joint import JointProbe
-from fewshotseg.data.images import ImageLike, load_image, mask_on_image, read_label_map
+from fewshotseg.data.images import ImageLike, load_image, mask_on_image, read_label_map, resize_image
 from fewshotseg.data.tasks import TaskTensors, episode_rng
 from fewshotseg.errors import UserError
 from fewshotseg.initializations.card import read_card
 from fewshotseg.initializations.pretrained import save_pretrained as save_network
 from fewshotseg.meta_learning.update_routine import UpdateParams
 from fewshotseg.models.efficientlab import ModelConfig
-from fewshotseg.segmenter import ADAPTER_FILE, FewShotSegmenter, _name, _resize_image, with_stats
-
-log = logging.getLogger(__name__)
+from fewshotseg.segmenter import ADAPTER_FILE, FewShotSegmenter, with_stats
 
 STRATEGIES = ("auto", "one-vs-rest", "joint")
 # Chosen by bench/multiclass.py on two-object mosaics of the corpus's real-photo validation classes (README, "Several
@@ -95,7 +92,7 @@ def label_maps(images: Sequence[ImageLike], masks: Sequence[ImageLike] | Mapping
                ) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
     """(upright (H, W, 3) uint8 images, (H, W) uint8 label maps with values 0..K, the K class names) of support
     pairs in either form `fit` takes (see the module docstring), every mistake refused with the file it is in."""
-    names = list(names) if names is not None else [_name(x, i) for i, x in enumerate(images)]
+    names = list(names) if names is not None else [_described(x, i) for i, x in enumerate(images)]
     if not images:
         raise UserError("no support image: give at least one labelled image")
     rgbs = [load_image(x, n) for x, n in zip(images, names, strict=True)]
@@ -274,7 +271,7 @@ class MultiClassSegmenter:
         if strategy not in STRATEGIES:
             raise UserError(f"strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}")
         rgbs, maps, class_names = label_maps(images, masks, classes, names)
-        names = list(names) if names is not None else [_name(x, i) for i, x in enumerate(images)]
+        names = list(names) if names is not None else [_described(x, i) for i, x in enumerate(images)]
         spec, source = (method, "given") if isinstance(method, MethodSpec) else self.base.method_for(
             method, settings=settings)
         chosen = strategy if strategy != "auto" else (DEFAULT_STRATEGY if spec.method == "probe" else "one-vs-rest")
@@ -285,7 +282,7 @@ class MultiClassSegmenter:
         if chosen == "joint":
             settings_obj = settings_for("probe", spec.as_dict()["settings"])
             joint = JointProbe(settings_obj, self.base.device, classes=len(class_names))
-            xs = np.stack([_resize_image(x, self.size) for x in rgbs])
+            xs = np.stack([resize_image(x, self.size) for x in rgbs])
             ys = np.stack([np.asarray(Image.fromarray(m).resize((self.size, self.size), Image.Resampling.NEAREST))
                            for m in maps])
             joint.fit(self.base.init, TaskTensors.from_arrays(xs, ys), episode_rng(seed, 10))
@@ -322,7 +319,7 @@ class MultiClassSegmenter:
         """Each image's class probabilities (K, H, W) float32 at its own (upright) size."""
         if not self.fitted:
             raise UserError("predict before fit: adapt the segmenter to labelled examples first (fit)")
-        rgbs = [load_image(x, _name(x, i)) for i, x in enumerate(images)]
+        rgbs = [load_image(x, _described(x, i)) for i, x in enumerate(images)]
         if not rgbs:
             return []
         if self._per_class:
@@ -330,7 +327,7 @@ class MultiClassSegmenter:
             per_class = [seg.predict(arrays, batch_size=batch_size) for seg in self._per_class]
             return [np.stack([preds[i].probability for preds in per_class]) for i in range(len(rgbs))]
         assert self._joint is not None
-        small = torch.from_numpy(np.stack([_resize_image(x, self.size) for x in rgbs])).permute(0, 3, 1, 2)
+        small = torch.from_numpy(np.stack([resize_image(x, self.size) for x in rgbs])).permute(0, 3, 1, 2)
         probs = self._joint.predict(small.float().div_(255), batch_size=batch_size)  # (B, K+1, S, S)
         out = []
         for rgb, p in zip(rgbs, probs, strict=True):
@@ -338,6 +335,10 @@ class MultiClassSegmenter:
             out.append(np.stack([np.asarray(Image.fromarray(c.numpy().astype(np.float32)).resize(
                 (w, h), Image.Resampling.BILINEAR)) for c in p[1:]]))
         return out
+
+
+def _described(x: ImageLike, i: int) -> str:
+    return str(x) if isinstance(x, (str, Path)) else f"image {i + 1}"
 
 
 def class_folder(k: int) -> str:
