@@ -10,7 +10,6 @@ and meta-updated).
 
 from __future__ import annotations
 
-import timm
 import torch
 from torch import nn
 
@@ -21,6 +20,8 @@ DEEP_STRIDE = 16
 class Encoder(nn.Module):
     def __init__(self, name: str, *, pretrained: bool = False, drop_path_rate: float = 0.0):
         super().__init__()
+        import timm  # here, not at the top: timm imports torchvision (and torch._dynamo), a second or more
+
         try:
             # out_indices (1, 3) are the stride-4 and stride-16 levels of the 5-level (2..32) pyramid.
             body = timm.create_model(
