@@ -170,6 +170,9 @@ def read_support(folder: Path) -> tuple[list[tuple[np.ndarray, np.ndarray, str]]
     return good, problems, files
 
 
+QUERY_BATCH = 8  # queries predicted together when their masks do not depend on each other
+
+
 def adapt(cfg: AdaptConfig, *, u_overrides: dict[str, Any] | None = None, progress=print) -> dict[str, Any]:
     """Adapt and segment (see the module docstring); `u_overrides` replace single fields of U (`--u-lr` ...)."""
     from fewshotseg.data.folder import list_queries, multiclass_folder, skipped_queries
@@ -219,20 +222,18 @@ def adapt(cfg: AdaptConfig, *, u_overrides: dict[str, Any] | None = None, progre
 
     out.mkdir(parents=True, exist_ok=True)
     written, failed, pending = [], [], []
-    for path in queries:  # one at a time (support statistics make each query independent), or all together
+    # Each query's mask is its own (support statistics, per-image self-training), so queries are predicted a few
+    # at a time, for speed with bounded memory; a transductive U normalises the whole query set together instead.
+    for n, path in enumerate(queries):
         try:
-            rgb = load_image(path, str(path))
+            pending.append((path, load_image(path, str(path))))
         except DataError as err:
             failed.append(str(err))
-            continue
-        if together:
-            pending.append((path, rgb))
-        else:
-            _save(path, rgb, seg.predict([rgb], threshold=cfg.threshold)[0].mask, out, written)
-    if pending:
-        preds = seg.predict([rgb for _, rgb in pending], threshold=cfg.threshold)
-        for (path, rgb), pred in zip(pending, preds, strict=True):
-            _save(path, rgb, pred.mask, out, written)
+        if pending and (n == len(queries) - 1 or (not together and len(pending) == QUERY_BATCH)):
+            preds = seg.predict([rgb for _, rgb in pending], threshold=cfg.threshold)
+            for (done, rgb), pred in zip(pending, preds, strict=True):
+                _save(done, rgb, pred.mask, out, written)
+            pending = []
     if cfg.save_weights:
         seg.save_pretrained(out / "adapted")
     if cfg.onnx:
