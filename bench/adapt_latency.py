@@ -1,0 +1,98 @@
+"""How long `fewshotseg adapt` takes with 5 support pairs and 20 queries, and where the time goes.
+
+    python bench/adapt_latency.py [--init general] [--runs 3] [--threads 0]
+
+Support: the first 5 real-photo fixture pairs; queries: 20 fixture photos (320 x 320). Prints the command's wall time
+end to end (a new Python process each run: importing torch and timm, loading the initialization, fitting, predicting,
+writing 20 masks and overlays), then the same phases timed in one process: importing fewshotseg's segmenter (torch,
+timm, torchvision), loading the initialization, `fit`, `predict` on the 20 queries. `--threads 0` leaves torch's
+default (one per core); the command is run with the same setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO / "tests" / "fixtures" / "real-photos"
+
+IN_PROCESS = """
+import sys, time
+t0 = time.perf_counter()
+import torch
+from fewshotseg.segmenter import FewShotSegmenter
+if {threads}:
+    torch.set_num_threads({threads})
+t1 = time.perf_counter()
+seg = FewShotSegmenter.from_pretrained({init!r}, device="cpu")
+t2 = time.perf_counter()
+seg.fit({images!r}, {masks!r})
+t3 = time.perf_counter()
+seg.predict({queries!r})
+t4 = time.perf_counter()
+print(f"{{t1 - t0:.2f}} {{t2 - t1:.2f}} {{t3 - t2:.2f}} {{t4 - t3:.2f}} {{torch.get_num_threads()}}")
+"""
+
+
+def folders(tmp: Path) -> tuple[Path, Path]:
+    support, query = tmp / "support", tmp / "query"
+    support.mkdir(), query.mkdir()
+    pairs = [(f, f.with_suffix(".png")) for f in sorted(FIXTURES.glob("*/*.jpg"))]
+    for n, (image, mask) in enumerate(pairs[:5]):
+        shutil.copy(image, support / f"{n}.jpg")
+        shutil.copy(mask, support / f"{n}.png")
+    for n in range(20):
+        shutil.copy(pairs[n % len(pairs)][0], query / f"q{n}.jpg")
+    return support, query
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--init", default="general")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = parser.parse_args()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    if args.threads:
+        env["OMP_NUM_THREADS"] = str(args.threads)
+    else:
+        env.pop("OMP_NUM_THREADS", None)
+    load = os.getloadavg()[0]
+    print(f"load average before: {load:.2f} on {os.cpu_count()} cores", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        support, query = folders(Path(tmp))
+        command = []
+        for run in range(args.runs):
+            out = Path(tmp) / f"out{run}"
+            cmd = [sys.executable, "-m", "fewshotseg", "adapt", "--init", args.init, "--support", str(support),
+                   "--query", str(query), "--out", str(out), "--device", "cpu"]
+            started = time.perf_counter()
+            subprocess.run(cmd, check=True, capture_output=True, env=env)
+            command.append(time.perf_counter() - started)
+            print(f"  adapt 5 + 20, run {run + 1}: {command[-1]:.2f} s", flush=True)
+        images = sorted(str(p) for p in support.glob("*.jpg"))
+        script = IN_PROCESS.format(threads=args.threads, init=args.init, images=images,
+                                   masks=[p.replace(".jpg", ".png") for p in images],
+                                   queries=sorted(str(p) for p in query.glob("*.jpg")))
+        phases = []
+        for _ in range(args.runs):
+            done = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True, env=env)
+            phases.append([float(x) for x in done.stdout.split()])
+    print(f"\nadapt 5 + 20 (command, end to end): {min(command):.2f} s best, {sorted(command)[len(command) // 2]:.2f} s"
+          f" median of {len(command)}")
+    names = ("import", "load", "fit", "predict 20")
+    best = [min(p[i] for p in phases) for i in range(4)]
+    print("in one process, best of runs: " + ", ".join(f"{n} {b:.2f} s" for n, b in zip(names, best, strict=True))
+          + f" ({int(phases[0][4])} torch threads)")
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
