@@ -34,13 +34,29 @@ REPO = Path(__file__).resolve().parents[1]
 PHOTOS = REPO / "tests" / "fixtures" / "real-photos"
 
 
-def fitted_segmenter(folder: Path) -> Path:
+def fitted_segmenter(folder: Path, settings: dict | None = None) -> Path:
     from fewshotseg.segmenter import FewShotSegmenter
 
     duck = PHOTOS / "duck_toy"
     seg = FewShotSegmenter.from_pretrained("general", device="cpu")
-    seg.fit([duck / f"{n}.jpg" for n in (1, 2, 3)], [duck / f"{n}.png" for n in (1, 2, 3)], seed=0)
+    spec = seg.method_for("card", settings=settings or None)[0]  # the card's method, these settings changed
+    seg.fit([duck / f"{n}.jpg" for n in (1, 2, 3)], [duck / f"{n}.png" for n in (1, 2, 3)], seed=0, method=spec)
     return seg.save_pretrained(folder)
+
+
+def parse_settings(text: str) -> dict:
+    """'k:v;k:v' -> {k: v} with numbers and booleans parsed ('' -> {})."""
+    values: dict = {}
+    for item in filter(None, text.split(";")):
+        key, _, value = item.partition(":")
+        values[key] = {"true": True, "false": False}.get(value, value)
+        for kind in (int, float):
+            try:
+                values[key] = kind(value)
+                break
+            except ValueError:
+                pass
+    return values
 
 
 def generate(root: Path, count: int, seed: int = 0) -> None:
@@ -102,13 +118,18 @@ def main() -> None:
     ap.add_argument("--format", default="png", help="predict's --format")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    ap.add_argument("--settings", nargs="+", default=[""], metavar="K:V;K:V",
+                    help="overrides of the card method's settings, one fitted segmenter (and one group of rows) per "
+                         "value, side by side in this run; '' is the card's own (e.g. '' 'self_train:0')")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="predict-bench-"))
     env = os.environ | {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     try:
         t = time.perf_counter()
-        model = fitted_segmenter(tmp / "adapted")
+        models = {text: fitted_segmenter(tmp / f"adapted-{i}", parse_settings(text))
+                  for i, text in enumerate(args.settings)}
+        model = models[args.settings[0]]
         generate(tmp / "images", args.images)
         card = json.loads((model / "card.json").read_text())
         adaptation = card.get("adaptation") or {}
@@ -117,12 +138,12 @@ def main() -> None:
         print(f"{args.images} images of 640x480 generated, general ({card['model']['encoder']}) fitted at "
               f"{card['size']} px ({method}) in {time.perf_counter() - t:.0f} s; --format {args.format}, "
               f"--batch-size {args.batch_size}, {os.cpu_count()} CPU cores, load {os.getloadavg()[0]:.1f}")
-        print("| workers | steady img/s | images/s | end to end img/s | wall s | first mask s "
+        print("| settings | workers | steady img/s | images/s | end to end img/s | wall s | first mask s "
               "| peak RSS process / worker MB | peak PSS MB | re-run s |")
-        print("|--------:|-------------:|---------:|-----------------:|-------:|-------------:"
+        print("|---|--------:|-------------:|---------:|-----------------:|-------:|-------------:"
               "|-----------------------------:|------------:|---------:|")
-        for workers in args.workers:
-            out = tmp / f"out-{workers}"
+        for (text, model), workers in ((m, w) for m in models.items() for w in args.workers):
+            out = tmp / f"out-{len(list(tmp.glob('out-*')))}"
             command = [sys.executable, "-m", "fewshotseg", "predict", "--model", str(model), "--images",
                        str(tmp / "images"), "--out", str(out), "--format", args.format, "--workers", str(workers),
                        "--batch-size", str(args.batch_size), "--device", "cpu", "--no-progress"]
@@ -133,7 +154,7 @@ def main() -> None:
             worker = f"{rss['largest_worker']:.0f}" if rss["largest_worker"] else "-"
             times = sorted(p.stat().st_mtime for p in (out / "masks").rglob("*_mask.png"))
             steady = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else 0
-            print(f"| {workers} | {steady:.1f} | {summary['images_per_second']:.1f} "
+            print(f"| {text or 'card'} | {workers} | {steady:.1f} | {summary['images_per_second']:.1f} "
                   f"| {args.images / measured['wall']:.1f} | {measured['wall']:.1f} | {measured['first']:.1f} "
                   f"| {rss['this_process']:.0f} / {worker} | {measured['sampled_peak']:.0f} | {rerun:.1f} |")
     finally:
