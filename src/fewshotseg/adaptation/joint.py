@@ -24,7 +24,7 @@ from fewshotseg.adaptation.methods import (
     ProbeConvergenceWarning,
     ProbeSettings,
 )
-from fewshotseg.models.closed_form import flatten
+from fewshotseg.models.closed_form import flatten, lbfgs_minimize
 
 
 @dataclass
@@ -58,25 +58,13 @@ def softmax_head(x: torch.Tensor, y: torch.Tensor, labels: int, l2: float, weigh
     w = w0.clone().requires_grad_(True)
     b = (torch.zeros(labels, dtype=x.dtype, device=x.device) if prior is None
          else prior.bias.detach().to(x)).clone().requires_grad_(True)
-    opt = torch.optim.LBFGS([w, b], lr=1, max_iter=max_iter, tolerance_grad=tol, tolerance_change=1e-12,
-                            history_size=20, line_search_fn="strong_wolfe")
     total = weights.sum()
 
     def loss() -> torch.Tensor:
         return (weights * F.cross_entropy(x @ w.T + b, y, reduction="none")).sum() / total \
             + 0.5 * l2 * ((w - w0) ** 2).sum()
 
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        value = loss()
-        value.backward()
-        return value
-
-    with torch.enable_grad():
-        opt.step(closure)
-        value = loss()
-        gw, gb = torch.autograd.grad(value, [w, b])
-    grad = max(float(gw.abs().max()), float(gb.abs().max()))
+    grad, _ = lbfgs_minimize([w, b], loss, max_iter=max_iter, tol=tol)
     return SoftmaxHead(w.detach(), b.detach(), converged=grad < 10 * tol)
 
 

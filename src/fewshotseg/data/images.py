@@ -492,6 +492,11 @@ def _oriented_mask(mask: ImageLike, shape: tuple[int, int], image: ImageLike, na
         m = values.astype(bool) if values.dtype == bool else binarize_mask(values.astype(np.uint8), name).astype(bool)
     else:
         raise UserError(f"mask of {name}: expected a path, a PIL image or a numpy array, got {type(mask).__name__}")
+    return _on_image_grid(m, image, shape, name)
+
+
+def _on_image_grid(m: np.ndarray, image: ImageLike, shape: tuple[int, int], name: str) -> np.ndarray:
+    """A mask at its upright image's size: as it is, or drawn on the stored (unrotated) grid and turned upright."""
     if m.shape == shape:
         return m
     if m.shape == shape[::-1] and isinstance(image, (str, Path, Image.Image)):
@@ -546,11 +551,4 @@ def read_label_map(labels: ImageLike, image: ImageLike, shape: tuple[int, int], 
         m = labels.astype(np.uint8)
     else:
         raise UserError(f"mask of {name}: expected a path, a PIL image or a numpy array, got {type(labels).__name__}")
-    if m.shape == shape:
-        return m
-    if m.shape == shape[::-1] and isinstance(image, (str, Path, Image.Image)):
-        turned = _apply_orientation(m, image)
-        if turned.shape == shape:
-            return turned
-    raise UserError(f"{name}: mask is {m.shape[1]}x{m.shape[0]} px but the image is {shape[1]}x{shape[0]} px; "
-                    "a mask must have its image's size")
+    return _on_image_grid(m, image, shape, name)

@@ -16,6 +16,7 @@ object is not drowned by its background.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -112,13 +113,22 @@ def logistic_head(x: torch.Tensor, y: torch.Tensor, l2: float, weights: torch.Te
     w = w0.clone().requires_grad_(True)
     b = (torch.zeros((), dtype=x.dtype, device=x.device) if prior is None
          else prior.bias.detach().to(x).reshape(())).clone().requires_grad_(True)
-    opt = torch.optim.LBFGS([w, b], lr=1, max_iter=max_iter, tolerance_grad=tol, tolerance_change=1e-12,
-                            history_size=20, line_search_fn="strong_wolfe")
     total = weights.sum()
 
     def loss() -> torch.Tensor:
         return (weights * F.binary_cross_entropy_with_logits(x @ w + b, y, reduction="none")).sum() / total \
             + 0.5 * l2 * ((w - w0) ** 2).sum()
+
+    grad, iterations = lbfgs_minimize([w, b], loss, max_iter=max_iter, tol=tol)
+    return LinearHead(w.detach(), b.detach(), converged=grad < 10 * tol, iterations=iterations)
+
+
+def lbfgs_minimize(params: list[torch.Tensor], loss: Callable[[], torch.Tensor], *, max_iter: int,
+                   tol: float) -> tuple[float, int]:
+    """Minimise loss() over params in place by L-BFGS with a strong-Wolfe line search (deterministic on CPU);
+    returns the largest gradient entry at the end and the iterations taken."""
+    opt = torch.optim.LBFGS(params, lr=1, max_iter=max_iter, tolerance_grad=tol, tolerance_change=1e-12,
+                            history_size=20, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
@@ -128,8 +138,5 @@ def logistic_head(x: torch.Tensor, y: torch.Tensor, l2: float, weights: torch.Te
 
     with torch.enable_grad():
         opt.step(closure)
-        value = loss()
-        gw, gb = torch.autograd.grad(value, [w, b])
-    grad = max(float(gw.abs().max()), float(gb.abs()))
-    iterations = int(opt.state[opt._params[0]].get("n_iter", 0))
-    return LinearHead(w.detach(), b.detach(), converged=grad < 10 * tol, iterations=iterations)
+        grads = torch.autograd.grad(loss(), params)
+    return max(float(g.abs().max()) for g in grads), int(opt.state[opt._params[0]].get("n_iter", 0))
