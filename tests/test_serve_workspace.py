@@ -4,6 +4,7 @@ server's launch checks (missing shipped initialization, --auth, --host warning).
 from __future__ import annotations
 
 import io
+import json
 import zipfile
 
 import numpy as np
@@ -301,3 +302,115 @@ def test_adapting_again_uses_the_corrected_mask_not_the_prediction(ws, tiny_init
     np.testing.assert_array_equal(mask, with_correction.mask)
     np.testing.assert_array_equal(probability, with_correction.probability)
     assert not np.array_equal(probability, refit(predicted).probability)  # the prediction would give another
+
+
+def test_objects_are_named_painted_and_renamed_with_messages(ws, tmp_path):
+    from fewshotseg.errors import UserError
+
+    assert ws.classes == ["object"] and not ws.multiclass  # one object by default: the page as before
+    ws.add_support([DUCK / "1.jpg", CAT / "2.jpg"])
+    duck = np.zeros((320, 320), bool)
+    duck[50:150, 50:150] = True
+    ws.set_mask("1.jpg", duck, "painted")
+    assert ws.set_classes("duck, cat") == "'object' is now 'duck' (1 mask(s) kept); 'cat' added: mark it on the " \
+                                         "support images"
+    assert ws.classes == ["duck", "cat"] and ws.multiclass
+    np.testing.assert_array_equal(ws.pair("1.jpg").masks["duck"], duck)
+    for bad, message in (("", "name at least one object"), ("duck, duck", "named twice: duck"),
+                         ("a/b", "'a/b': use letters")):
+        with pytest.raises(UserError, match=message):
+            ws.set_classes(bad)
+    with pytest.raises(UserError, match="no object named 'dog'"):
+        ws.set_mask("2.jpg", duck, "painted", cls="dog")
+    with pytest.raises(UserError, match="painted cat mask of 2.jpg has no foreground: paint over the cat"):
+        ws.set_mask("2.jpg", np.zeros((320, 320), bool), "painted", cls="cat")
+    ws.set_mask("2.jpg", CAT / "2.png", cls="cat")  # a binary (0/1) mask is the chosen object's
+    with pytest.raises(UserError, match="no support image has any pixel of 'duck'.*remove it from the objects"):
+        ws.remove_support("1.jpg") or ws.adapt(None, lr=0.01, steps=1, seed=0)
+    ws.add_support([DUCK / "1.jpg"])
+    ws.set_mask("1.jpg", duck, "painted", cls="duck")
+
+    cat = np.zeros((320, 320), bool)  # painted over part of the duck: those pixels become the cat's
+    cat[100:200, 100:200] = True
+    note = ws.set_mask("1.jpg", cat, "painted", cls="cat")
+    assert note == "1.jpg: 2500 px from duck now belong to cat (a pixel belongs to one object: the one marked last)"
+    p = ws.pair("1.jpg")
+    assert not (p.masks["duck"] & p.masks["cat"]).any() and p.masks["duck"].sum() == 10000 - 2500
+    assert np.unique(p.labels(ws.classes)).tolist() == [0, 1, 2]
+    assert ws.set_mask("1.jpg", np.zeros((320, 320), bool), "painted", cls="cat") == "cat cleared from 1.jpg"
+    assert list(p.masks) == ["duck"]
+
+    labels = np.zeros((320, 320), np.uint8)  # an uploaded indexed mask (values 1 duck, 2 cat) sets both at once
+    labels[:100], labels[200:] = 1, 2
+    Image.fromarray(labels).save(tmp_path / "indexed.png")
+    assert ws.set_mask("1.jpg", tmp_path / "indexed.png") == "1.jpg: read as an indexed mask: duck 32000 px, " \
+                                                                "cat 38400 px"
+    np.testing.assert_array_equal(ws.pair("1.jpg").labels(ws.classes), labels)
+
+    assert ws.set_classes(["cat"]) == "'duck' removed with its mask(s) on 1 image(s)"
+    assert not ws.multiclass and [list(p.masks) for p in ws.support] == [["cat"], ["cat"]]
+    np.testing.assert_array_equal(ws.pair("1.jpg").mask, labels == 2)
+
+
+@pytest.mark.slow
+def test_two_objects_fit_a_multiclass_segmenter_and_give_its_masks(ws, tiny_init):
+    from fewshotseg.app.serve import load_initializations
+    from fewshotseg.data.images import read_label_map, read_mask
+    from fewshotseg.multiclass import MultiClassSegmenter
+    from fewshotseg.segmenter import FewShotSegmenter
+
+    (init,) = load_initializations([str(tiny_init)], "cpu")
+    ws.add_support([DUCK / "1.jpg", CAT / "2.jpg"])
+    ws.set_classes("duck, cat")
+    ws.set_mask("1.jpg", DUCK / "1.png", cls="duck")
+    painted = read_mask(CAT / "2.png").astype(bool)
+    ws.set_mask("2.jpg", painted, "painted", cls="cat")
+    ws.add_queries([DUCK / "3.jpg", CAT / "3.jpg"])
+    text = ws.adapt(init, lr=None, steps=None, seed=1, method="prototype")  # one prototype per object
+    assert "2 objects (duck, cat; one-vs-rest)" in text and isinstance(ws.segmenter, MultiClassSegmenter)
+    results = ws.segment()
+    assert [r[0] for r in results] == ["3.jpg", "3_2.jpg"] and not ws.fine_tuned
+
+    api = MultiClassSegmenter.from_pretrained(tiny_init, device="cpu")
+    api.fit([DUCK / "1.jpg", CAT / "2.jpg"], {"duck": [DUCK / "1.png", None], "cat": [None, painted]},
+            method="prototype", seed=1)
+    expected = api.predict([DUCK / "3.jpg", CAT / "3.jpg"])
+    assert all({1, 2} <= set(np.unique(p.labels)) and p.contested > 0 for p in expected)  # both objects, overlaps
+    for (_, over, labels), pred in zip(results, expected, strict=True):
+        np.testing.assert_array_equal(labels, pred.labels)
+        assert over.shape == (*labels.shape, 3)
+    assert ws.contested == {"3.jpg": expected[0].contested, "3_2.jpg": expected[1].contested}
+
+    with zipfile.ZipFile(ws.masks_zip()) as z:
+        assert sorted(z.namelist()) == [
+            "masks/3_2_cat_mask.png", "masks/3_2_duck_mask.png", "masks/3_2_mask.png", "masks/3_cat_mask.png",
+            "masks/3_duck_mask.png", "masks/3_mask.png", "masks/classes.txt", "settings.json",
+            "support/1_mask.png", "support/2_mask.png", "support/classes.txt"]
+        assert z.read("masks/classes.txt") == b"duck\ncat\n"
+        indexed = Image.open(io.BytesIO(z.read("masks/3_2_mask.png")))
+        assert indexed.mode == "P"
+        np.testing.assert_array_equal(np.asarray(indexed), expected[1].labels)
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(z.read("masks/3_duck_mask.png")))) > 0,
+                                      expected[0].masks["duck"])
+        support = read_label_map(Image.open(io.BytesIO(z.read("support/2_mask.png"))), CAT / "2.jpg", (320, 320),
+                                 "2")
+        np.testing.assert_array_equal(support, painted * 2)
+        settings = json.loads(z.read("settings.json"))
+        assert settings["classes"] == ["duck", "cat"] and settings["contested_pixels"] == ws.contested
+
+    folder = ws.weights()
+    assert folder.name == "adapted.zip"
+    with zipfile.ZipFile(folder) as z:
+        z.extractall(folder.parent / "unzipped")
+    loaded = MultiClassSegmenter.from_pretrained(folder.parent / "unzipped" / "adapted", device="cpu")
+    np.testing.assert_array_equal(loaded.predict([CAT / "3.jpg"])[0].labels, expected[1].labels)
+
+    # back to one object: the FewShotSegmenter path, on that object's masks alone
+    ws.remove_support("2.jpg")
+    assert ws.set_classes("duck") == "'cat' removed"
+    ws.adapt(init, lr=0.01, steps=2, seed=1)
+    assert isinstance(ws.segmenter, FewShotSegmenter) and ws.fine_tuned
+    seg = FewShotSegmenter.from_pretrained(tiny_init, device="cpu")
+    params, _ = seg.update_params_for(1, lr=0.01, steps=2)
+    seg.fit([DUCK / "1.jpg"], [DUCK / "1.png"], seed=1, update_params=params)
+    np.testing.assert_array_equal(ws.segment()[0][2], seg.predict([DUCK / "3.jpg"])[0].mask)

@@ -88,6 +88,18 @@ def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarr
     return out.round().astype(np.uint8)
 
 
+def label_overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """The image with each class's pixels (labels (H, W): 0 background, k class k) tinted in class k's colour of
+    PASCAL VOC's palette, the colours of the indexed mask PNGs (`data.exports.voc_palette`)."""
+    from fewshotseg.data.exports import voc_palette
+
+    colours = np.asarray(voc_palette(), np.float32).reshape(256, 3)
+    out = image.astype(np.float32)
+    fg = labels > 0
+    out[fg] = (1 - alpha) * out[fg] + alpha * colours[labels[fg]]
+    return out.round().astype(np.uint8)
+
+
 class Probabilities(torch.nn.Module):
     """The exported graph: image batch in [0, 1] -> foreground probability (B, H, W)."""
 
@@ -289,7 +301,7 @@ def readable_pairs(found) -> tuple[list[Problem], list[int]]:
 def adapt_classes(cfg: AdaptConfig, found, queries: list[Path], skipped: list[str], u_overrides: dict[str, Any],
                   progress) -> dict[str, Any]:
     """`adapt` on a support folder of several classes (see the module docstring)."""
-    from fewshotseg.data.exports import label_png, voc_palette
+    from fewshotseg.data.exports import label_png
     from fewshotseg.data.images import load_image, report_problems
     from fewshotseg.multiclass import MultiClassSegmenter
     from fewshotseg.segmenter import with_stats
@@ -334,7 +346,6 @@ def adapt_classes(cfg: AdaptConfig, found, queries: list[Path], skipped: list[st
     together = params is not None and params.bn_policy == "transductive"
 
     out.mkdir(parents=True, exist_ok=True)
-    colours = np.asarray(voc_palette(), np.float32).reshape(256, 3)
     written: list[dict[str, Any]] = []
     failed: list[str] = []
     loaded = []
@@ -348,10 +359,7 @@ def adapt_classes(cfg: AdaptConfig, found, queries: list[Path], skipped: list[st
         for (path, rgb), pred in zip(batch, seg.predict([rgb for _, rgb in batch], threshold=cfg.threshold),
                                      strict=True):
             label_png(pred.labels).save(out / f"{path.stem}_mask.png")
-            tinted = rgb.astype(np.float32)
-            fg = pred.labels > 0
-            tinted[fg] = 0.5 * tinted[fg] + 0.5 * colours[pred.labels[fg]]
-            Image.fromarray(tinted.round().astype(np.uint8)).save(out / f"{path.stem}_overlay.png")
+            Image.fromarray(label_overlay(rgb, pred.labels)).save(out / f"{path.stem}_overlay.png")
             for name, mask in pred.masks.items():
                 Image.fromarray(mask.astype(np.uint8) * 255).save(out / f"{path.stem}_{name}_mask.png")
             written.append({"query": str(path), "mask": str(out / f"{path.stem}_mask.png"),
