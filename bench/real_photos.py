@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -155,15 +154,10 @@ def fixtures_loo(row: Row) -> dict:
 
 def adapt_latency(fields: dict[str, str], size: int) -> float:
     """Seconds for `fewshotseg adapt` with 5 support pairs and 20 queries, start-up included."""
+    from adapt_latency import folders  # bench/ is this script's own folder, first on sys.path
+
     with tempfile.TemporaryDirectory() as tmp:
-        support, query = Path(tmp) / "s", Path(tmp) / "q"
-        support.mkdir(), query.mkdir()
-        pairs = [(f, f.with_suffix(".png")) for f in sorted(FIXTURES.glob("*/*.jpg"))]
-        for n, (image, mask) in enumerate(pairs[:5]):
-            shutil.copy(image, support / f"{n}.jpg")
-            shutil.copy(mask, support / f"{n}.png")
-        for n in range(20):
-            shutil.copy(pairs[n % len(pairs)][0], query / f"q{n}.jpg")
+        support, query = folders(Path(tmp))
         cmd = [sys.executable, "-m", "fewshotseg", "adapt", "--init", fields["init"], "--support", str(support),
                "--query", str(query), "--out", str(Path(tmp) / "o"), "--device", "cpu",
                "--method", fields.get("method", "card")]
