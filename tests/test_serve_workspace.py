@@ -414,3 +414,20 @@ def test_two_objects_fit_a_multiclass_segmenter_and_give_its_masks(ws, tiny_init
     params, _ = seg.update_params_for(1, lr=0.01, steps=2)
     seg.fit([DUCK / "1.jpg"], [DUCK / "1.png"], seed=1, update_params=params)
     np.testing.assert_array_equal(ws.segment()[0][2], seg.predict([DUCK / "3.jpg"])[0].mask)
+
+
+def test_correcting_one_object_of_a_prediction_keeps_the_others(ws):
+    ws.set_classes("duck, cat")
+    ws.add_queries([DUCK / "3.jpg"])
+    predicted = np.zeros((320, 320), np.uint8)  # rows 0-99 duck, rows 100-199 cat
+    predicted[:100], predicted[100:200] = 1, 2
+    ws.segmenter = Predicted(rows=0)  # an adapted network, and its result for the query
+    ws.results = [("3.jpg", np.zeros((320, 320, 3), np.uint8), predicted)]
+    assert list(ws.prediction("3.jpg").masks) == ["duck", "cat"]
+    cat = np.zeros((320, 320), bool)  # the cat really is rows 50-199: it takes rows 50-99 from the duck
+    cat[50:200] = True
+    pair = ws.correct("3.jpg", cat, cls="cat")
+    expected = predicted.copy()
+    expected[50:100] = 2
+    np.testing.assert_array_equal(pair.labels(ws.classes), expected)
+    assert pair.changed == 50 / 320 and pair.mask_source == "corrected"
