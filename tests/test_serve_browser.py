@@ -6,6 +6,7 @@ Every wait is bounded (WAIT ms, or ADAPT ms around the network's work), so a bro
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import socket
@@ -28,6 +29,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 WAIT = 20_000  # ms for a page reaction
 ADAPT = 120_000  # ms for an adaptation (a few steps of a tiny network; two pages share one queue slot)
 STEPS = 2
+CORRECT_LR, CORRECT_STEPS = 0.05, 20  # enough for the tiny random network to mark some pixels, so masks can differ
 LONG_STEPS = 60  # an adaptation that lasts seconds, so that another page's click finds it running
 DUCK, CAT = REAL_PHOTOS / "duck_toy", REAL_PHOTOS / "cat"
 
@@ -91,25 +93,25 @@ def upload(page, selector: str, files) -> None:
     page.locator(f"{selector} input[type=file]").set_input_files([str(f) for f in files])
 
 
-def paint(page) -> None:
+def paint(page, editor: str = "#editor") -> None:
     """Brush strokes across the middle of the image, then an eraser stroke through them (mouse events)."""
-    page.locator("#editor button[aria-label='Brush']").first.click()
-    box = page.locator("#editor canvas").first.bounding_box()
+    page.locator(f"{editor} button[aria-label='Brush']").first.click()
+    box = page.locator(f"{editor} canvas").first.bounding_box()
     cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
     page.mouse.move(cx - 50, cy - 40)
     page.mouse.down()
     for k in range(1, 5):  # a zigzag; each mouse event redraws the canvas (slow in software rendering)
         page.mouse.move(cx - 50 + 25 * k, cy - 40 + 80 * (k % 2), steps=2)
     page.mouse.up()
-    page.locator("#editor button[aria-label='Erase']").first.click()
+    page.locator(f"{editor} button[aria-label='Erase']").first.click()
     page.mouse.move(cx - 60, cy)
     page.mouse.down()
     page.mouse.move(cx + 60, cy, steps=2)
     page.mouse.up()
 
 
-def pick(page, name: str) -> None:
-    page.locator("#pick input").click()
+def pick(page, name: str, dropdown: str = "#pick") -> None:
+    page.locator(f"{dropdown} input").click()
     page.get_by_role("option", name=name).click()
 
 
@@ -190,6 +192,8 @@ def test_bad_input_is_shown_and_two_pages_adapt_concurrently(server, browser, tm
         a.get_by_text("notes.jpg is not an image").first.wait_for(timeout=WAIT)
         a.locator("#segment").click()
         a.get_by_text("adapt first").first.wait_for(timeout=WAIT)
+        a.locator("#add-to-support").click()
+        a.get_by_text("no prediction to correct yet").first.wait_for(timeout=WAIT)
         upload(a, "#support-files", [DUCK / "1.jpg"])
         wait_text(a, "#pairs", "of 1 support image(s)")
         a.locator("#adapt").click()
@@ -230,3 +234,75 @@ def test_bad_input_is_shown_and_two_pages_adapt_concurrently(server, browser, tm
 
     np.testing.assert_array_equal(png(za, "support/2_mask.png") > 0, read_mask(DUCK / "2.png").astype(bool))
     np.testing.assert_array_equal(png(zb, "support/2_mask.png") > 0, read_mask(CAT / "2.png").astype(bool))
+
+
+def wait_for_image(page, editor: str, timeout: float = WAIT / 1000) -> None:
+    """Wait until the editor's canvas shows an image (its centre no longer the empty canvas' colour): strokes made
+    while the editor is still loading the image are lost."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        shot = np.asarray(Image.open(io.BytesIO(page.locator(f"{editor} canvas").first.screenshot())).convert("RGB"))
+        h, w = shot.shape[:2]
+        if np.abs(shot[h // 2, w // 2].astype(int) - shot[2, 2]).max() > 30:
+            page.wait_for_timeout(300)  # (the editor sets up its layer just after drawing the image)
+            return
+        page.wait_for_timeout(100)
+    raise AssertionError(f"{editor} showed no image within {timeout:g} s")
+
+
+def stroke(page, editor: str, color: str, points) -> None:
+    """One brush stroke in `color` (a swatch's CSS rgb) through `points`, offsets in px from the canvas' centre."""
+    page.locator(f"{editor} button[aria-label='Brush']").first.click()
+    page.locator(f"{editor} button[aria-label='Color']").first.click()
+    page.locator(f"{editor} button[style*='{color}']").last.click()
+    box = page.locator(f"{editor} canvas").first.bounding_box()
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    (x0, y0), *rest = points
+    page.mouse.move(cx + x0, cy + y0)
+    page.mouse.down()
+    for x, y in rest:
+        page.mouse.move(cx + x, cy + y, steps=2)
+    page.mouse.up()
+
+
+@pytest.mark.slow
+def test_correct_a_prediction_add_it_to_support_and_adapt_again(server, browser):
+    url, _ = server
+    context, page = open_page(browser, url)
+    try:
+        label_and_adapt(page, [DUCK / "1.jpg", DUCK / "2.jpg"], DUCK / "2.png", [DUCK / "3.jpg", CAT / "1.jpg"])
+        for control, value in (("#lr", CORRECT_LR), ("#steps", CORRECT_STEPS)):
+            page.locator(f"{control} input").fill(str(value))
+        page.locator("#adapt").click()
+        wait_text(page, "#status", "segmented 2 query image(s)", timeout=ADAPT)
+        before = download_zip(page)
+        pick(page, "3.jpg", "#correct-pick")  # the prediction opens in the correction editor ...
+        wait_for_image(page, "#correct-editor")
+        paint(page, "#correct-editor")  # ... red strokes add to it (the eraser takes some back) ...
+        stroke(page, "#correct-editor", "rgb(0, 0, 255)", [(0, -90), (0, 90)])  # ... a blue one removes
+        page.locator("#add-to-support").click()  # ... and it joins the support set
+        wait_text(page, "#corrections", "1 corrected")
+        wait_text(page, "#pairs", "3 labelled pairs")
+        wait_text(page, "#pairs", "3.jpg: corrected prediction")
+        counter = page.locator("#corrections").inner_text()
+        for control, value in (("#lr", CORRECT_LR), ("#steps", CORRECT_STEPS)):  # (refreshed for 3 pairs)
+            page.locator(f"{control} input").fill(str(value))
+        page.locator("#adapt").click()
+        wait_text(page, "#status", "to 3 pair(s)", timeout=ADAPT)
+        wait_text(page, "#status", "segmented 1 query image(s)")
+        after = download_zip(page)
+    finally:
+        context.close()
+    assert sorted(after.namelist()) == ["masks/1_mask.png", "settings.json", "support/1_mask.png",
+                                        "support/2_mask.png", "support/3_mask.png"]  # 3.jpg is no longer a query
+    assert json.loads(after.read("settings.json"))["support"] == ["1.jpg", "2.jpg", "3.jpg"]
+    predicted, corrected = png(before, "masks/3_mask.png") > 0, png(after, "support/3_mask.png") > 0
+    h, w = corrected.shape
+    assert predicted[:, w // 2].any()  # (the blue stroke runs down the middle column, through the prediction)
+    assert (corrected & ~predicted).any() and (predicted & ~corrected).any()  # pixels added and removed ...
+    assert not (corrected & ~predicted)[h // 2 - 3: h // 2 + 3, w // 2 - 40: w // 2 + 40].any()  # (erased strokes)
+    outside = np.ones_like(corrected)  # ... and away from the strokes, the prediction
+    outside[h // 2 - 100: h // 2 + 100, w // 2 - 100: w // 2 + 100] = False
+    np.testing.assert_array_equal(corrected[outside], predicted[outside])
+    assert f"1 corrected: {100 * np.mean(corrected != predicted):.1f} % of pixels changed" in counter
+    assert not np.array_equal(png(after, "masks/1_mask.png"), png(before, "masks/1_mask.png"))  # the new masks

@@ -431,3 +431,24 @@ def test_correcting_one_object_of_a_prediction_keeps_the_others(ws):
     expected[50:100] = 2
     np.testing.assert_array_equal(pair.labels(ws.classes), expected)
     assert pair.changed == 50 / 320 and pair.mask_source == "corrected"
+
+
+def test_corrected_mask_applies_red_and_blue_strokes_to_the_prediction():
+    from fewshotseg.app.page import corrected_mask
+    from fewshotseg.errors import UserError
+
+    predicted = np.zeros((4, 6), bool)
+    predicted[:, :3] = True
+    layer = np.zeros((4, 6, 4), np.uint8)
+    layer[0, 4] = (255, 0, 0, 153)  # red: add
+    layer[1, 1] = (0, 0, 255, 153)  # blue: remove
+    layer[2, 2] = (102, 0, 153, 214)  # blue painted over red: the top stroke (blue) wins
+    layer[3, 5] = (255, 0, 0, 0)  # erased: nothing
+    expected = predicted.copy()
+    expected[0, 4], expected[1, 1], expected[2, 2] = True, False, False
+    np.testing.assert_array_equal(corrected_mask({"background": layer, "layers": [layer]}, predicted), expected)
+    half = layer[::2, ::2]  # strokes on a canvas of another size are read on the prediction's grid
+    assert corrected_mask({"background": half, "layers": [half]}, predicted).shape == (4, 6)
+    np.testing.assert_array_equal(corrected_mask({"background": layer, "layers": []}, predicted), predicted)
+    with pytest.raises(UserError, match="open a prediction in the correction editor first"):
+        corrected_mask(None, predicted)

@@ -1,7 +1,8 @@
 """`fewshotseg serve`: the web page over `Workspace`, built with Gradio (the `app` extra).
 
-One page, three steps: support images with a mask each (uploaded, or painted with a brush and an eraser on the
-image), the initialization and its update parameters, then Adapt -> query overlays and downloads.
+One page, four steps: support images with a mask each (uploaded, or painted with a brush and an eraser on the
+image), the initialization and its update parameters, then Adapt -> query overlays and downloads, then any
+prediction corrected in a second editor and added to the support set for the next Adapt.
 
 Sessions: each browser tab gets its own `Workspace` (in a `gr.State`, so two users never share images, masks or
 weights), whose temporary folder is removed when the tab closes (`demo.unload`) or, at the latest, when Gradio
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import gradio as gr
 import numpy as np
+from PIL import Image
 
 from fewshotseg.app.workspace import IMAGE_SUFFIXES, Initialization, Limits, Workspace
 from fewshotseg.errors import UserError
@@ -32,7 +34,10 @@ INTRO = """# fewshotseg — segment your own images
    with the brush (then *Use painted mask*) or upload its mask.
 2. **Initialization and update parameters**: the defaults are the initialization's own for this many pairs.
 3. **Adapt**: fine-tunes the network on your pairs and segments the query images; download the masks, the adapted
-   weights or an ONNX export."""
+   weights or an ONNX export.
+4. **Correct**: open a prediction in the correction editor (pick it, or click its overlay), paint what it missed
+   with the red brush and what it wrongly took with the blue one, *Add to support*, and Adapt again: the counter
+   shows how much each correction changed."""
 
 
 class Sessions:
@@ -113,8 +118,29 @@ def _pairs_text(ws: Workspace) -> str:
     if not ws.support:
         return "**0 labelled pairs** — upload support images"
     lines = [f"**{len(done)} labelled pair{'s' if len(done) != 1 else ''}** of {len(ws.support)} support image(s)"]
-    lines += [f"- {p.name}: {p.mask_source + ' mask' if p.mask is not None else 'no mask yet'}" for p in ws.support]
+    lines += [f"- {p.name}: {_mask_text(p)}" for p in ws.support]
     return "\n".join(lines)
+
+
+def _mask_text(p) -> str:
+    if p.mask is None:
+        return "no mask yet"
+    if p.changed is not None:
+        return f"corrected prediction ({_percent(p.changed)} of pixels changed)"
+    return f"{p.mask_source} mask"
+
+
+def _percent(share: float) -> str:
+    return f"{100 * share:.1f} %"
+
+
+def corrections_text(ws: Workspace) -> str:
+    """'N corrected: a %, b %, ... of pixels changed', in the order corrected: shares that shrink mean the adapted
+    network's masks need less and less correction."""
+    done = ws.corrections()
+    if not done:
+        return "no prediction corrected yet"
+    return f"**{len(done)} corrected**: {', '.join(_percent(c) for _, c in done)} of pixels changed"
 
 
 def _support_gallery(ws: Workspace):
@@ -146,6 +172,50 @@ def painted_mask(value) -> np.ndarray:
     return mask
 
 
+def _prediction_value(query) -> dict:
+    """A predicted query for the correction editor: its prediction tinted red on the image, no strokes yet."""
+    from fewshotseg.adapt import overlay
+
+    return {"background": overlay(query.rgb, query.mask), "layers": [], "composite": None}
+
+
+def corrected_mask(value, predicted: np.ndarray) -> np.ndarray:
+    """The prediction ((H, W) bool) with the correction editor's strokes applied: red strokes add to the object,
+    blue strokes remove from it, and what the eraser took back is the prediction again.
+
+    The prediction is the editor's background, not a layer: Gradio's editor (6.x) does not reliably keep a layer
+    it is given editable (it can shift it by the canvas margin, or make a second, empty layer the one the eraser
+    acts on), while strokes always land in the layer the editor itself made."""
+    if not value or value.get("background") is None:
+        raise UserError("open a prediction in the correction editor first: pick it in the list or click its overlay")
+    h, w = predicted.shape
+    mask = predicted.copy()
+    for layer in (np.asarray(x) for x in value.get("layers") or [] if x is not None):
+        if layer.ndim != 3 or layer.shape[2] != 4:
+            continue
+        if layer.shape[:2] != (h, w):  # the canvas had another size: strokes are read on the image's grid
+            layer = np.asarray(Image.fromarray(layer).resize((w, h), Image.NEAREST))
+        stroke = layer[..., 3] > 0
+        red, blue = layer[..., 0].astype(int), layer[..., 2].astype(int)  # where strokes overlap, the top one
+        mask |= stroke & (red >= blue)
+        mask &= ~(stroke & (blue > red))
+    return mask
+
+
+OBJECT, NOT_OBJECT = "#ff0000", "#0000ff"  # the correction editor's brush colours
+
+
+def mask_editor(label: str, elem_id: str, colors: tuple[str, ...] = (OBJECT,)) -> gr.ImageEditor:
+    """An editor with translucent brushes and an eraser over an image the page sets (no uploads of its own).
+
+    The canvas starts at 1x1 px so that it takes each image's own size: from a larger starting canvas Gradio
+    (6.x) places a layer given with the image off by the margin between the two."""
+    return gr.ImageEditor(label=label, sources=(), type="numpy", image_mode="RGBA", format="png", layers=False,
+                          transforms=(), brush=gr.Brush(colors=[(c, 0.6) for c in colors], default_color=colors[0],
+                                                        color_mode="fixed"),
+                          eraser=gr.Eraser(), canvas_size=(1, 1), elem_id=elem_id)
+
+
 METHOD_CHOICES = [("the initialization's own (its card)", "card"), ("fine-tune with U", "finetune"),
                   ("linear probe on frozen features", "probe"), ("prototype (cosine)", "prototype"),
                   ("random-forest pixel classifier", "rf")]
@@ -172,10 +242,7 @@ def build_page(inits: list[Initialization], limits: Limits, root: Path, *, concu
                     pick = gr.Dropdown(label="Image to label", choices=[], value=None, interactive=True,
                                        elem_id="pick")
                     remove = gr.Button("Remove this image", size="sm", elem_id="remove")
-                editor = gr.ImageEditor(label="Paint the object (brush) — erase mistakes (eraser)", sources=(),
-                                        type="numpy", image_mode="RGBA", format="png", layers=False,
-                                        transforms=(), brush=gr.Brush(colors=[("#ff0000", 0.6)], color_mode="fixed"),
-                                        eraser=gr.Eraser(), canvas_size=(480, 360), elem_id="editor")
+                editor = mask_editor("Paint the object (brush) — erase mistakes (eraser)", "editor")
                 with gr.Row():
                     use_painted = gr.Button("Use painted mask", elem_id="use-painted")
                     mask_file = gr.File(label="…or upload its mask (PNG at the image's size)", file_types=types,
@@ -209,6 +276,17 @@ def build_page(inits: list[Initialization], limits: Limits, root: Path, *, concu
                                                    elem_id="download-weights")
                     onnx_btn = gr.Button("Export ONNX", visible=False, elem_id="export-onnx")
                     onnx_dl = gr.DownloadButton("ONNX", visible=False, elem_id="download-onnx")
+        gr.Markdown("### 4. Correct a prediction and adapt again")
+        with gr.Row():
+            with gr.Column(scale=3):
+                correct_editor = mask_editor("Correct the prediction: red brush adds to the object, blue brush "
+                                             "removes from it, the eraser takes strokes back", "correct-editor",
+                                             (OBJECT, NOT_OBJECT))
+            with gr.Column(scale=2):
+                correct_pick = gr.Dropdown(label="Prediction to correct (or click its overlay)", choices=[],
+                                           value=None, interactive=True, elem_id="correct-pick")
+                add_btn = gr.Button("Add to support", variant="primary", elem_id="add-to-support")
+                corrections_md = gr.Markdown("no prediction corrected yet", elem_id="corrections")
 
         # ------------------------------------------------------------------ handlers (one per control)
 
@@ -216,14 +294,20 @@ def build_page(inits: list[Initialization], limits: Limits, root: Path, *, concu
             names = [p.name for p in ws.support]
             chosen = chosen if chosen in names else (names[0] if names else None)
             return (ws, gr.Dropdown(choices=names, value=chosen), _editor_value(ws, chosen), _pairs_text(ws),
-                    _support_gallery(ws))
+                    _support_gallery(ws), corrections_text(ws))
+
+        def correction_view(ws: Workspace, chosen: str | None):
+            """The predicted queries to choose from, and the chosen one (kept if still predicted) in the editor."""
+            names = [n for n, _, _ in ws.results]
+            chosen = chosen if chosen in names else None
+            return gr.Dropdown(choices=names, value=chosen), _prediction_value(ws.prediction(chosen)) if chosen else None
 
         def params_for(ws: Workspace, label: str):
             i = by_label[label]
             lr_, steps_, source = i.default_params(len(ws.support))
             return lr_, steps_, f"{i.segmenter.described}; U's defaults from {source}"
 
-        support_outs = [state, pick, editor, pairs_md, support_gallery]
+        support_outs = [state, pick, editor, pairs_md, support_gallery, corrections_md]
 
         @shown
         def on_support(files, ws, label, request: gr.Request):
@@ -291,20 +375,21 @@ def build_page(inits: list[Initialization], limits: Limits, root: Path, *, concu
             ws = sessions.get(ws, request)
             with ws.lock:
                 ws.clear_queries()
-            return ws, _queries_text(ws), []
+            return ws, _queries_text(ws), [], *correction_view(ws, None)
 
-        def results(ws: Workspace, text: str):
+        def results(ws: Workspace, text: str, chosen: str | None = None):
             shown_ = [(o, n) for n, o, _ in ws.results]
-            has = bool(ws.results)
+            has = bool(ws.results or ws.corrections())
             keep, tuned = ws.savable, ws.fine_tuned  # ONNX exports a fine-tuned network only
             return (ws, text, shown_, gr.DownloadButton(value=str(ws.masks_zip()) if has else None, visible=has),
                     gr.DownloadButton(value=str(ws.weights()) if keep else None, visible=keep),
-                    gr.Button(visible=tuned), gr.DownloadButton(visible=False))
+                    gr.Button(visible=tuned), gr.DownloadButton(visible=False), *correction_view(ws, chosen))
 
-        result_outs = [state, status, gallery, zip_dl, weights_dl, onnx_btn, onnx_dl]
+        result_outs = [state, status, gallery, zip_dl, weights_dl, onnx_btn, onnx_dl, correct_pick, correct_editor]
 
         @shown
-        def on_adapt(ws, label, lr_, steps_, seed_, method_, request: gr.Request, progress=gr.Progress()):  # noqa: B008
+        def on_adapt(ws, label, lr_, steps_, seed_, method_, chosen, request: gr.Request,
+                     progress=gr.Progress()):  # noqa: B008
             ws = sessions.get(ws, request)
             with ws.lock:
                 total = int(steps_ or 0)
@@ -317,14 +402,35 @@ def build_page(inits: list[Initialization], limits: Limits, root: Path, *, concu
                     text += f"; segmented {len(ws.results)} query image(s)"
                 else:
                     text += "; now upload query images and press Segment queries"
-                return results(ws, text)
+                return results(ws, text, chosen)
 
         @shown
-        def on_segment(ws, request: gr.Request):
+        def on_segment(ws, chosen, request: gr.Request):
             ws = sessions.get(ws, request)
             with ws.lock:
                 ws.segment()
-                return results(ws, f"segmented {len(ws.results)} query image(s)")
+                return results(ws, f"segmented {len(ws.results)} query image(s)", chosen)
+
+        @shown
+        def on_correct_pick(name, ws, request: gr.Request):
+            ws = sessions.get(ws, request)
+            return _prediction_value(ws.prediction(name or ""))
+
+        @shown
+        def on_overlay(ws, evt: gr.SelectData, request: gr.Request):
+            ws = sessions.get(ws, request)
+            return correction_view(ws, ws.results[evt.index][0] if 0 <= evt.index < len(ws.results) else None)
+
+        @shown
+        def on_add(name, value, ws, label, support_pick, request: gr.Request):
+            ws = sessions.get(ws, request)
+            with ws.lock:
+                query = ws.prediction(name or "")  # no prediction or none chosen: say so before reading the editor
+                pair = ws.correct(query.name, corrected_mask(value, query.mask))
+                renamed = f" as {pair.name}" if pair.name != name else ""
+                text = (f"{name} added to the support set{renamed} with its corrected mask ({_percent(pair.changed)} "
+                        "of pixels changed); press Adapt to use it")
+                return (*support_view(ws, support_pick), *params_for(ws, label), *results(ws, text)[1:])
 
         @shown
         def on_onnx(ws, request: gr.Request):
@@ -340,10 +446,15 @@ def build_page(inits: list[Initialization], limits: Limits, root: Path, *, concu
         mask_file.upload(on_mask_file, [mask_file, pick, state], [*support_outs, mask_file])
         init.input(on_init, [init, state], [lr, steps, init_md])
         query_files.upload(on_queries, [query_files, state], [state, status, query_files])
-        clear_queries.click(on_clear_queries, [state], [state, status, gallery])
-        adapt_btn.click(on_adapt, [state, init, lr, steps, seed, method], result_outs, concurrency_limit=concurrency,
-                        concurrency_id=WORK)
-        segment_btn.click(on_segment, [state], result_outs, concurrency_limit=concurrency, concurrency_id=WORK)
+        clear_queries.click(on_clear_queries, [state], [state, status, gallery, correct_pick, correct_editor])
+        adapt_btn.click(on_adapt, [state, init, lr, steps, seed, method, correct_pick], result_outs,
+                        concurrency_limit=concurrency, concurrency_id=WORK)
+        segment_btn.click(on_segment, [state, correct_pick], result_outs, concurrency_limit=concurrency,
+                          concurrency_id=WORK)
+        correct_pick.input(on_correct_pick, [correct_pick, state], [correct_editor])
+        gallery.select(on_overlay, [state], [correct_pick, correct_editor])
+        add_btn.click(on_add, [correct_pick, correct_editor, state, init, pick],
+                      [*support_outs, lr, steps, init_md, *result_outs[1:]])
         onnx_btn.click(on_onnx, [state], [onnx_dl], concurrency_limit=concurrency, concurrency_id=WORK)
         demo.unload(sessions.end)
     demo.sessions = sessions  # type: ignore[attr-defined]  # the server closes them all on shutdown
