@@ -452,3 +452,20 @@ def test_corrected_mask_applies_red_and_blue_strokes_to_the_prediction():
     np.testing.assert_array_equal(corrected_mask({"background": layer, "layers": []}, predicted), predicted)
     with pytest.raises(UserError, match="open a prediction in the correction editor first"):
         corrected_mask(None, predicted)
+
+
+def test_an_empty_prediction_opens_and_is_corrected_by_painting_the_object(ws):
+    from fewshotseg.app.page import _prediction_value, corrected_mask
+    from fewshotseg.errors import UserError
+
+    ws.add_queries([DUCK / "3.jpg"])
+    ws.segmenter = Predicted(rows=0)  # nothing predicted
+    ws.segment()
+    value = _prediction_value(ws.prediction("3.jpg"))
+    assert value["background"].shape[:2] == (320, 320) and value["layers"] == []
+    with pytest.raises(UserError, match="corrected mask of 3.jpg has no foreground"):
+        ws.correct("3.jpg", corrected_mask(value, np.zeros((320, 320), bool)))
+    layer = np.zeros((320, 320, 4), np.uint8)
+    layer[:32] = (255, 0, 0, 153)  # a red stroke over the top tenth
+    pair = ws.correct("3.jpg", corrected_mask({**value, "layers": [layer]}, np.zeros((320, 320), bool)))
+    assert pair.changed == 0.1 and pair.mask[:32].all() and not pair.mask[32:].any()

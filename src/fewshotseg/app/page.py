@@ -176,7 +176,12 @@ def _prediction_value(query) -> dict:
     """A predicted query for the correction editor: its prediction tinted red on the image, no strokes yet."""
     from fewshotseg.adapt import overlay
 
-    return {"background": overlay(query.rgb, query.mask), "layers": [], "composite": None}
+    return {"background": overlay(query.rgb, _predicted(query)), "layers": [], "composite": None}
+
+
+def _predicted(query) -> np.ndarray:
+    """(H, W) bool of a predicted query's object (all background when nothing was predicted)."""
+    return query.mask if query.mask is not None else np.zeros(query.rgb.shape[:2], bool)
 
 
 def corrected_mask(value, predicted: np.ndarray) -> np.ndarray:
@@ -426,7 +431,7 @@ def build_page(inits: list[Initialization], limits: Limits, root: Path, *, concu
             ws = sessions.get(ws, request)
             with ws.lock:
                 query = ws.prediction(name or "")  # no prediction or none chosen: say so before reading the editor
-                pair = ws.correct(query.name, corrected_mask(value, query.mask))
+                pair = ws.correct(query.name, corrected_mask(value, _predicted(query)))
                 renamed = f" as {pair.name}" if pair.name != name else ""
                 text = (f"{name} added to the support set{renamed} with its corrected mask ({_percent(pair.changed)} "
                         "of pixels changed); press Adapt to use it")
