@@ -306,3 +306,58 @@ def test_correct_a_prediction_add_it_to_support_and_adapt_again(server, browser)
     np.testing.assert_array_equal(corrected[outside], predicted[outside])
     assert f"1 corrected: {100 * np.mean(corrected != predicted):.1f} % of pixels changed" in counter
     assert not np.array_equal(png(after, "masks/1_mask.png"), png(before, "masks/1_mask.png"))  # the new masks
+
+
+@pytest.mark.slow
+def test_two_objects_painted_adapted_and_equal_to_the_api(server, browser, tiny_init):
+    from fewshotseg.multiclass import MultiClassSegmenter
+
+    url, _ = server
+    context, page = open_page(browser, url)
+    try:
+        page.locator("#objects textarea").fill("duck, cat")
+        page.locator("#set-objects").click()
+        page.wait_for_selector("#paint-class", state="visible")
+        pick(page, "cat", "#paint-class")  # each image is uploaded, then painted at once (its editor fresh)
+        upload(page, "#support-files", [CAT / "2.jpg"])
+        wait_text(page, "#pairs", "of 1 support image(s)")
+        wait_for_image(page, "#editor")
+        paint(page)
+        page.locator("#use-painted").click()
+        wait_text(page, "#pairs", "2.jpg: painted mask (cat)")
+        pick(page, "duck", "#paint-class")
+        page.wait_for_timeout(1000)  # (its editor update lands before the upload's)
+        upload(page, "#support-files", [DUCK / "1.jpg"])
+        wait_text(page, "#pairs", "of 2 support image(s)")
+        wait_for_image(page, "#editor")
+        paint(page)
+        page.locator("#use-painted").click()
+        wait_text(page, "#pairs", "1.jpg: painted mask (duck)")
+        wait_text(page, "#pairs", "2 labelled pairs")
+        upload(page, "#query-files", [DUCK / "3.jpg", CAT / "3.jpg"])
+        wait_text(page, "#status", "2 query image(s) ready")
+        pick(page, "prototype (cosine)", "#method")
+        page.locator("#adapt").click()
+        wait_text(page, "#status", "segmented 2 query image(s)", timeout=ADAPT)
+        wait_text(page, "#status", "2 objects (duck, cat")
+        wait_text(page, "#legend", "Contested pixels")
+        legend = page.locator("#legend").inner_text()
+        assert "Adapted segmenter (zip)" in page.locator("#download-weights").inner_text()
+        z = download_zip(page)
+    finally:
+        context.close()
+    assert "duck" in legend and "cat" in legend
+    assert {"masks/3_mask.png", "masks/3_2_mask.png", "masks/3_duck_mask.png", "masks/3_2_cat_mask.png",
+            "masks/classes.txt", "support/1_mask.png", "support/2_mask.png"} <= set(z.namelist())
+    duck, cat = png(z, "support/1_mask.png"), png(z, "support/2_mask.png")  # indexed: 1 duck, 2 cat
+    assert set(np.unique(duck)) == {0, 1} and set(np.unique(cat)) == {0, 2}
+
+    api = MultiClassSegmenter.from_pretrained(tiny_init, device="cpu")
+    api.fit([CAT / "2.jpg", DUCK / "1.jpg"], {"duck": [None, duck == 1], "cat": [cat == 2, None]},
+            method="prototype", seed=0)  # the page's order
+    contested = json.loads(z.read("settings.json"))["contested_pixels"]
+    for stem, pred in zip(("3", "3_2"), api.predict([DUCK / "3.jpg", CAT / "3.jpg"]), strict=True):
+        np.testing.assert_array_equal(png(z, f"masks/{stem}_mask.png"), pred.labels)
+        for name in ("duck", "cat"):
+            np.testing.assert_array_equal(png(z, f"masks/{stem}_{name}_mask.png") > 0, pred.masks[name])
+        assert contested[f"{stem}.jpg"] == pred.contested and f"{stem}.jpg {pred.contested}" in legend

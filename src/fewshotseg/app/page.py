@@ -2,7 +2,9 @@
 
 One page, four steps: support images with a mask each (uploaded, or painted with a brush and an eraser on the
 image), the initialization and its update parameters, then Adapt -> query overlays and downloads, then any
-prediction corrected in a second editor and added to the support set for the next Adapt.
+prediction corrected in a second editor and added to the support set for the next Adapt. With two or more names in
+*Objects*, the same steps segment several objects at once: *Object to paint* chooses the object the editors paint,
+Adapt fits a `MultiClassSegmenter`, and the overlays show every object in its colour (`Workspace` holds the logic).
 
 Sessions: each browser tab gets its own `Workspace` (in a `gr.State`, so two users never share images, masks or
 weights), whose temporary folder is removed when the tab closes (`demo.unload`) or, at the latest, when Gradio
@@ -23,7 +25,7 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
-from fewshotseg.app.workspace import IMAGE_SUFFIXES, Initialization, Limits, Workspace
+from fewshotseg.app.workspace import DEFAULT_CLASS, IMAGE_SUFFIXES, Initialization, Limits, Workspace
 from fewshotseg.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -37,7 +39,10 @@ INTRO = """# fewshotseg — segment your own images
    weights or an ONNX export.
 4. **Correct**: open a prediction in the correction editor (pick it, or click its overlay), paint what it missed
    with the red brush and what it wrongly took with the blue one, *Add to support*, and Adapt again: the counter
-   shows how much each correction changed."""
+   shows how much each correction changed.
+
+Several objects: type their names in *Objects* (`duck, cat`), *Set objects*, and paint each one, chosen in *Object to
+paint*, on the images that show it."""
 
 
 class Sessions:
@@ -118,16 +123,17 @@ def _pairs_text(ws: Workspace) -> str:
     if not ws.support:
         return "**0 labelled pairs** — upload support images"
     lines = [f"**{len(done)} labelled pair{'s' if len(done) != 1 else ''}** of {len(ws.support)} support image(s)"]
-    lines += [f"- {p.name}: {_mask_text(p)}" for p in ws.support]
+    lines += [f"- {p.name}: {_mask_text(p, ws.multiclass)}" for p in ws.support]
     return "\n".join(lines)
 
 
-def _mask_text(p) -> str:
+def _mask_text(p, several: bool = False) -> str:
     if p.mask is None:
         return "no mask yet"
+    objects = f" ({', '.join(p.masks)})" if several else ""
     if p.changed is not None:
-        return f"corrected prediction ({_percent(p.changed)} of pixels changed)"
-    return f"{p.mask_source} mask"
+        return f"corrected prediction{objects} ({_percent(p.changed)} of pixels changed)"
+    return f"{p.mask_source} mask{objects}"
 
 
 def _percent(share: float) -> str:
@@ -144,20 +150,41 @@ def corrections_text(ws: Workspace) -> str:
 
 
 def _support_gallery(ws: Workspace):
-    from fewshotseg.adapt import overlay
+    from fewshotseg.adapt import label_overlay, overlay
 
+    if ws.multiclass:
+        return [(label_overlay(p.rgb, p.labels(ws.classes)), f"{p.name} ({p.mask_source})") for p in ws.labelled()]
     return [(overlay(p.rgb, p.mask), f"{p.name} ({p.mask_source})") for p in ws.labelled()]
 
 
-def _editor_value(ws: Workspace, name: str | None):
-    """The chosen image as the editor's background, with its current mask as a red layer."""
+def _chosen(ws: Workspace, cls: str | None) -> str | None:
+    """The object the editors paint: the one chosen in Object to paint (None, the only one, with one object)."""
+    return cls if ws.multiclass and cls in ws.classes else None
+
+
+def _others(ws: Workspace | None, p, cls: str | None) -> np.ndarray:
+    """The image with every object but `cls` tinted in its colour (the image itself with one object)."""
+    from fewshotseg.adapt import label_overlay
+
+    if ws is None or cls is None:
+        return p.rgb
+    labels = p.labels(ws.classes)
+    labels[labels == ws.classes.index(cls) + 1] = 0
+    return label_overlay(p.rgb, labels)
+
+
+def _editor_value(ws: Workspace, name: str | None, cls: str | None = None):
+    """The chosen image as the editor's background, with its current mask (of the object `cls`, with several) as a
+    red layer; the other objects are tinted in their colours on the background."""
     if not name or name not in {p.name for p in ws.support}:
         return None
     p = ws.pair(name)
+    cls = _chosen(ws, cls)
+    mask = p.mask if cls is None else p.masks.get(cls)
     layer = np.zeros((*p.rgb.shape[:2], 4), np.uint8)
-    if p.mask is not None:
-        layer[p.mask] = (255, 0, 0, 150)  # translucent: the object shows through
-    return {"background": p.rgb, "layers": [layer], "composite": None}
+    if mask is not None:
+        layer[mask] = (255, 0, 0, 150)  # translucent: the object shows through
+    return {"background": _others(ws, p, cls), "layers": [layer], "composite": None}
 
 
 def painted_mask(value) -> np.ndarray:
@@ -172,16 +199,38 @@ def painted_mask(value) -> np.ndarray:
     return mask
 
 
-def _prediction_value(query) -> dict:
-    """A predicted query for the correction editor: its prediction tinted red on the image, no strokes yet."""
+def _prediction_value(query, ws: Workspace | None = None, cls: str | None = None) -> dict:
+    """A predicted query for the correction editor: its prediction tinted red on the image, no strokes yet. With
+    several objects (`ws`, `cls`), the prediction of the object `cls`, the others tinted in their colours."""
     from fewshotseg.adapt import overlay
 
-    return {"background": overlay(query.rgb, _predicted(query)), "layers": [], "composite": None}
+    cls = _chosen(ws, cls) if ws is not None else None
+    return {"background": overlay(_others(ws, query, cls), _predicted(query, cls)), "layers": [], "composite": None}
 
 
-def _predicted(query) -> np.ndarray:
-    """(H, W) bool of a predicted query's object (all background when nothing was predicted)."""
-    return query.mask if query.mask is not None else np.zeros(query.rgb.shape[:2], bool)
+def _predicted(query, cls: str | None = None) -> np.ndarray:
+    """(H, W) bool of a predicted query's object, or of the object `cls` with several (all background when nothing
+    was predicted)."""
+    mask = query.mask if cls is None else query.masks.get(cls)
+    return mask if mask is not None else np.zeros(query.rgb.shape[:2], bool)
+
+
+def legend(ws: Workspace) -> str:
+    """With several objects: each object's colour in the overlays, and each query's contested pixels."""
+    if not ws.multiclass:
+        return ""
+    from fewshotseg.data.exports import voc_palette
+
+    palette = voc_palette()
+    swatches = []
+    for k, cls in enumerate(ws.classes, start=1):
+        colour = "#{:02x}{:02x}{:02x}".format(*palette[3 * k: 3 * k + 3])
+        swatches.append(f'<span style="color:{colour}">■</span> **{cls}** ({colour})')
+    text = "Objects: " + " · ".join(swatches)
+    if ws.results:
+        text += ("  \nContested pixels (claimed by two objects, given to the most probable): "
+                 + ", ".join(f"{n} {ws.contested.get(n, 0)}" for n, _, _ in ws.results))
+    return text
 
 
 def corrected_mask(value, predicted: np.ndarray) -> np.ndarray:
@@ -241,12 +290,18 @@ def build_page(inits: list[Initialization], limits: Limits, root: Path, *, concu
         with gr.Row():
             with gr.Column(scale=3):
                 gr.Markdown("### 1. Support images")
+                with gr.Row():
+                    objects = gr.Textbox(label="Objects (names separated by commas; two or more: several at once)",
+                                         value=DEFAULT_CLASS, elem_id="objects", scale=3)
+                    set_objects = gr.Button("Set objects", size="sm", elem_id="set-objects", scale=1)
                 support_files = gr.File(label="Support images (several)", file_count="multiple", file_types=types,
                                         elem_id="support-files")
                 with gr.Row():
                     pick = gr.Dropdown(label="Image to label", choices=[], value=None, interactive=True,
                                        elem_id="pick")
                     remove = gr.Button("Remove this image", size="sm", elem_id="remove")
+                    paint_class = gr.Dropdown(label="Object to paint", choices=[DEFAULT_CLASS], value=DEFAULT_CLASS,
+                                              interactive=True, visible=False, elem_id="paint-class")
                 editor = mask_editor("Paint the object (brush) — erase mistakes (eraser)", "editor")
                 with gr.Row():
                     use_painted = gr.Button("Use painted mask", elem_id="use-painted")
@@ -275,6 +330,7 @@ def build_page(inits: list[Initialization], limits: Limits, root: Path, *, concu
                     clear_queries = gr.Button("Clear queries", elem_id="clear-queries")
                 status = gr.Markdown("", elem_id="status")
                 gallery = gr.Gallery(label="Overlays (object tinted red)", columns=3, height=260, elem_id="overlays")
+                legend_md = gr.Markdown("", elem_id="legend")
                 with gr.Row():
                     zip_dl = gr.DownloadButton("Masks (zip)", visible=False, elem_id="download-zip")
                     weights_dl = gr.DownloadButton("Adapted weights (safetensors)", visible=False,
@@ -295,17 +351,18 @@ def build_page(inits: list[Initialization], limits: Limits, root: Path, *, concu
 
         # ------------------------------------------------------------------ handlers (one per control)
 
-        def support_view(ws: Workspace, chosen: str | None):
+        def support_view(ws: Workspace, chosen: str | None, cls: str | None = None):
             names = [p.name for p in ws.support]
             chosen = chosen if chosen in names else (names[0] if names else None)
-            return (ws, gr.Dropdown(choices=names, value=chosen), _editor_value(ws, chosen), _pairs_text(ws),
+            return (ws, gr.Dropdown(choices=names, value=chosen), _editor_value(ws, chosen, cls), _pairs_text(ws),
                     _support_gallery(ws), corrections_text(ws))
 
-        def correction_view(ws: Workspace, chosen: str | None):
+        def correction_view(ws: Workspace, chosen: str | None, cls: str | None = None):
             """The predicted queries to choose from, and the chosen one (kept if still predicted) in the editor."""
             names = [n for n, _, _ in ws.results]
             chosen = chosen if chosen in names else None
-            return gr.Dropdown(choices=names, value=chosen), _prediction_value(ws.prediction(chosen)) if chosen else None
+            return (gr.Dropdown(choices=names, value=chosen),
+                    _prediction_value(ws.prediction(chosen), ws, cls) if chosen else None)
 
         def params_for(ws: Workspace, label: str):
             i = by_label[label]
@@ -315,7 +372,7 @@ def build_page(inits: list[Initialization], limits: Limits, root: Path, *, concu
         support_outs = [state, pick, editor, pairs_md, support_gallery, corrections_md]
 
         @shown
-        def on_support(files, ws, label, request: gr.Request):
+        def on_support(files, ws, label, cls, request: gr.Request):
             ws = sessions.get(ws, request)
             with ws.lock:
                 try:
@@ -324,39 +381,61 @@ def build_page(inits: list[Initialization], limits: Limits, root: Path, *, concu
                     _consume(_paths(files))
             for message in refused:
                 gr.Warning(message, duration=None)
-            return (*support_view(ws, added[0] if added else None), *params_for(ws, label), None)
+            return (*support_view(ws, added[0] if added else None, cls), *params_for(ws, label), None)
 
         @shown
-        def on_pick(name, ws, request: gr.Request):
+        def on_objects(text, ws, name, cls, request: gr.Request):
             ws = sessions.get(ws, request)
-            return _editor_value(ws, name)
+            with ws.lock:
+                note = ws.set_classes(text or "")
+                if note:
+                    gr.Info(note, duration=None)
+                cls = cls if cls in ws.classes else ws.classes[0]
+                return (*support_view(ws, name, cls), ", ".join(ws.classes),
+                        gr.Dropdown(choices=ws.classes, value=cls, visible=ws.multiclass),
+                        *results(ws, note or f"objects: {', '.join(ws.classes)}", None, cls)[1:])
 
         @shown
-        def on_remove(name, ws, label, request: gr.Request):
+        def on_paint_class(cls, name, ws, chosen, request: gr.Request):
+            ws = sessions.get(ws, request)
+            return (_editor_value(ws, name, cls),
+                    _prediction_value(ws.prediction(chosen), ws, cls) if chosen else gr.skip())
+
+        @shown
+        def on_pick(name, cls, ws, request: gr.Request):
+            ws = sessions.get(ws, request)
+            return _editor_value(ws, name, cls)
+
+        @shown
+        def on_remove(name, ws, label, cls, request: gr.Request):
             ws = sessions.get(ws, request)
             with ws.lock:
                 if name:
                     ws.remove_support(name)
-                return (*support_view(ws, None), *params_for(ws, label))
+                return (*support_view(ws, None, cls), *params_for(ws, label))
 
         @shown
-        def on_painted(name, value, ws, request: gr.Request):
+        def on_painted(name, value, ws, cls, request: gr.Request):
             ws = sessions.get(ws, request)
             with ws.lock:
-                ws.set_mask(name or "", painted_mask(value), "painted")
-                return support_view(ws, name)
+                note = ws.set_mask(name or "", painted_mask(value), "painted", cls=_chosen(ws, cls))
+                if note:
+                    gr.Info(note, duration=None)
+                return support_view(ws, name, cls)
 
         @shown
-        def on_mask_file(file, name, ws, request: gr.Request):
+        def on_mask_file(file, name, ws, cls, request: gr.Request):
             ws = sessions.get(ws, request)
             if not file:
-                return (*support_view(ws, name), None)
+                return (*support_view(ws, name, cls), None)
             with ws.lock:
                 try:
-                    ws.set_mask(name or "", _paths(file)[0], "uploaded")
+                    note = ws.set_mask(name or "", _paths(file)[0], "uploaded", cls=_chosen(ws, cls))
                 finally:
                     _consume(_paths(file))
-                return (*support_view(ws, name), None)
+                if note:
+                    gr.Info(note, duration=None)
+                return (*support_view(ws, name, cls), None)
 
         @shown
         def on_init(label, ws, request: gr.Request):
@@ -380,20 +459,25 @@ def build_page(inits: list[Initialization], limits: Limits, root: Path, *, concu
             ws = sessions.get(ws, request)
             with ws.lock:
                 ws.clear_queries()
-            return ws, _queries_text(ws), [], *correction_view(ws, None)
+            return ws, _queries_text(ws), [], legend(ws), *correction_view(ws, None)
 
-        def results(ws: Workspace, text: str, chosen: str | None = None):
-            shown_ = [(o, n) for n, o, _ in ws.results]
+        def results(ws: Workspace, text: str, chosen: str | None = None, cls: str | None = None):
+            several = ws.multiclass
+            shown_ = [(o, f"{n} ({ws.contested.get(n, 0)} contested px)" if several else n) for n, o, _ in ws.results]
             has = bool(ws.results or ws.corrections())
             keep, tuned = ws.savable, ws.fine_tuned  # ONNX exports a fine-tuned network only
-            return (ws, text, shown_, gr.DownloadButton(value=str(ws.masks_zip()) if has else None, visible=has),
-                    gr.DownloadButton(value=str(ws.weights()) if keep else None, visible=keep),
-                    gr.Button(visible=tuned), gr.DownloadButton(visible=False), *correction_view(ws, chosen))
+            return (ws, text, gr.Gallery(value=shown_, label="Overlays (each object in its colour)" if several
+                                         else "Overlays (object tinted red)"), legend(ws),
+                    gr.DownloadButton(value=str(ws.masks_zip()) if has else None, visible=has),
+                    gr.DownloadButton("Adapted segmenter (zip)" if several else "Adapted weights (safetensors)",
+                                      value=str(ws.weights()) if keep else None, visible=keep),
+                    gr.Button(visible=tuned), gr.DownloadButton(visible=False), *correction_view(ws, chosen, cls))
 
-        result_outs = [state, status, gallery, zip_dl, weights_dl, onnx_btn, onnx_dl, correct_pick, correct_editor]
+        result_outs = [state, status, gallery, legend_md, zip_dl, weights_dl, onnx_btn, onnx_dl, correct_pick,
+                       correct_editor]
 
         @shown
-        def on_adapt(ws, label, lr_, steps_, seed_, method_, chosen, request: gr.Request,
+        def on_adapt(ws, label, lr_, steps_, seed_, method_, chosen, cls, request: gr.Request,
                      progress=gr.Progress()):  # noqa: B008
             ws = sessions.get(ws, request)
             with ws.lock:
@@ -407,35 +491,38 @@ def build_page(inits: list[Initialization], limits: Limits, root: Path, *, concu
                     text += f"; segmented {len(ws.results)} query image(s)"
                 else:
                     text += "; now upload query images and press Segment queries"
-                return results(ws, text, chosen)
+                return results(ws, text, chosen, cls)
 
         @shown
-        def on_segment(ws, chosen, request: gr.Request):
+        def on_segment(ws, chosen, cls, request: gr.Request):
             ws = sessions.get(ws, request)
             with ws.lock:
                 ws.segment()
-                return results(ws, f"segmented {len(ws.results)} query image(s)", chosen)
+                return results(ws, f"segmented {len(ws.results)} query image(s)", chosen, cls)
 
         @shown
-        def on_correct_pick(name, ws, request: gr.Request):
+        def on_correct_pick(name, ws, cls, request: gr.Request):
             ws = sessions.get(ws, request)
-            return _prediction_value(ws.prediction(name or ""))
+            return _prediction_value(ws.prediction(name or ""), ws, cls)
 
         @shown
-        def on_overlay(ws, evt: gr.SelectData, request: gr.Request):
+        def on_overlay(ws, cls, evt: gr.SelectData, request: gr.Request):
             ws = sessions.get(ws, request)
-            return correction_view(ws, ws.results[evt.index][0] if 0 <= evt.index < len(ws.results) else None)
+            return correction_view(ws, ws.results[evt.index][0] if 0 <= evt.index < len(ws.results) else None, cls)
 
         @shown
-        def on_add(name, value, ws, label, support_pick, request: gr.Request):
+        def on_add(name, value, ws, label, support_pick, cls, request: gr.Request):
             ws = sessions.get(ws, request)
             with ws.lock:
                 query = ws.prediction(name or "")  # no prediction or none chosen: say so before reading the editor
-                pair = ws.correct(query.name, corrected_mask(value, _predicted(query)))
+                cls = _chosen(ws, cls)
+                pair = ws.correct(query.name, corrected_mask(value, _predicted(query, cls)), cls=cls)
                 renamed = f" as {pair.name}" if pair.name != name else ""
-                text = (f"{name} added to the support set{renamed} with its corrected mask ({_percent(pair.changed)} "
-                        "of pixels changed); press Adapt to use it")
-                return (*support_view(ws, support_pick), *params_for(ws, label), *results(ws, text)[1:])
+                what = f"{cls} " if cls else ""
+                text = (f"{name} added to the support set{renamed} with its corrected {what}mask "
+                        f"({_percent(pair.changed)} of pixels changed); press Adapt to use it")
+                return (*support_view(ws, support_pick, cls), *params_for(ws, label),
+                        *results(ws, text, None, cls)[1:])
 
         @shown
         def on_onnx(ws, request: gr.Request):
@@ -443,22 +530,27 @@ def build_page(inits: list[Initialization], limits: Limits, root: Path, *, concu
             with ws.lock:
                 return gr.DownloadButton(value=str(ws.onnx()), visible=True)
 
-        support_files.upload(on_support, [support_files, state, init],
+        support_files.upload(on_support, [support_files, state, init, paint_class],
                              [*support_outs, lr, steps, init_md, support_files])
-        pick.input(on_pick, [pick, state], [editor])
-        remove.click(on_remove, [pick, state, init], [*support_outs, lr, steps, init_md])
-        use_painted.click(on_painted, [pick, editor, state], support_outs)
-        mask_file.upload(on_mask_file, [mask_file, pick, state], [*support_outs, mask_file])
+        for event in (set_objects.click, objects.submit):
+            event(on_objects, [objects, state, pick, paint_class],
+                  [*support_outs, objects, paint_class, *result_outs[1:]])
+        paint_class.input(on_paint_class, [paint_class, pick, state, correct_pick], [editor, correct_editor])
+        pick.input(on_pick, [pick, paint_class, state], [editor])
+        remove.click(on_remove, [pick, state, init, paint_class], [*support_outs, lr, steps, init_md])
+        use_painted.click(on_painted, [pick, editor, state, paint_class], support_outs)
+        mask_file.upload(on_mask_file, [mask_file, pick, state, paint_class], [*support_outs, mask_file])
         init.input(on_init, [init, state], [lr, steps, init_md])
         query_files.upload(on_queries, [query_files, state], [state, status, query_files])
-        clear_queries.click(on_clear_queries, [state], [state, status, gallery, correct_pick, correct_editor])
-        adapt_btn.click(on_adapt, [state, init, lr, steps, seed, method, correct_pick], result_outs,
+        clear_queries.click(on_clear_queries, [state], [state, status, gallery, legend_md, correct_pick,
+                                                        correct_editor])
+        adapt_btn.click(on_adapt, [state, init, lr, steps, seed, method, correct_pick, paint_class], result_outs,
                         concurrency_limit=concurrency, concurrency_id=WORK)
-        segment_btn.click(on_segment, [state, correct_pick], result_outs, concurrency_limit=concurrency,
+        segment_btn.click(on_segment, [state, correct_pick, paint_class], result_outs, concurrency_limit=concurrency,
                           concurrency_id=WORK)
-        correct_pick.input(on_correct_pick, [correct_pick, state], [correct_editor])
-        gallery.select(on_overlay, [state], [correct_pick, correct_editor])
-        add_btn.click(on_add, [correct_pick, correct_editor, state, init, pick],
+        correct_pick.input(on_correct_pick, [correct_pick, state, paint_class], [correct_editor])
+        gallery.select(on_overlay, [state, paint_class], [correct_pick, correct_editor])
+        add_btn.click(on_add, [correct_pick, correct_editor, state, init, pick, paint_class],
                       [*support_outs, lr, steps, init_md, *result_outs[1:]])
         onnx_btn.click(on_onnx, [state], [onnx_dl], concurrency_limit=concurrency, concurrency_id=WORK)
         demo.unload(sessions.end)
