@@ -35,8 +35,9 @@ INTRO = """# fewshotseg — segment your own images
 1. **Support images**: upload a few photos of the object. Pick each in *Image to label* and either paint the object
    with the brush (then *Use painted mask*) or upload its mask.
 2. **Initialization and update parameters**: the defaults are the initialization's own for this many pairs.
-3. **Adapt**: fine-tunes the network on your pairs and segments the query images; download the masks, the adapted
-   weights or an ONNX export.
+3. **Adapt**: adapts the initialization to your pairs by its method (the shipped `general`: a linear probe on frozen
+   features, no fine-tuning; *Method* says otherwise) and segments the query images; download the masks, the adapted
+   weights or (fine-tuned networks) an ONNX export.
 4. **Correct**: open a prediction in the correction editor (pick it, or click its overlay), paint what it missed
    with the red brush and what it wrongly took with the blue one, *Add to support*, and Adapt again: the counter
    shows how much each correction changed.
