@@ -111,6 +111,7 @@ def main() -> None:
                                        "document.querySelector('#overlays img')", timeout=args.timeout * 1000)
                 times.append(time.perf_counter() - start)
                 heap[0] = max(heap[0], heap_mb())
+            status = page.locator("#status").inner_text().split(";")[0]  # what Adapt did: the method, or U's lr
             browser.close()
         server_peak = vm_mb(server.pid)
     finally:
@@ -120,8 +121,9 @@ def main() -> None:
         except subprocess.TimeoutExpired:
             server.kill()
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"init: {init}; U: lr {lr}, {steps} steps; 5 support pairs, 1 query; torch threads {args.threads}; "
-          f"{os.cpu_count()} CPU cores; load average {os.getloadavg()[0]:.1f}")
+    print(f"init: {init}; the page's lr {lr}, {steps} steps (used when the method fine-tunes); 5 support pairs, 1 "
+          f"query; torch threads {args.threads}; {os.cpu_count()} CPU cores; load average {os.getloadavg()[0]:.1f}")
+    print(f"status: {status}")
     print("Adapt -> first overlay, s: " + ", ".join(f"{t:.2f}" for t in times)
           + f" (median {statistics.median(times):.2f}; goal <= 20)")
     print(f"memory: server process {server_start:.0f} MB when the page opened, peak {server_peak:.0f} MB (VmHWM); "
