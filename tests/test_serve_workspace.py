@@ -469,3 +469,17 @@ def test_an_empty_prediction_opens_and_is_corrected_by_painting_the_object(ws):
     layer[:32] = (255, 0, 0, 153)  # a red stroke over the top tenth
     pair = ws.correct("3.jpg", corrected_mask({**value, "layers": [layer]}, np.zeros((320, 320), bool)))
     assert pair.changed == 0.1 and pair.mask[:32].all() and not pair.mask[32:].any()
+
+
+def test_several_objects_report_progress_over_every_object(ws, tiny_init):
+    from fewshotseg.app.serve import load_initializations
+
+    (init,) = load_initializations([str(tiny_init)], "cpu")
+    ws.add_support([DUCK / "1.jpg", CAT / "2.jpg"])
+    ws.set_classes("duck, cat")
+    ws.set_mask("1.jpg", DUCK / "1.png", cls="duck")
+    ws.set_mask("2.jpg", CAT / "2.png", cls="cat")
+    seen: list[int] = []
+    ws.adapt(init, lr=0.01, steps=3, seed=0, method="finetune", progress=seen.append)
+    # one-vs-rest fine-tuning: U's 3 steps for the duck, then 3 for the cat, counted on from the duck's
+    assert seen == [1, 2, 3, 4, 5, 6]

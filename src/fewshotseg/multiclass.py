@@ -33,7 +33,7 @@ probabilities share one softmax, so with a threshold of 0.5 or more no two class
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -266,9 +266,10 @@ class MultiClassSegmenter:
             classes: Sequence[str] | Mapping[int, str] | None = None, *, strategy: str = "auto",
             method: str | MethodSpec = "card", settings: dict[str, Any] | None = None, seed: int = 0,
             update_params: UpdateParams | None = None, stats: str = "card", names: Sequence[str] | None = None,
-            ) -> MultiClassSegmenter:
+            progress: Callable[[int], None] | None = None) -> MultiClassSegmenter:
         """Adapt to support images labelled with several classes (forms and strategies in the module docstring):
-        the card's method unless `method` says otherwise, as `FewShotSegmenter.fit`."""
+        the card's method unless `method` says otherwise, as `FewShotSegmenter.fit`. `progress(n)` is called with
+        the steps done so far, counted over all classes (one-vs-rest fine-tuning: K x U's steps in all)."""
         if strategy not in STRATEGIES:
             raise UserError(f"strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}")
         rgbs, maps, class_names = label_maps(images, masks, classes, names)
@@ -286,7 +287,7 @@ class MultiClassSegmenter:
             xs = np.stack([resize_image(x, self.size) for x in rgbs])
             ys = np.stack([np.asarray(Image.fromarray(m).resize((self.size, self.size), Image.Resampling.NEAREST))
                            for m in maps])
-            joint.fit(self.base.init, TaskTensors.from_arrays(xs, ys), episode_rng(seed, 10))
+            joint.fit(self.base.init, TaskTensors.from_arrays(xs, ys), episode_rng(seed, 10), on_step=progress)
             self._joint = joint
         else:
             params = None
@@ -294,11 +295,18 @@ class MultiClassSegmenter:
                 params = update_params if update_params is not None else self.base.update_params_for(len(rgbs))[0]
                 params = with_stats(params, stats)
             arrays: list[ImageLike] = list(rgbs)
+            done = 0  # steps of the classes fitted before this one
             for k, cls in enumerate(class_names, start=1):
+                def step(t: int, before: int = done) -> None:
+                    nonlocal done
+                    done = before + t
+                    if progress is not None:
+                        progress(done)
+
                 seg = FewShotSegmenter(self.base.init, self.base.card, device=self.base.device,
                                        described=self.base.described)
                 seg.fit(arrays, [m == k for m in maps], seed=seed, update_params=params, stats="card", names=[
-                    f"{n} ({cls})" for n in names], method=spec, allow_empty=True)
+                    f"{n} ({cls})" for n in names], method=spec, allow_empty=True, progress=step)
                 self._per_class.append(seg)
             self.params = params
         self.classes, self.strategy = class_names, chosen

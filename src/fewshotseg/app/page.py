@@ -482,7 +482,7 @@ def build_page(inits: list[Initialization], limits: Limits, root: Path, *, concu
                      progress=gr.Progress()):  # noqa: B008
             ws = sessions.get(ws, request)
             with ws.lock:
-                total = int(steps_ or 0)
+                total = int(steps_ or 0) * (len(ws.classes) if ws.multiclass else 1)  # one-vs-rest: U per object
                 progress(0, desc="adapting")
                 text = ws.adapt(by_label[label], lr=lr_, steps=total, seed=int(seed_ or 0), method=method_ or "card",
                                 progress=lambda t: progress((t, total), desc="adapting (U)", unit="steps"))
