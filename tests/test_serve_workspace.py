@@ -483,3 +483,19 @@ def test_several_objects_report_progress_over_every_object(ws, tiny_init):
     ws.adapt(init, lr=0.01, steps=3, seed=0, method="finetune", progress=seen.append)
     # one-vs-rest fine-tuning: U's 3 steps for the duck, then 3 for the cat, counted on from the duck's
     assert seen == [1, 2, 3, 4, 5, 6]
+
+
+def test_several_objects_take_the_chosen_strategy(ws, tiny_init):
+    from fewshotseg.app.serve import load_initializations
+    from fewshotseg.errors import UserError
+
+    (init,) = load_initializations([str(tiny_init)], "cpu")
+    ws.add_support([DUCK / "1.jpg", CAT / "2.jpg"])
+    ws.set_classes("duck, cat")
+    ws.set_mask("1.jpg", DUCK / "1.png", cls="duck")
+    ws.set_mask("2.jpg", CAT / "2.png", cls="cat")
+    for strategy in ("joint", "one-vs-rest"):
+        text = ws.adapt(init, lr=None, steps=None, seed=0, method="probe", strategy=strategy)
+        assert ws.segmenter.strategy == strategy and f"; {strategy})" in text
+    with pytest.raises(UserError, match="joint strategy"):  # a softmax head on the probe's features only
+        ws.adapt(init, lr=None, steps=None, seed=0, method="prototype", strategy="joint")

@@ -274,6 +274,8 @@ def mask_editor(label: str, elem_id: str, colors: tuple[str, ...] = (OBJECT,)) -
 METHOD_CHOICES = [("the initialization's own (its card)", "card"), ("fine-tune with U", "finetune"),
                   ("linear probe on frozen features", "probe"), ("prototype (cosine)", "prototype"),
                   ("random-forest pixel classifier", "rf")]
+STRATEGY_CHOICES = [("measured default (joint for the probe)", "auto"), ("one segmenter per object", "one-vs-rest"),
+                    ("one head for all objects (probe)", "joint")]
 
 
 def build_page(inits: list[Initialization], limits: Limits, root: Path, *, concurrency: int = 1,
@@ -318,6 +320,9 @@ def build_page(inits: list[Initialization], limits: Limits, root: Path, *, concu
                                       elem_id="init-info")
                 method = gr.Dropdown(label="Method", choices=METHOD_CHOICES, value=method0, elem_id="method",
                                      info="how the initialization adapts; lr and steps apply to fine-tuning (U)")
+                strategy = gr.Dropdown(label="Several objects: strategy", choices=STRATEGY_CHOICES, value="auto",
+                                       visible=False, elem_id="strategy",
+                                       info="one adapted segmenter per object, or one head for all (the probe)")
                 with gr.Row():
                     lr = gr.Number(label="Learning rate (lr)", value=lr0, minimum=0, elem_id="lr")
                     steps = gr.Number(label="Steps", value=steps0, precision=0, minimum=1, elem_id="steps")
@@ -394,6 +399,7 @@ def build_page(inits: list[Initialization], limits: Limits, root: Path, *, concu
                 cls = cls if cls in ws.classes else ws.classes[0]
                 return (*support_view(ws, name, cls), ", ".join(ws.classes),
                         gr.Dropdown(choices=ws.classes, value=cls, visible=ws.multiclass),
+                        gr.Dropdown(visible=ws.multiclass),
                         *results(ws, note or f"objects: {', '.join(ws.classes)}", None, cls)[1:])
 
         @shown
@@ -478,13 +484,14 @@ def build_page(inits: list[Initialization], limits: Limits, root: Path, *, concu
                        correct_editor]
 
         @shown
-        def on_adapt(ws, label, lr_, steps_, seed_, method_, chosen, cls, request: gr.Request,
+        def on_adapt(ws, label, lr_, steps_, seed_, method_, strategy_, chosen, cls, request: gr.Request,
                      progress=gr.Progress()):  # noqa: B008
             ws = sessions.get(ws, request)
             with ws.lock:
                 total = int(steps_ or 0) * (len(ws.classes) if ws.multiclass else 1)  # one-vs-rest: U per object
                 progress(0, desc="adapting")
-                text = ws.adapt(by_label[label], lr=lr_, steps=total, seed=int(seed_ or 0), method=method_ or "card",
+                text = ws.adapt(by_label[label], lr=lr_, steps=int(steps_ or 0), seed=int(seed_ or 0),
+                                method=method_ or "card", strategy=strategy_ or "auto",
                                 progress=lambda t: progress((t, total), desc="adapting (U)", unit="steps"))
                 if ws.queries:
                     progress(1.0, desc="segmenting the queries")
@@ -535,7 +542,7 @@ def build_page(inits: list[Initialization], limits: Limits, root: Path, *, concu
                              [*support_outs, lr, steps, init_md, support_files])
         for event in (set_objects.click, objects.submit):
             event(on_objects, [objects, state, pick, paint_class],
-                  [*support_outs, objects, paint_class, *result_outs[1:]])
+                  [*support_outs, objects, paint_class, strategy, *result_outs[1:]])
         paint_class.input(on_paint_class, [paint_class, pick, state, correct_pick], [editor, correct_editor])
         pick.input(on_pick, [pick, paint_class, state], [editor])
         remove.click(on_remove, [pick, state, init, paint_class], [*support_outs, lr, steps, init_md])
@@ -545,7 +552,8 @@ def build_page(inits: list[Initialization], limits: Limits, root: Path, *, concu
         query_files.upload(on_queries, [query_files, state], [state, status, query_files])
         clear_queries.click(on_clear_queries, [state], [state, status, gallery, legend_md, correct_pick,
                                                         correct_editor])
-        adapt_btn.click(on_adapt, [state, init, lr, steps, seed, method, correct_pick, paint_class], result_outs,
+        adapt_btn.click(on_adapt, [state, init, lr, steps, seed, method, strategy, correct_pick, paint_class],
+                        result_outs,
                         concurrency_limit=concurrency, concurrency_id=WORK)
         segment_btn.click(on_segment, [state, correct_pick, paint_class], result_outs, concurrency_limit=concurrency,
                           concurrency_id=WORK)

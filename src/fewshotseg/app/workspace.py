@@ -402,10 +402,10 @@ class Workspace:
     # ------------------------------------------------------------------------------------------ U and prediction
 
     def adapt(self, init: Initialization, *, lr: float, steps: int, seed: int, method: str = "card",
-              progress=None) -> str:
+              strategy: str = "auto", progress=None) -> str:
         """Adapt `init` to the labelled pairs (in upload order) with `method` (the initialization's own by default;
         `lr` and `steps` set U when it fine-tunes); returns a one-line summary. With several objects it fits a
-        `MultiClassSegmenter` (its default strategy) on one mask per object and image."""
+        `MultiClassSegmenter` (`strategy`: its measured default, `auto`) on one mask per object and image."""
         self._check_open()
         if not self.support:
             raise UserError("no support image yet: upload at least one image of the object and mark it")
@@ -414,7 +414,8 @@ class Workspace:
             raise UserError(f"support image(s) without a mask: {', '.join(unlabelled)}; paint the object or "
                             "upload its mask, or remove the image")
         if self.multiclass:
-            return self._adapt_classes(init, lr=lr, steps=steps, seed=seed, method=method, progress=progress)
+            return self._adapt_classes(init, lr=lr, steps=steps, seed=seed, method=method, strategy=strategy,
+                                       progress=progress)
         seg = init.fresh()
         spec, spec_source = seg.method_for(method or "card")
         params, source = None, ""
@@ -436,7 +437,7 @@ class Workspace:
         return f"adapted {seg.described} to {len(self.support)} pair(s) with {how}; seed {int(seed)}"
 
     def _adapt_classes(self, init: Initialization, *, lr: float, steps: int, seed: int, method: str,
-                       progress=None) -> str:
+                       strategy: str = "auto", progress=None) -> str:
         missing = [c for c in self.classes if not any(c in p.masks for p in self.support)]
         if missing:
             raise UserError(f"no support image has any pixel of {', '.join(repr(c) for c in missing)}: choose "
@@ -450,8 +451,8 @@ class Workspace:
                 raise UserError("U needs a learning rate above 0 and at least 1 step")
             params, source = seg.base.update_params_for(len(self.support), lr=float(lr), steps=int(steps))
         seg.fit([p.rgb for p in self.support], {c: [p.masks.get(c) for p in self.support] for c in self.classes},
-                self.classes, method=spec, update_params=params, seed=int(seed), names=[p.name for p in self.support],
-                progress=progress)
+                self.classes, strategy=strategy, method=spec, update_params=params, seed=int(seed),
+                names=[p.name for p in self.support], progress=progress)
         seg.method_source = spec_source
         self.segmenter = seg
         self.results, self.contested = [], {}
