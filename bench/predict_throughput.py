@@ -44,21 +44,6 @@ def fitted_segmenter(folder: Path, settings: dict | None = None) -> Path:
     return seg.save_pretrained(folder)
 
 
-def parse_settings(text: str) -> dict:
-    """'k:v;k:v' -> {k: v} with numbers and booleans parsed ('' -> {})."""
-    values: dict = {}
-    for item in filter(None, text.split(";")):
-        key, _, value = item.partition(":")
-        values[key] = {"true": True, "false": False}.get(value, value)
-        for kind in (int, float):
-            try:
-                values[key] = kind(value)
-                break
-            except ValueError:
-                pass
-    return values
-
-
 def generate(root: Path, count: int, seed: int = 0) -> None:
     """`count` 640x480 JPEGs from the fixture photos: a random crop (60-100 % of the side), maybe mirrored."""
     import numpy as np
@@ -127,7 +112,9 @@ def main() -> None:
     env = os.environ | {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     try:
         t = time.perf_counter()
-        models = {text: fitted_segmenter(tmp / f"adapted-{i}", parse_settings(text))
+        from real_photos import inline_settings  # bench/ is this script's own folder, first on sys.path
+
+        models = {text: fitted_segmenter(tmp / f"adapted-{i}", inline_settings(text))
                   for i, text in enumerate(args.settings)}
         model = models[args.settings[0]]
         generate(tmp / "images", args.images)

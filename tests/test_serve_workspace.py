@@ -471,7 +471,8 @@ def test_an_empty_prediction_opens_and_is_corrected_by_painting_the_object(ws):
     assert pair.changed == 0.1 and pair.mask[:32].all() and not pair.mask[32:].any()
 
 
-def test_several_objects_report_progress_over_every_object(ws, tiny_init):
+def _duck_and_cat(ws, tiny_init):
+    """The workspace with two objects, each painted on one support image; the tiny initialization."""
     from fewshotseg.app.serve import load_initializations
 
     (init,) = load_initializations([str(tiny_init)], "cpu")
@@ -479,6 +480,11 @@ def test_several_objects_report_progress_over_every_object(ws, tiny_init):
     ws.set_classes("duck, cat")
     ws.set_mask("1.jpg", DUCK / "1.png", cls="duck")
     ws.set_mask("2.jpg", CAT / "2.png", cls="cat")
+    return init
+
+
+def test_several_objects_report_progress_over_every_object(ws, tiny_init):
+    init = _duck_and_cat(ws, tiny_init)
     seen: list[int] = []
     ws.adapt(init, lr=0.01, steps=3, seed=0, method="finetune", progress=seen.append)
     # one-vs-rest fine-tuning: U's 3 steps for the duck, then 3 for the cat, counted on from the duck's
@@ -486,14 +492,9 @@ def test_several_objects_report_progress_over_every_object(ws, tiny_init):
 
 
 def test_several_objects_take_the_chosen_strategy(ws, tiny_init):
-    from fewshotseg.app.serve import load_initializations
     from fewshotseg.errors import UserError
 
-    (init,) = load_initializations([str(tiny_init)], "cpu")
-    ws.add_support([DUCK / "1.jpg", CAT / "2.jpg"])
-    ws.set_classes("duck, cat")
-    ws.set_mask("1.jpg", DUCK / "1.png", cls="duck")
-    ws.set_mask("2.jpg", CAT / "2.png", cls="cat")
+    init = _duck_and_cat(ws, tiny_init)
     for strategy in ("joint", "one-vs-rest"):
         text = ws.adapt(init, lr=None, steps=None, seed=0, method="probe", strategy=strategy)
         assert ws.segmenter.strategy == strategy and f"; {strategy})" in text

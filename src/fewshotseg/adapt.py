@@ -35,11 +35,12 @@ from PIL import Image
 from fewshotseg.adaptation import METHODS
 from fewshotseg.config import SIZE, option
 from fewshotseg.data.dataset import DataError, Problem
+from fewshotseg.data.images import load_image
 from fewshotseg.errors import UserError
 from fewshotseg.initializations.adapting import U_PRESETS
 from fewshotseg.models.efficientlab import ModelFields
 from fewshotseg.multiclass import STRATEGIES
-from fewshotseg.segmenter import STATS
+from fewshotseg.segmenter import STATS, with_stats
 
 log = logging.getLogger(__name__)
 
@@ -185,10 +186,42 @@ def read_support(folder: Path) -> tuple[list[tuple[np.ndarray, np.ndarray, str]]
 QUERY_BATCH = 8  # queries predicted together when their masks do not depend on each other
 
 
+def update_params(seg, spec, spec_source: str, shots: int, cfg: AdaptConfig, u_overrides: dict[str, Any],
+                  progress) -> tuple[Any, str]:
+    """U's parameters and where they came from when `spec` fine-tunes ((None, "") otherwise, where --update-params
+    and --u-* are refused); prints what adapts."""
+    if spec.method != "finetune":
+        if cfg.update_params or any(v is not None for v in u_overrides.values()):
+            raise UserError(f"--update-params and --u-* set U's fine-tuning, but the method is {spec.method}; pass "
+                            "--method finetune to fine-tune, or drop them")
+        progress(f"method: {spec.describe()} — from {spec_source}")
+        return None, ""
+    params, source = seg.update_params_for(shots, preset=cfg.u_preset, file=cfg.update_params or None, **u_overrides)
+    params = with_stats(params, cfg.stats)
+    progress(f"U: lr {params.lr:g}, {params.steps} steps, batch {params.batch_size}, {params.optimizer}, "
+             f"BatchNorm {params.bn_policy} — from {source}")
+    return params, source
+
+
+def predicted(queries: list[Path], predict, threshold: float, together: bool, failed: list[str]):
+    """(path, upright image, prediction) of every readable query; an unreadable one is added to `failed`. Each
+    query's mask is its own (support statistics, per-image self-training), so queries are predicted QUERY_BATCH at
+    a time, for speed with bounded memory; `together` (a transductive U) normalises the whole set at once."""
+    pending: list[tuple[Path, np.ndarray]] = []
+    for n, path in enumerate(queries):
+        try:
+            pending.append((path, load_image(path, str(path))))
+        except DataError as err:
+            failed.append(str(err))
+        if pending and (n == len(queries) - 1 or (not together and len(pending) == QUERY_BATCH)):
+            preds = predict([rgb for _, rgb in pending], threshold=threshold)
+            yield from ((path, rgb, pred) for (path, rgb), pred in zip(pending, preds, strict=True))
+            pending = []
+
+
 def adapt(cfg: AdaptConfig, *, u_overrides: dict[str, Any] | None = None, progress=print) -> dict[str, Any]:
     """Adapt and segment (see the module docstring); `u_overrides` replace single fields of U (`--u-lr` ...)."""
     from fewshotseg.data.folder import list_queries, multiclass_folder, skipped_queries
-    from fewshotseg.data.images import load_image
     from fewshotseg.segmenter import FewShotSegmenter
 
     queries = list_queries(cfg.query)
@@ -213,39 +246,17 @@ def adapt(cfg: AdaptConfig, *, u_overrides: dict[str, Any] | None = None, progre
         raise UserError("--save-weights with --method rf: a random forest can only be stored with pickle, which "
                         "fewshotseg never loads; keep the support pairs and run adapt again")
     progress(f"adapting {seg.described} to {len(support)} support pair(s) at {seg.size} px")
-    params, source = None, ""
-    if spec.method == "finetune":
-        params, source = seg.update_params_for(len(support), preset=cfg.u_preset, file=cfg.update_params or None,
-                                               **(u_overrides or {}))
-        from fewshotseg.segmenter import with_stats
-
-        params = with_stats(params, cfg.stats)
-        progress(f"U: lr {params.lr:g}, {params.steps} steps, batch {params.batch_size}, {params.optimizer}, "
-                 f"BatchNorm {params.bn_policy} — from {source}")
-    else:
-        if cfg.update_params or any(v is not None for v in (u_overrides or {}).values()):
-            raise UserError(f"--update-params and --u-* set U's fine-tuning, but the method is {spec.method}; pass "
-                            "--method finetune to fine-tune, or drop them")
-        progress(f"method: {spec.describe()} — from {spec_source}")
+    params, source = update_params(seg, spec, spec_source, len(support), cfg, u_overrides or {}, progress)
     images, masks, names = zip(*support, strict=True)
     seg.fit(list(images), list(masks), seed=cfg.seed, update_params=params, names=list(names), method=spec)
     seg.params_source = source
     together = params is not None and params.bn_policy == "transductive"  # the query batch normalises itself
 
     out.mkdir(parents=True, exist_ok=True)
-    written, failed, pending = [], [], []
-    # Each query's mask is its own (support statistics, per-image self-training), so queries are predicted a few
-    # at a time, for speed with bounded memory; a transductive U normalises the whole query set together instead.
-    for n, path in enumerate(queries):
-        try:
-            pending.append((path, load_image(path, str(path))))
-        except DataError as err:
-            failed.append(str(err))
-        if pending and (n == len(queries) - 1 or (not together and len(pending) == QUERY_BATCH)):
-            preds = seg.predict([rgb for _, rgb in pending], threshold=cfg.threshold)
-            for (done, rgb), pred in zip(pending, preds, strict=True):
-                _save(done, rgb, pred.mask, out, written)
-            pending = []
+    written: list[dict[str, Any]] = []
+    failed: list[str] = []
+    for path, rgb, pred in predicted(queries, seg.predict, cfg.threshold, together, failed):
+        _save(path, rgb, pred.mask, out, written)
     if cfg.save_weights:
         seg.save_pretrained(out / "adapted")
     if cfg.onnx:
@@ -302,9 +313,8 @@ def adapt_classes(cfg: AdaptConfig, found, queries: list[Path], skipped: list[st
                   progress) -> dict[str, Any]:
     """`adapt` on a support folder of several classes (see the module docstring)."""
     from fewshotseg.data.exports import label_png
-    from fewshotseg.data.images import load_image, report_problems
+    from fewshotseg.data.images import report_problems
     from fewshotseg.multiclass import MultiClassSegmenter
-    from fewshotseg.segmenter import with_stats
 
     problems, keep = readable_pairs(found)
     report_problems(problems)
@@ -328,18 +338,7 @@ def adapt_classes(cfg: AdaptConfig, found, queries: list[Path], skipped: list[st
                         "fewshotseg never loads; keep the support pairs and run adapt again")
     progress(f"adapting {seg.base.described} to {len(images)} support image(s) of {len(classes)} classes "
              f"({', '.join(classes)}; {found.layout} masks) at {seg.size} px")
-    params, source = None, ""
-    if spec.method == "finetune":
-        params, source = seg.base.update_params_for(len(images), preset=cfg.u_preset, file=cfg.update_params or None,
-                                                    **u_overrides)
-        params = with_stats(params, cfg.stats)
-        progress(f"U: lr {params.lr:g}, {params.steps} steps, batch {params.batch_size}, {params.optimizer}, "
-                 f"BatchNorm {params.bn_policy} — from {source}")
-    elif cfg.update_params or any(v is not None for v in u_overrides.values()):
-        raise UserError(f"--update-params and --u-* set U's fine-tuning, but the method is {spec.method}; pass "
-                        "--method finetune to fine-tune, or drop them")
-    else:
-        progress(f"method: {spec.describe()} — from {spec_source}")
+    params, source = update_params(seg.base, spec, spec_source, len(images), cfg, u_overrides, progress)
     seg.fit(images, masks, found.classes, strategy=cfg.strategy, method=spec, update_params=params, seed=cfg.seed,
             names=[str(p) for p in images])
     progress(f"strategy: {seg.strategy}" + (" (the measured default)" if cfg.strategy == "auto" else ""))
@@ -348,23 +347,14 @@ def adapt_classes(cfg: AdaptConfig, found, queries: list[Path], skipped: list[st
     out.mkdir(parents=True, exist_ok=True)
     written: list[dict[str, Any]] = []
     failed: list[str] = []
-    loaded = []
-    for path in queries:
-        try:
-            loaded.append((path, load_image(path, str(path))))
-        except DataError as err:
-            failed.append(str(err))
-    batches = [loaded] if together else [[item] for item in loaded]
-    for batch in batches:  # one at a time (each query independent), or all together (transductive)
-        for (path, rgb), pred in zip(batch, seg.predict([rgb for _, rgb in batch], threshold=cfg.threshold),
-                                     strict=True):
-            label_png(pred.labels).save(out / f"{path.stem}_mask.png")
-            Image.fromarray(label_overlay(rgb, pred.labels)).save(out / f"{path.stem}_overlay.png")
-            for name, mask in pred.masks.items():
-                Image.fromarray(mask.astype(np.uint8) * 255).save(out / f"{path.stem}_{name}_mask.png")
-            written.append({"query": str(path), "mask": str(out / f"{path.stem}_mask.png"),
-                            "foreground_fraction": {c: float(m.mean()) for c, m in pred.masks.items()},
-                            "contested_pixels": pred.contested})
+    for path, rgb, pred in predicted(queries, seg.predict, cfg.threshold, together, failed):
+        label_png(pred.labels).save(out / f"{path.stem}_mask.png")
+        Image.fromarray(label_overlay(rgb, pred.labels)).save(out / f"{path.stem}_overlay.png")
+        for name, mask in pred.masks.items():
+            Image.fromarray(mask.astype(np.uint8) * 255).save(out / f"{path.stem}_{name}_mask.png")
+        written.append({"query": str(path), "mask": str(out / f"{path.stem}_mask.png"),
+                        "foreground_fraction": {c: float(m.mean()) for c, m in pred.masks.items()},
+                        "contested_pixels": pred.contested})
     (out / CLASSES_TXT).write_text("".join(f"{c}\n" for c in seg.classes))
     if cfg.save_weights:
         seg.save_pretrained(out / "adapted")

@@ -35,6 +35,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -295,14 +296,9 @@ class MultiClassSegmenter:
                 params = update_params if update_params is not None else self.base.update_params_for(len(rgbs))[0]
                 params = with_stats(params, stats)
             arrays: list[ImageLike] = list(rgbs)
-            done = 0  # steps of the classes fitted before this one
+            per_fit = params.steps if params is not None else 1  # the steps each class's fit reports
             for k, cls in enumerate(class_names, start=1):
-                def step(t: int, before: int = done) -> None:
-                    nonlocal done
-                    done = before + t
-                    if progress is not None:
-                        progress(done)
-
+                step = None if progress is None else partial(_counted_on, progress, (k - 1) * per_fit)
                 seg = FewShotSegmenter(self.base.init, self.base.card, device=self.base.device,
                                        described=self.base.described)
                 seg.fit(arrays, [m == k for m in maps], seed=seed, update_params=params, stats="card", names=[
@@ -344,6 +340,11 @@ class MultiClassSegmenter:
             out.append(np.stack([np.asarray(Image.fromarray(c.numpy().astype(np.float32)).resize(
                 (w, h), Image.Resampling.BILINEAR)) for c in p[1:]]))
         return out
+
+
+def _counted_on(progress: Callable[[int], None], before: int, step: int) -> None:
+    """Report a class's fit step counted on from the steps of the classes fitted before it."""
+    progress(before + step)
 
 
 def _described(x: ImageLike, i: int) -> str:

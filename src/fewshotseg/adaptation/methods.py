@@ -299,6 +299,11 @@ def _mean_view_logits(head: LinearHead, views: list[torch.Tensor]) -> torch.Tens
     return logits if len(views) == 1 else (logits + head.logits(views[1]).flip(-1)) / 2
 
 
+def _per_view(grid: torch.Tensor, flip: bool) -> torch.Tensor:
+    """A (1, h, w) map of one image, flattened for each of its views: itself, then (flip) its mirror image."""
+    return torch.cat([grid.flatten(), *([grid.flip(-1).flatten()] if flip else [])])
+
+
 def hard_labels(fraction: torch.Tensor) -> torch.Tensor:
     """Each feature cell's label from its foreground fraction: >= 0.5 is foreground. An object smaller than half a
     cell everywhere still counts: then every cell it touches is foreground. One class only is an error."""
@@ -348,19 +353,18 @@ class ProbeAdapter(FrozenFeatures):
         out = []
         for i in range(len(images)):
             feats = [v[i:i + 1] for v in views]
+            x = torch.cat([flatten(f) for f in feats])  # every view's pixels, in the order _per_view lists labels
             head = self.head
             for _ in range(s.self_train):
-                logits = _mean_view_logits(head, feats)
-                prob = torch.sigmoid(logits)
+                prob = torch.sigmoid(_mean_view_logits(head, feats))
                 sure = (prob >= s.confidence) | (prob <= 1 - s.confidence)
                 y = (prob > 0.5).float()
                 if not (sure & (y > 0)).any() or not (sure & (y == 0)).any():
                     break  # no confident pixels of one class: the support's head stands
-                x = torch.cat([flatten(f) for f in feats])
-                labels = torch.cat([y.flatten(), *([y.flip(-1).flatten()] if s.flip else [])])
-                keep = torch.cat([sure.flatten(), *([sure.flip(-1).flatten()] if s.flip else [])])
-                x, labels = x[keep], labels[keep]
-                head = logistic_head(x, labels, s.l2, balanced_weights(labels), max_iter=s.max_iter, prior=self.head)
+                keep = _per_view(sure, s.flip)
+                labels = _per_view(y, s.flip)[keep]
+                head = logistic_head(x[keep], labels, s.l2, balanced_weights(labels), max_iter=s.max_iter,
+                                     prior=self.head)
             out.append(_mean_view_logits(head, feats))
         return torch.cat(out) if out else self.head.logits(views[0])
 
