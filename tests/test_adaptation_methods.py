@@ -263,3 +263,34 @@ def test_self_training_settings_are_checked():
         settings_for("probe", {"self_train": 1, "solver": "ridge"})
     with pytest.raises(ValueError, match="confidence"):
         settings_for("probe", {"self_train": 1, "confidence": 0.4})
+
+
+def test_refinement_snaps_a_blurred_probability_to_the_images_edge_and_keeps_it_per_image():
+    from fewshotseg.adaptation.methods import FrozenFeatures
+
+    image = torch.zeros(1, 3, 64, 64)
+    image[..., 40:] = 1.0  # a bright object right of column 40 on a dark background
+    truth = (image[:, :1] > 0.5).float()
+    x = torch.arange(64, dtype=torch.float32)
+    blurred = torch.sigmoid((x - 36) / 4).expand(1, 1, 64, 64)  # a coarse map: its edge 4 px off, and soft
+    adapter = make_adapter(MethodSpec.of("probe", {"refine_radius": 8, "refine_eps": 1e-4}))
+    assert isinstance(adapter, FrozenFeatures)
+    refined = adapter.refined(blurred, image)
+    assert not ((blurred > 0.5) == (truth > 0.5)).all()
+    assert ((refined > 0.5) == (truth > 0.5)).all()  # the mask's edge now lies on the image's
+    step = lambda p: float((p[..., 40] - p[..., 39]).min())  # noqa: E731
+    assert step(refined) > 0.3 > 5 * step(blurred)  # and is a step there, no longer a ramp
+    # linear in its input: class probabilities that sum to one still do; each image is filtered by its own guide
+    two = torch.cat([blurred, 1 - blurred], 1)
+    torch.testing.assert_close(adapter.refined(two, image).sum(1), torch.ones(1, 64, 64), rtol=0, atol=1e-4)
+    pair = adapter.refined(torch.cat([blurred, blurred]), torch.cat([image, image.flip(-1)]))
+    torch.testing.assert_close(pair[:1], refined)
+    off = make_adapter(MethodSpec.of("probe"))
+    assert off.refined(blurred, image) is blurred  # radius 0 (the settings' default): no refinement
+
+
+def test_refinement_settings_are_checked():
+    for bad in ({"refine_radius": -1}, {"refine_radius": 4, "refine_eps": 0}):
+        for method in ("probe", "prototype"):
+            with pytest.raises(ValueError, match="refine"):
+                settings_for(method, bad)

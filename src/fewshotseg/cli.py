@@ -7,6 +7,7 @@ library calls. Heavy imports (torch, timm) happen inside the `run_` functions so
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 import time
 
@@ -624,9 +625,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command. A user's mistake prints one message and returns 2; an internal error prints a one-line
-    summary and writes the traceback to a crash log (returns 1); `--debug` raises instead."""
-    args = expand_paths(build_parser().parse_args(argv))
+    summary and writes the traceback to a crash log (returns 1); `--debug` raises instead.
+
+    Run as the program (`argv` None: the console script, `python -m fewshotseg`), the process is the command's, so
+    main manages Python's cyclic garbage collector for it: paused while the parser's imports (torch) create their
+    objects, which are then frozen, as everything left at the end is, so that neither the command's collections nor
+    the interpreter's last one scan them again (`bench/adapt_latency.py`). Called from Python, it leaves it alone."""
+    program = argv is None
+    if program:
+        gc.disable()
+    try:
+        args = expand_paths(build_parser().parse_args(argv))
+    finally:
+        if program:
+            gc.freeze()
+            gc.enable()
     _, run = VERBS[args.verb]
+    try:
+        return _run(args, run)
+    finally:
+        if program:
+            gc.freeze()
+
+
+def _run(args: argparse.Namespace, run) -> int:
     try:
         return run(args) or 0
     except KeyboardInterrupt:

@@ -133,7 +133,7 @@ class JointProbe(FrozenFeatures):
             chunk = images[i:i + batch_size]
             full = F.interpolate(self.query_logits(chunk), size=chunk.shape[-2:], mode="bilinear",
                                  align_corners=False)
-            out.append(full.softmax(1).float().cpu())
+            out.append(self.refined(full.softmax(1), chunk).float().cpu())
         return torch.cat(out) if out else torch.zeros(0, self.classes + 1, *images.shape[-2:])
 
     @torch.no_grad()

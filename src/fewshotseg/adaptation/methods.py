@@ -49,6 +49,11 @@ def _check_features(features: list[str]) -> None:
         raise ValueError(f"features {features}: choose one or more of {', '.join(FEATURES)}")
 
 
+def _check_refine(radius: int, eps: float) -> None:
+    if radius < 0 or not eps > 0:
+        raise ValueError("refine_radius must be >= 0 (0: no refinement) and refine_eps > 0")
+
+
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"{name} {value!r}: choose one of {', '.join(choices)}")
@@ -67,9 +72,14 @@ class ProbeSettings:
     # pulled toward the support's solution by l2; `self_train` rounds, each from the previous round's mask.
     self_train: int = 0
     confidence: float = 0.9
+    # Edge-aware refinement of the predicted probabilities: a guided filter (He et al. 2010) with the query image as
+    # its guide, window 2 * refine_radius + 1 pixels at the method's size (0: none), regularisation refine_eps.
+    refine_radius: int = 0
+    refine_eps: float = 1e-3
 
     def __post_init__(self) -> None:
         _check_features(self.features)
+        _check_refine(self.refine_radius, self.refine_eps)
         _check_choice("solver", self.solver, ("logistic", "ridge"))
         _check_choice("stats", self.stats, FROZEN_STATS)
         if not self.l2 > 0 or self.max_iter < 1:
@@ -86,9 +96,12 @@ class PrototypeSettings:
     temperature: float = 20.0  # PANet's scale of the cosine similarities
     stats: str = "running"
     flip: bool = False
+    refine_radius: int = 0  # as ProbeSettings'
+    refine_eps: float = 1e-3
 
     def __post_init__(self) -> None:
         _check_features(self.features)
+        _check_refine(self.refine_radius, self.refine_eps)
         _check_choice("stats", self.stats, FROZEN_STATS)
         if not self.temperature > 0:
             raise ValueError("temperature must be > 0")
@@ -254,8 +267,8 @@ class FrozenFeatures(Adapter):
         for i in range(0, len(images), batch_size):
             chunk = images[i:i + batch_size]
             logits = self.query_logits(chunk)
-            full = F.interpolate(logits[:, None], size=chunk.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-            out.append(self.probability(full).float().cpu())
+            full = F.interpolate(logits[:, None], size=chunk.shape[-2:], mode="bilinear", align_corners=False)
+            out.append(self.refined(self.probability(full), chunk)[:, 0].float().cpu())
         return torch.cat(out) if out else torch.zeros(0, *images.shape[-2:])
 
     def query_logits(self, images: torch.Tensor) -> torch.Tensor:
@@ -264,6 +277,17 @@ class FrozenFeatures(Adapter):
         if self.settings.flip:  # the mean of the logits of the image and of its mirror image, mirrored back
             logits = (logits + self.logits(self.features(images.flip(-1))).flip(-1)) / 2
         return logits
+
+    def refined(self, probability: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """(B, K, H, W) probabilities, guided-filtered with the images (B, 3, H, W) as guide when the settings ask.
+        The filter is linear in its input, so K probabilities that sum to one still do after it."""
+        radius = self.settings.refine_radius
+        if not radius:
+            return probability
+        from kornia.filters import guided_blur  # here: only the refinement needs kornia
+
+        guide = images.to(probability.device, probability.dtype)
+        return guided_blur(guide, probability, 2 * radius + 1, self.settings.refine_eps, separable=True).clamp(0, 1)
 
     @abstractmethod
     def logits(self, features: torch.Tensor) -> torch.Tensor: ...

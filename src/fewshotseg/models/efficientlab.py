@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fewshotseg.config import option
-from fewshotseg.models.encoder import Encoder
+from fewshotseg.models.encoder import Encoder, import_timm
 from fewshotseg.models.residual_skip_decoder import DeepLabV3PlusDecoder, RSDStack
 
 # name -> (decoder kind, RSD stages, RSD residual). The paper's Table 1 rows.
@@ -137,6 +137,7 @@ def reset_head(model: EfficientLab, num_classes: int = 2) -> None:
 
 def build_model(config: ModelConfig, *, encoder_weights: str = "random") -> EfficientLab:
     """Build EfficientLab; `encoder_weights` is "random", "imagenet" or a local timm-named weights file."""
+    import_timm()  # before the module below imports it, so that it comes with the collector paused
     from fewshotseg.models.pretrained import load_encoder_weights
 
     model = EfficientLab(config)

@@ -10,6 +10,10 @@ and meta-updated).
 
 from __future__ import annotations
 
+import gc
+import sys
+from types import ModuleType
+
 import torch
 from torch import nn
 
@@ -17,10 +21,28 @@ SKIP_STRIDE = 4
 DEEP_STRIDE = 16
 
 
+def import_timm() -> ModuleType:
+    """timm, imported with Python's cyclic garbage collector paused (its state is restored after).
+
+    timm imports torchvision and, through it, torch._dynamo: hundreds of thousands of objects, all kept for the life of
+    the process. With the collector on, CPython runs its full collections over them again and again while they are
+    being created; pausing it took a third off the import (`bench/adapt_latency.py` prints the import's share)."""
+    if "timm" in sys.modules:
+        return sys.modules["timm"]
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        import timm
+    finally:
+        if enabled:
+            gc.enable()
+    return timm
+
+
 class Encoder(nn.Module):
     def __init__(self, name: str, *, pretrained: bool = False, drop_path_rate: float = 0.0):
         super().__init__()
-        import timm  # here, not at the top: timm imports torchvision (and torch._dynamo), a second or more
+        timm = import_timm()  # here, not at the top: timm imports torchvision (and torch._dynamo), a second or more
 
         try:
             # out_indices (1, 3) are the stride-4 and stride-16 levels of the 5-level (2..32) pyramid.
