@@ -4,7 +4,9 @@
 
 Support: the first 5 real-photo fixture pairs; queries: 20 fixture photos (320 x 320). Prints the command's wall time
 end to end (a new Python process each run: importing torch and timm, loading the initialization, fitting, predicting,
-writing 20 masks and overlays), then the same phases timed in one process: importing fewshotseg's segmenter (torch,
+writing 20 masks and overlays), alternating with the same command run through `main(argv)` from Python, which
+leaves Python's garbage collector alone (the program pauses it over its start-up imports and freezes what they
+made: the ratio of the two is that choice's effect), then the same phases timed in one process: importing fewshotseg's segmenter (torch,
 timm, torchvision), loading the initialization, `fit`, `predict` on the 20 queries. `--threads 0` leaves torch's
 default (one per core); the command is run with the same setting.
 """
@@ -40,6 +42,8 @@ t4 = time.perf_counter()
 print(f"{{t1 - t0:.2f}} {{t2 - t1:.2f}} {{t3 - t2:.2f}} {{t4 - t3:.2f}} {{torch.get_num_threads()}}")
 """
 
+GC_UNMANAGED = "import sys; from fewshotseg.cli import main; raise SystemExit(main(sys.argv[1:]))"
+
 
 def folders(tmp: Path) -> tuple[Path, Path]:
     support, query = tmp / "support", tmp / "query"
@@ -68,15 +72,17 @@ def main() -> None:
     print(f"load average before: {load:.2f} on {os.cpu_count()} cores", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         support, query = folders(Path(tmp))
-        command = []
+        command, plain_gc = [], []
         for run in range(args.runs):
-            out = Path(tmp) / f"out{run}"
-            cmd = [sys.executable, "-m", "fewshotseg", "adapt", "--init", args.init, "--support", str(support),
-                   "--query", str(query), "--out", str(out), "--device", "cpu"]
-            started = time.perf_counter()
-            subprocess.run(cmd, check=True, capture_output=True, env=env)
-            command.append(time.perf_counter() - started)
-            print(f"  adapt 5 + 20, run {run + 1}: {command[-1]:.2f} s", flush=True)
+            flags = ["adapt", "--init", args.init, "--support", str(support), "--query", str(query), "--device", "cpu"]
+            for times, launch in ((command, [sys.executable, "-m", "fewshotseg"]),
+                                  (plain_gc, [sys.executable, "-c", GC_UNMANAGED])):
+                out = Path(tmp) / f"out{run}-{len(times)}-{launch[1]}"
+                started = time.perf_counter()
+                subprocess.run([*launch, *flags, "--out", str(out)], check=True, capture_output=True, env=env)
+                times.append(time.perf_counter() - started)
+            print(f"  adapt 5 + 20, run {run + 1}: {command[-1]:.2f} s (collector left alone: {plain_gc[-1]:.2f} s)",
+                  flush=True)
         images = sorted(str(p) for p in support.glob("*.jpg"))
         script = IN_PROCESS.format(threads=args.threads, init=args.init, images=images,
                                    masks=[p.replace(".jpg", ".png") for p in images],
@@ -87,6 +93,9 @@ def main() -> None:
             phases.append([float(x) for x in done.stdout.split()])
     print(f"\nadapt 5 + 20 (command, end to end): {min(command):.2f} s best, {sorted(command)[len(command) // 2]:.2f} s"
           f" median of {len(command)}")
+    print(f"the same through main(argv), collector left alone: {min(plain_gc):.2f} s best, "
+          f"{sorted(plain_gc)[len(plain_gc) // 2]:.2f} s median (ratio of medians "
+          f"{sorted(plain_gc)[len(plain_gc) // 2] / sorted(command)[len(command) // 2]:.2f})")
     names = ("import", "load", "fit", "predict 20")
     best = [min(p[i] for p in phases) for i in range(4)]
     print("in one process, best of runs: " + ", ".join(f"{n} {b:.2f} s" for n, b in zip(names, best, strict=True))

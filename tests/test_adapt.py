@@ -97,3 +97,21 @@ def test_adapt_reports_an_unreadable_query_and_a_support_without_pairs(folders, 
     code = main(["adapt", "--init", "random", "--encoder", "tinynet_e", "--support", str(empty), "--query",
                  str(query), "--out", str(tmp_path / "o2"), "--size", "32"])
     assert code == 2
+
+
+def test_masks_are_saved_in_order_on_the_writer_thread_and_a_failed_save_is_raised():
+    from fewshotseg.adapt import save_each
+
+    done: list[int] = []
+    save_each(((n,) for n in range(50)), done.append)
+    assert done == list(range(50))
+
+    def save(n: int) -> None:
+        if n == 3:
+            raise OSError(f"disk full writing {n}")
+        done.append(n)
+
+    done.clear()
+    with pytest.raises(OSError, match="disk full writing 3"):
+        save_each(((n,) for n in range(6)), save)
+    assert done[:3] == [0, 1, 2]

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -219,6 +221,19 @@ def predicted(queries: list[Path], predict, threshold: float, together: bool, fa
             pending = []
 
 
+def save_each(predictions: Iterable[tuple], save: Callable[..., None]) -> None:
+    """`save(*item)` for each item of `predictions`, on one writer thread, in order: encoding the PNGs (zlib releases
+    the GIL) runs beside the next batch's prediction. A failed save stops the loop at the next item and is raised."""
+    pending: list[Future] = []
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        for item in predictions:
+            while pending and pending[0].done():
+                pending.pop(0).result()
+            pending.append(writer.submit(save, *item))
+    for future in pending:
+        future.result()
+
+
 def adapt(cfg: AdaptConfig, *, u_overrides: dict[str, Any] | None = None, progress=print) -> dict[str, Any]:
     """Adapt and segment (see the module docstring); `u_overrides` replace single fields of U (`--u-lr` ...)."""
     from fewshotseg.data.folder import list_queries, multiclass_folder, skipped_queries
@@ -255,8 +270,8 @@ def adapt(cfg: AdaptConfig, *, u_overrides: dict[str, Any] | None = None, progre
     out.mkdir(parents=True, exist_ok=True)
     written: list[dict[str, Any]] = []
     failed: list[str] = []
-    for path, rgb, pred in predicted(queries, seg.predict, cfg.threshold, together, failed):
-        _save(path, rgb, pred.mask, out, written)
+    save_each(predicted(queries, seg.predict, cfg.threshold, together, failed),
+              lambda path, rgb, pred: _save(path, rgb, pred.mask, out, written))
     if cfg.save_weights:
         seg.save_pretrained(out / "adapted")
     if cfg.onnx:
@@ -347,7 +362,8 @@ def adapt_classes(cfg: AdaptConfig, found, queries: list[Path], skipped: list[st
     out.mkdir(parents=True, exist_ok=True)
     written: list[dict[str, Any]] = []
     failed: list[str] = []
-    for path, rgb, pred in predicted(queries, seg.predict, cfg.threshold, together, failed):
+
+    def save(path: Path, rgb: np.ndarray, pred) -> None:
         label_png(pred.labels).save(out / f"{path.stem}_mask.png")
         Image.fromarray(label_overlay(rgb, pred.labels)).save(out / f"{path.stem}_overlay.png")
         for name, mask in pred.masks.items():
@@ -355,6 +371,8 @@ def adapt_classes(cfg: AdaptConfig, found, queries: list[Path], skipped: list[st
         written.append({"query": str(path), "mask": str(out / f"{path.stem}_mask.png"),
                         "foreground_fraction": {c: float(m.mean()) for c, m in pred.masks.items()},
                         "contested_pixels": pred.contested})
+
+    save_each(predicted(queries, seg.predict, cfg.threshold, together, failed), save)
     (out / CLASSES_TXT).write_text("".join(f"{c}\n" for c in seg.classes))
     if cfg.save_weights:
         seg.save_pretrained(out / "adapted")
