@@ -166,3 +166,23 @@ def test_rsd_pool_branch_shortcut_equals_convolving_the_broadcast_map():
     pooled = cat.mean(dim=(2, 3), keepdim=True).expand_as(cat)
     expected = rsd.fuse(torch.cat([rsd.branch1x1(cat), rsd.branch3x3(cat), pooled], 1)) + up
     torch.testing.assert_close(rsd(deep, skip), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_hub_download_says_before_it_waits_and_fails_with_what_to_do(monkeypatch, caplog):
+    import timm
+
+    from fewshotseg.models import pretrained
+
+    def offline(*args, **kwargs):
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(timm, "create_model", offline)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with caplog.at_level("WARNING"), pytest.raises(pretrained.WeightsUnavailable, match="--encoder tf_efficientnet_lite0"):
+        pretrained.hub_state_dict("tf_efficientnet_b0")
+    assert "HF_HUB_OFFLINE=1 to fail at once" in caplog.text  # said before the retries, not after
+    caplog.clear()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # offline already: no wait, so nothing to warn of
+    with pytest.raises(pretrained.WeightsUnavailable):
+        pretrained.hub_state_dict("tf_efficientnet_b0")
+    assert not caplog.text

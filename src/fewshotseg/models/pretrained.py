@@ -5,6 +5,8 @@ Weights are only ever read with safetensors or `torch.load(weights_only=True)`: 
 
 from __future__ import annotations
 
+import logging
+import os
 import re
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from fewshotseg.errors import UserError
 from fewshotseg.models.encoder import Encoder
 
 LITE0 = "tf_efficientnet_lite0"
+log = logging.getLogger(__name__)
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -123,6 +126,11 @@ def load_encoder_weights(encoder: Encoder, spec: str) -> None:
 
 
 def hub_state_dict(name: str) -> dict[str, torch.Tensor]:
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() not in ("1", "true", "yes", "on"):
+        # shown before the wait: without the internet, the hub's retries take about a minute before the error below
+        log.warning("fetching the ImageNet weights of %s from timm's hub (or its local cache); without the internet "
+                    "this fails after about a minute of retries: set HF_HUB_OFFLINE=1 to fail at once, or use "
+                    "--encoder %s, whose weights ship with a package", name, LITE0)
     try:
         return timm.create_model(name, pretrained=True).state_dict()
     except Exception as err:  # noqa: BLE001 - offline, unknown tag, or no weights for this name
