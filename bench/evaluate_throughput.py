@@ -12,7 +12,11 @@ written at 224 px in a temporary folder and read through the decode-once cache).
   `fewshotseg.runs.workers.Pool(2)` (two single-threaded worker processes, warmed up first), interleaved round after
   round; printed as ratios of the pool's throughput to each.
 
-    python bench/evaluate_throughput.py [--classes 8] [--splits-224 4] [--repeats 3] [--threads 1]
+    python bench/evaluate_throughput.py [--classes 8] [--splits-224 4] [--repeats 3] [--threads 1] [--device cpu]
+
+`--device cuda` times the single-process throughputs on the GPU (each episode's predictions come back to the CPU
+to be scored, so the time holds the kernels); the process/pool comparison is the CPU's and is skipped
+(`--no-pool` skips it on the CPU too).
 """
 
 from __future__ import annotations
@@ -52,14 +56,15 @@ def warm_worker(state: WorkerState, barrier, init_path: str, data: str, size: in
     return os.getpid()
 
 
-def splits_per_second(size: int, encoder: str, root: Path, count: int, threads: int, seed: int) -> tuple[float, float]:
-    """(task-splits/s, mean IoU) of `count` paper-protocol episodes in this process."""
+def splits_per_second(size: int, encoder: str, root: Path, count: int, threads: int, seed: int,
+                      device: str = "cpu") -> tuple[float, float]:
+    """(task-splits/s, mean IoU) of `count` paper-protocol episodes in this process, U on `device`."""
     torch.set_num_threads(threads)
     dataset = load_dataset(root, size, progress=False)
     episodes = paper_episodes(dataset, dataset.names, SHOTS, splits=2, seed=seed)[:count]
     torch.manual_seed(seed)
-    init = build_model(ModelConfig(encoder=encoder))
-    learner = Learner(copy.deepcopy(init))
+    init = build_model(ModelConfig(encoder=encoder)).to(device)
+    learner = Learner(copy.deepcopy(init), device)
     params = UpdateParams()  # the paper's: 5 SGD steps of batch 8, lr 0.005
     run_episode(learner, init, dataset, episodes[0], params, seed=seed)  # warm-up
     start = time.perf_counter()
@@ -121,6 +126,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds of the process/pool comparison")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for the single-process throughputs")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda: where U adapts in the single-process rows")
+    parser.add_argument("--no-pool", action="store_true", help="skip the CPU process/pool comparison")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -132,10 +139,11 @@ def main() -> None:
         rows = [("64 px, EfficientLab-3 / tinynet_e", 64, "tinynet_e", args.splits_64),
                 ("224 px, EfficientLab-3 / tf_efficientnet_b0", 224, "tf_efficientnet_b0", args.splits_224)]
         for label, size, encoder, count in rows:
-            rate, miou = splits_per_second(size, encoder, root, count, args.threads, args.seed)
+            rate, miou = splits_per_second(size, encoder, root, count, args.threads, args.seed, args.device)
             print(f"  {label:<44} {rate:7.3f} task-splits/s  ({1000 / rate:6.0f} ms each, {count} splits, "
-                  f"{args.threads} thread(s); query mIoU {miou:.3f}, random init)")
-
+                  f"{args.device}, {args.threads} thread(s); query mIoU {miou:.3f}, random init)")
+        if args.no_pool or args.device != "cpu":
+            return
         count, times = pool_comparison(root, Path(tmp), args)
     print(f"\n64 px tinynet_e, {count} task-splits per pass through evaluate's episode_job; {args.repeats} "
           f"interleaved rounds, medians")

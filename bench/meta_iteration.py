@@ -24,7 +24,10 @@ The dataset is the built-in synthetic benchmark written at 224 px (FSS-1000's im
 the package reads it through the decode-once cache at the configuration's size, the reference loop decodes and
 resizes the 224 px files every time, as the reference did.
 
-    python bench/meta_iteration.py [--configs a b] [--repeats N] [--threads 1] [--classes 10]
+    python bench/meta_iteration.py [--configs a b] [--repeats N] [--threads 1] [--classes 10] [--device cpu]
+
+`--device cuda` runs all three loops on the GPU (configuration c, tf_efficientnet_b0 at 224 px, is the one to time
+there); each timed call ends with `torch.cuda.synchronize`, so the times hold the kernels, not only their launch.
 """
 
 from __future__ import annotations
@@ -50,10 +53,10 @@ from fewshotseg.meta_learning.update_routine import Learner, UpdateParams
 from fewshotseg.models.efficientlab import EfficientLab, ModelConfig, build_model
 from fewshotseg.models.losses import l2_parameters, segmentation_loss
 
-CONFIGS = {"a": ("tinynet_e", 64), "b": ("tf_efficientnet_b0", 128)}
+CONFIGS = {"a": ("tinynet_e", 64), "b": ("tf_efficientnet_b0", 128), "c": ("tf_efficientnet_b0", 224)}
 ALGORITHM = "fomaml-star"
 TRAIN_SHOTS, VAL_SHOTS = 10, 5  # meta-train's FOMAML defaults: a pool of 10, |D^val| = 5
-DEFAULT_REPEATS = {"a": 6, "b": 3}  # b's rounds take ~40 s each on one core
+DEFAULT_REPEATS = {"a": 6, "b": 3, "c": 3}  # b's rounds take ~40 s each on one core
 NATIVE_SIZE = 224  # FSS-1000's image size: what the reference decoded from disk
 
 
@@ -68,13 +71,19 @@ class Setup:
         self.meta_step = args.meta_step
         self.meta_optimizer = args.meta_optimizer
         self.seed = args.seed
+        self.device = torch.device(args.device)
         torch.manual_seed(args.seed)
         self.weights = build_model(config).state_dict()
 
     def model(self) -> EfficientLab:
         model = build_model(self.config)
         model.load_state_dict(self.weights)
-        return model
+        return model.to(self.device)
+
+    def sync(self) -> None:
+        """Wait for the device's queued kernels (a no-op on the CPU), so that a time holds them."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     def names(self, it: int) -> list[str]:
         return sample_classes(episode_rng(self.seed, 0, it), self.dataset.names, self.meta_batch)
@@ -85,10 +94,13 @@ class TimedLearner(Learner):
     """A Learner that adds up the wall time spent inside `step` (forward, loss, backward, optimizer step)."""
 
     step_seconds = 0.0
+    setup: Setup
 
     def step(self, images: torch.Tensor, masks: torch.Tensor, lr: float) -> float:
+        self.setup.sync()
         start = time.perf_counter()
         loss = super().step(images, masks, lr)
+        self.setup.sync()
         self.step_seconds += time.perf_counter() - start
         return loss
 
@@ -102,8 +114,9 @@ class PackageLoop:
         self.model = s.model()
         self.meta = MetaLearner(self.model, ALGORITHM, s.params, meta_optimizer=s.meta_optimizer,
                                 meta_step=s.meta_step, train_shots=TRAIN_SHOTS, val_shots=VAL_SHOTS,
-                                bn_momentum=s.config.bn_momentum)
-        self.learner = self.meta.learner = TimedLearner(copy.deepcopy(self.model))
+                                bn_momentum=s.config.bn_momentum, device=s.device)
+        self.learner = self.meta.learner = TimedLearner(copy.deepcopy(self.model), s.device)
+        self.learner.setup = s
         self.outside_steps: list[float] = []  # per call: seconds not spent inside Learner.step
 
     def __call__(self, it: int, tasks: int) -> None:
@@ -113,6 +126,7 @@ class PackageLoop:
         names = s.names(it)[:tasks]
         self.meta.meta_step([TaskTensors.from_dataset(s.dataset, name) for name in names],
                             [episode_rng(s.seed, 1, it, k) for k in range(len(names))])
+        s.sync()
         self.outside_steps.append(time.perf_counter() - start - self.learner.step_seconds)
 
 
@@ -129,6 +143,7 @@ class BareLoop:
         rng = np.random.default_rng(s.seed)
         sizes = [s.params.batch_size] * (s.params.steps - 1) + [VAL_SHOTS]
         self.batches = [task.take(rng.integers(0, len(task), size=b)) for b in sizes]  # one task's worth
+        self.batches = [type(b)(b.images.to(s.device), b.masks.to(s.device)) for b in self.batches]
 
     def __call__(self, it: int, tasks: int) -> None:
         for _ in range(tasks):
@@ -182,7 +197,7 @@ class ReferenceLoop:
     def __call__(self, it: int, tasks: int) -> None:
         s, p = self.s, self.s.params
         names = s.names(it)[:tasks]
-        old = [t.detach().numpy().copy() for t in self.model.parameters()]  # export_variables
+        old = [t.detach().cpu().numpy().copy() for t in self.model.parameters()]  # export_variables
         total = [np.zeros_like(v) for v in old]
         for k, name in enumerate(names):
             rng = episode_rng(s.seed, 1, it, k)
@@ -198,16 +213,17 @@ class ReferenceLoop:
             opt = torch.optim.SGD([{"params": decay, "weight_decay": 2 * p.l2}, {"params": rest}], lr=p.lr)
             for batch in inner_batches(rng, pool[tr], p.batch_size, p.steps - 1):
                 self._step(net, opt, [files[i] for i in batch], p.aug_rate, rng)
-            before = [t.detach().numpy().copy() for t in net.parameters()]
+            before = [t.detach().cpu().numpy().copy() for t in net.parameters()]
             self._step(net, opt, [files[i] for i in pool[val]], 0.0, rng)
             for acc, after, b in zip(total, net.parameters(), before, strict=True):
-                acc += after.detach().numpy() - b
+                acc += after.detach().cpu().numpy() - b
         with torch.no_grad():  # import_variables: theta + epsilon * mean delta
             for t, o, acc in zip(self.model.parameters(), old, total, strict=True):
-                t.copy_(torch.from_numpy(o + s.meta_step * acc / len(names)))
+                t.copy_(torch.from_numpy(o + s.meta_step * acc / len(names)).to(t.device))
 
     def _step(self, net, opt, files: list[Path], rate: float, rng: np.random.Generator) -> None:
         x, y = reference_batch(files, self.s.dataset.size, rate, rng, self.memory_format)
+        x, y = x.to(self.s.device), y.to(self.s.device)
         opt.zero_grad(set_to_none=True)
         segmentation_loss(net(x), y).backward()
         opt.step()
@@ -234,14 +250,16 @@ def run_config(key: str, root: Path, args: argparse.Namespace) -> None:
     for r in range(repeats):
         order = list(loops) if r % 2 == 0 else list(reversed(loops))
         for name in order:
+            setup.sync()
             start = time.perf_counter()
             loops[name](r, setup.meta_batch)  # the same meta-iteration number: package and reference get the same tasks
+            setup.sync()
             times[name].append(time.perf_counter() - start)
 
     steps = setup.meta_batch * setup.params.steps
     print(f"({key}) EfficientLab-3 / {encoder} at {size} px, {ALGORITHM}: {setup.meta_batch} tasks x "
           f"{setup.params.steps} steps (batch {setup.params.batch_size}, last step on {VAL_SHOTS}), "
-          f"{'NCHW' if args.nchw else 'channels-last'}; {repeats} interleaved rounds")
+          f"{'NCHW' if args.nchw else 'channels-last'}, {setup.device}; {repeats} interleaved rounds")
     for name in loops:
         ms = 1000 * statistics.median(times[name])
         print(f"    {name:<10} {ms:9.0f} ms / meta-iteration  ({ms / steps:6.1f} ms / step)")
@@ -261,8 +279,8 @@ def run_config(key: str, root: Path, args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=sorted(CONFIGS),
-                        help="a: tinynet_e at 64 px; b: tf_efficientnet_b0 at 128 px")
+    parser.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=["a", "b"],
+                        help="a: tinynet_e at 64 px; b: tf_efficientnet_b0 at 128 px; c: tf_efficientnet_b0 at 224 px")
     parser.add_argument("--repeats", type=int, default=0,
                         help="interleaved rounds, medians reported (default: 6 for a, 3 for b)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads, the same for all three loops")
@@ -272,6 +290,7 @@ def main() -> None:
     parser.add_argument("--meta-optimizer", choices=("sgd", "adam"), default="sgd")
     parser.add_argument("--nchw", action="store_true", help="build the models NCHW instead of channels-last")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (all three loops)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
