@@ -287,6 +287,8 @@ def test_refinement_snaps_a_blurred_probability_to_the_images_edge_and_keeps_it_
     torch.testing.assert_close(pair[:1], refined)
     off = make_adapter(MethodSpec.of("probe"))
     assert off.refined(blurred, image) is blurred  # radius 0 (the settings' default): no refinement
+    wide = make_adapter(MethodSpec.of("probe", {"refine_radius": 200, "refine_eps": 1e-4}))
+    assert ((wide.refined(blurred, image) > 0.5) == (truth > 0.5)).all()  # wider than the image: the whole image
 
 
 def test_refinement_settings_are_checked():

@@ -280,8 +280,9 @@ class FrozenFeatures(Adapter):
 
     def refined(self, probability: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         """(B, K, H, W) probabilities, guided-filtered with the images (B, 3, H, W) as guide when the settings ask.
-        The filter is linear in its input, so K probabilities that sum to one still do after it."""
-        radius = self.settings.refine_radius
+        The filter is linear in its input, so K probabilities that sum to one still do after it. A window wider than
+        the image is the whole image (the radius is cut to fit, as the filter's reflected borders need)."""
+        radius = min(self.settings.refine_radius, (min(probability.shape[-2:]) - 1) // 2)
         if not radius:
             return probability
         from kornia.filters import guided_blur  # here: only the refinement needs kornia

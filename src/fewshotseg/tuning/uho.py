@@ -59,8 +59,10 @@ SEARCH_SPACE = {
 # The other adaptation methods: what `tune --method` searches (numbers as above; a tuple of strings is categorical).
 FEATURE_SETS = ("skip+deep", "skip+deep+decoder", "skip+decoder", "deep+decoder", "decoder")
 METHOD_SPACE: dict[str, dict[str, tuple]] = {
-    "probe": {"l2": (1e-5, 1e-1, True, False), "features": FEATURE_SETS},
-    "prototype": {"temperature": (1.0, 100.0, True, False), "features": FEATURE_SETS},
+    # refine_radius 0 is no refinement; the shipped probe's 32 px was chosen at 224 px (README, "The general ...")
+    "probe": {"l2": (1e-5, 1e-1, True, False), "features": FEATURE_SETS, "refine_radius": (0, 48, False, True)},
+    "prototype": {"temperature": (1.0, 100.0, True, False), "features": FEATURE_SETS,
+                  "refine_radius": (0, 48, False, True)},
     "rf": {"sigma_max": (4.0, 32.0, True, False), "max_depth": (4, 20, False, True)},
 }
 
