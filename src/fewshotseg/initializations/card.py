@@ -210,15 +210,15 @@ class Card:
                 f"labelled examples{measured}: {self._how()} learns from the support images and their binary masks, "
                 f"then predicts a mask for each new image (run at {self.size} x {self.size} px, "
                 "masks returned at the image's own size). This is what `fewshotseg adapt`, `fewshotseg serve` and "
-                "`FewShotSegmenter` do with it. It is also a baseline for research on meta-learned initializations "
-                "for few-shot segmentation.", ""]
+                "`FewShotSegmenter` do with it. Several kinds of object at once (`MultiClassSegmenter`, or `adapt` "
+                "with one mask per kind or indexed masks) adapt the same way, one head for all or one segmenter per "
+                "kind; the scores below measure one kind at a time. It is also a baseline for research on "
+                "meta-learned initializations for few-shot segmentation.", ""]
 
     def _out_of_scope(self) -> list[str]:
         return ["## Out-of-scope use", "",
                 "* Segmenting without labelled examples: the weights are an initialization, not a zero-shot or "
                 "promptable segmenter; unadapted they predict no particular object.",
-                "* Several kinds of object at once: every adaptation learns one binary mask (object vs. "
-                "everything else); adapt once per kind.",
                 "* Decisions about people (identification, surveillance), medical or other safety-critical use: "
                 "nothing here was measured for them.",
                 "* Relying on it for data unlike the training data below (medical scans, satellite or microscope "
