@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 
@@ -103,3 +104,20 @@ def test_bad_input_gives_a_clear_error(tmp_path, capsys):
     code = main(["evaluate", "--init", "random", "--data", str(tmp_path / "missing"), "--run-dir", str(tmp_path / "r")])
     assert code == 2
     assert "missing" in capsys.readouterr().err
+
+
+def test_the_program_manages_the_garbage_collector_and_main_from_python_leaves_it_alone():
+    script = ("import gc, sys\n"
+              "from fewshotseg.cli import main\n"
+              "program = sys.argv[1] == 'program'\n"
+              "sys.argv = ['fewshotseg', 'model-info', '--encoder', 'tinynet_e']\n"
+              "main() if program else main(sys.argv[1:])\n"
+              "print(gc.isenabled(), gc.get_freeze_count() > 0)\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    seen = {}
+    for how in ("program", "python"):
+        done = subprocess.run([sys.executable, "-c", script, how], capture_output=True, text=True, env=env)
+        assert done.returncode == 0, done.stderr
+        seen[how] = done.stdout.split()[-2:]
+    assert seen["program"] == ["True", "True"]  # paused over the imports, enabled again, start-up objects frozen
+    assert seen["python"] == ["True", "False"]  # a caller's process: nothing frozen
