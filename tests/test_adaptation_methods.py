@@ -199,8 +199,9 @@ def test_frozen_features_of_an_untrained_decoder_are_refused_naming_both():
         resolve_method(init_card("imagenet"), "probe", settings={"features": ["skip", "decoder"]})
 
 
-@pytest.mark.parametrize("method,policy", [("finetune", "support"), ("probe", None), ("prototype", None)])
-def test_a_saved_fitted_segmenter_predicts_the_same_masks_when_loaded(tmp_path, tiny_config, method, policy):
+@pytest.mark.parametrize("method,policy,refine", [("finetune", "support", 0), ("finetune", "support", 8),
+                                                  ("probe", None, 0), ("prototype", None, 8)])
+def test_a_saved_fitted_segmenter_predicts_the_same_masks_when_loaded(tmp_path, tiny_config, method, policy, refine):
     from conftest import REAL_PHOTOS
     from fewshotseg.meta_learning.update_routine import UpdateParams
     from fewshotseg.segmenter import ADAPTER_FILE, FewShotSegmenter
@@ -209,14 +210,15 @@ def test_a_saved_fitted_segmenter_predicts_the_same_masks_when_loaded(tmp_path, 
     seg = FewShotSegmenter.from_pretrained("random", model_config=tiny_config, size=64, device="cpu")
     duck = REAL_PHOTOS / "duck_toy"
     params = UpdateParams(lr=0.01, steps=2, bn_policy=policy) if policy else None
-    settings = {"stats": "support"} if method == "probe" else None
-    seg.fit([duck / "1.jpg", duck / "2.jpg"], [duck / "1.png", duck / "2.png"], method=method, settings=settings,
-            update_params=params)
+    settings = {"stats": "support"} if method == "probe" else {}
+    seg.fit([duck / "1.jpg", duck / "2.jpg"], [duck / "1.png", duck / "2.png"], method=method,
+            settings={**settings, "refine_radius": refine}, update_params=params)
     before = seg.predict([duck / "3.jpg"])[0].probability
     seg.save_pretrained(tmp_path / "fitted")
     assert (tmp_path / "fitted" / ADAPTER_FILE).is_file() == (method != "finetune")
     loaded = FewShotSegmenter.from_pretrained(tmp_path / "fitted", device="cpu")
     assert loaded.fitted and loaded.method.method == method
+    assert loaded.method.as_dict()["settings"]["refine_radius"] == refine  # the refinement is kept with the fit
     np.testing.assert_allclose(loaded.predict([duck / "3.jpg"])[0].probability, before, atol=1e-5)
 
 
@@ -293,6 +295,24 @@ def test_refinement_snaps_a_blurred_probability_to_the_images_edge_and_keeps_it_
 
 def test_refinement_settings_are_checked():
     for bad in ({"refine_radius": -1}, {"refine_radius": 4, "refine_eps": 0}):
-        for method in ("probe", "prototype"):
+        for method in ("probe", "prototype", "finetune"):
             with pytest.raises(ValueError, match="refine"):
                 settings_for(method, bad)
+
+
+def test_u_refines_its_predictions_when_asked_and_only_then(tiny_model, tiny_dataset):
+    from fewshotseg.meta_learning.update_routine import UpdateParams
+
+    support = _task(tiny_dataset, tiny_dataset.names[1], [0, 1, 2])
+    query = _task(tiny_dataset, tiny_dataset.names[1], [3, 4])
+    params = UpdateParams(lr=0.01, steps=2, bn_policy="support")
+    found = {}
+    for radius in (0, 4):
+        adapter = make_adapter(MethodSpec.of("finetune", {"refine_radius": radius}), params=params)
+        adapter.fit(tiny_model, support, np.random.default_rng(0))
+        found[radius] = adapter.predict(query.images)
+    from fewshotseg.adaptation.methods import refine
+
+    # the same U (same seed), then the guided filter of its probabilities with each query as guide
+    torch.testing.assert_close(found[4], refine(found[0][:, None], query.images, 4, 1e-3)[:, 0])
+    assert not torch.allclose(found[4], found[0])

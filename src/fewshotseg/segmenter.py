@@ -47,6 +47,7 @@ from fewshotseg.adaptation import (
     OneClassSupportError,
     RFAdapter,
     make_adapter,
+    settings_for,
 )
 from fewshotseg.data.images import ImageLike, load_image, no_signal, read_pair  # noqa: F401 (re-exported)
 from fewshotseg.data.tasks import TaskTensors, episode_rng
@@ -143,7 +144,8 @@ class FewShotSegmenter:
         self._fitted = int(fitted.get("support_images", 0))
         if spec.method == "finetune":
             self.params = UpdateParams.from_dict(fitted["update_params"])
-            self._adapter = FinetuneAdapter.restore(copy.deepcopy(self.init), self.params, self.device)
+            self._adapter = FinetuneAdapter.restore(copy.deepcopy(self.init), self.params, self.device,
+                                                    settings=settings_for("finetune", spec.as_dict()["settings"]))
             return
         from safetensors.torch import load_file
 

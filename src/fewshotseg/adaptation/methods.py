@@ -121,7 +121,13 @@ class RFSettings:
 
 @dataclass
 class FinetuneSettings:
-    """U's hyperparameters (per shot count) live in `UpdateParams`; nothing else to set."""
+    """U's hyperparameters (per shot count) live in `UpdateParams`; here only what is done to its predictions."""
+
+    refine_radius: int = 0  # as ProbeSettings': the guided filter of the probabilities, the query as guide
+    refine_eps: float = 1e-3
+
+    def __post_init__(self) -> None:
+        _check_refine(self.refine_radius, self.refine_eps)
 
 
 SETTINGS: dict[str, type] = {"finetune": FinetuneSettings, "probe": ProbeSettings, "prototype": PrototypeSettings,
@@ -191,14 +197,29 @@ class Adapter(ABC):
         return {}
 
 
+def refine(probability: torch.Tensor, images: torch.Tensor, radius: int, eps: float) -> torch.Tensor:
+    """(B, K, H, W) probabilities guided-filtered (He et al. 2010) with the images (B, 3, H, W) in [0, 1] as guide,
+    window 2 * radius + 1, regularisation eps; radius 0 returns them as they are. The filter is linear in its input,
+    so K probabilities that sum to one still do after it. A window wider than the image is the whole image (the
+    radius is cut to fit, as the filter's reflected borders need)."""
+    radius = min(radius, (min(probability.shape[-2:]) - 1) // 2)
+    if radius <= 0:
+        return probability
+    from kornia.filters import guided_blur  # here: only the refinement needs kornia
+
+    guide = images.to(probability.device, probability.dtype)
+    return guided_blur(guide, probability, 2 * radius + 1, eps, separable=True).clamp(0, 1)
+
+
 class FinetuneAdapter(Adapter):
     """U: the update routine's gradient steps (its BatchNorm regime is `params.bn_policy`)."""
 
     method = "finetune"
 
     def __init__(self, params: UpdateParams, device: torch.device | str = "cpu", *, learner: Learner | None = None,
-                 steps: int | None = None):
+                 steps: int | None = None, settings: FinetuneSettings | None = None):
         self.params, self.device, self.learner, self.steps = params, torch.device(device), learner, steps
+        self.settings = settings or FinetuneSettings()
 
     def fit(self, init, support, rng, *, on_step=None) -> None:
         if self.learner is None:
@@ -207,7 +228,8 @@ class FinetuneAdapter(Adapter):
 
     def predict(self, images, batch_size=16):
         assert self.learner is not None, "fit first"
-        return self.learner.predict(images, batch_size=max(batch_size, 1))
+        probability = self.learner.predict(images, batch_size=max(batch_size, 1))
+        return refine(probability[:, None], images, self.settings.refine_radius, self.settings.refine_eps)[:, 0]
 
     @property
     def model(self) -> nn.Module | None:
@@ -223,11 +245,12 @@ class FinetuneAdapter(Adapter):
         return {}  # everything is in the network
 
     @classmethod
-    def restore(cls, network: nn.Module, params: UpdateParams, device: torch.device | str = "cpu") -> FinetuneAdapter:
+    def restore(cls, network: nn.Module, params: UpdateParams, device: torch.device | str = "cpu", *,
+                settings: FinetuneSettings | None = None) -> FinetuneAdapter:
         """A fitted adapter from a saved adapted network (its statistics already final)."""
         learner = Learner(network, device)
         learner.params = params
-        return cls(params, device, learner=learner)
+        return cls(params, device, learner=learner, settings=settings)
 
 
 class FrozenFeatures(Adapter):
@@ -279,16 +302,8 @@ class FrozenFeatures(Adapter):
         return logits
 
     def refined(self, probability: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-        """(B, K, H, W) probabilities, guided-filtered with the images (B, 3, H, W) as guide when the settings ask.
-        The filter is linear in its input, so K probabilities that sum to one still do after it. A window wider than
-        the image is the whole image (the radius is cut to fit, as the filter's reflected borders need)."""
-        radius = min(self.settings.refine_radius, (min(probability.shape[-2:]) - 1) // 2)
-        if not radius:
-            return probability
-        from kornia.filters import guided_blur  # here: only the refinement needs kornia
-
-        guide = images.to(probability.device, probability.dtype)
-        return guided_blur(guide, probability, 2 * radius + 1, self.settings.refine_eps, separable=True).clamp(0, 1)
+        """`refine` with these settings' radius and eps."""
+        return refine(probability, images, self.settings.refine_radius, self.settings.refine_eps)
 
     @abstractmethod
     def logits(self, features: torch.Tensor) -> torch.Tensor: ...
@@ -476,7 +491,7 @@ def make_adapter(spec: MethodSpec, *, params: UpdateParams | None = None, device
     if spec.method == "finetune":
         if params is None:
             raise ValueError("the finetune method needs U's update parameters")
-        return FinetuneAdapter(params, device, learner=learner, steps=steps)
+        return FinetuneAdapter(params, device, learner=learner, steps=steps, settings=settings)
     if spec.method == "probe":
         return ProbeAdapter(settings, device)
     if spec.method == "prototype":
