@@ -142,8 +142,8 @@ class BareLoop:
         task = TaskTensors.from_dataset(s.dataset, s.dataset.names[0])
         rng = np.random.default_rng(s.seed)
         sizes = [s.params.batch_size] * (s.params.steps - 1) + [VAL_SHOTS]
-        self.batches = [task.take(rng.integers(0, len(task), size=b)) for b in sizes]  # one task's worth
-        self.batches = [type(b)(b.images.to(s.device), b.masks.to(s.device)) for b in self.batches]
+        picked = [task.take(rng.integers(0, len(task), size=b)) for b in sizes]  # one task's worth
+        self.batches = [TaskTensors(b.images.to(s.device), b.masks.to(s.device)) for b in picked]
 
     def __call__(self, it: int, tasks: int) -> None:
         for _ in range(tasks):

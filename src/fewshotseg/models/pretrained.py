@@ -6,7 +6,6 @@ Weights are only ever read with safetensors or `torch.load(weights_only=True)`: 
 from __future__ import annotations
 
 import logging
-import os
 import re
 from pathlib import Path
 
@@ -126,7 +125,9 @@ def load_encoder_weights(encoder: Encoder, spec: str) -> None:
 
 
 def hub_state_dict(name: str) -> dict[str, torch.Tensor]:
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() not in ("1", "true", "yes", "on"):
+    from huggingface_hub import is_offline_mode  # the hub's own reading of HF_HUB_OFFLINE (timm's dependency)
+
+    if not is_offline_mode():
         # shown before the wait: without the internet, the hub's retries take about a minute before the error below
         log.warning("fetching the ImageNet weights of %s from timm's hub (or its local cache); without the internet "
                     "this fails after about a minute of retries: set HF_HUB_OFFLINE=1 to fail at once, or use "
