@@ -125,6 +125,7 @@ def label_and_adapt(page, support, mask_file, queries) -> None:
     """Upload support images; paint the first one's mask, upload the second's; upload queries; Adapt."""
     upload(page, "#support-files", support)
     wait_text(page, "#pairs", f"of {len(support)} support image(s)")
+    wait_for_image(page, "#editor")
     paint(page)
     page.locator("#use-painted").click()
     wait_text(page, "#pairs", "painted mask")
@@ -236,18 +237,26 @@ def test_bad_input_is_shown_and_two_pages_adapt_concurrently(server, browser, tm
     np.testing.assert_array_equal(png(zb, "support/2_mask.png") > 0, read_mask(CAT / "2.png").astype(bool))
 
 
-def wait_for_image(page, editor: str, timeout: float = WAIT / 1000) -> None:
-    """Wait until the editor's canvas shows an image (its centre no longer the empty canvas' colour): strokes made
-    while the editor is still loading the image are lost."""
+def canvas_shot(page, editor: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(page.locator(f"{editor} canvas").first.screenshot())).convert("RGB"))
+
+
+def wait_for_image(page, editor: str, before: np.ndarray | None = None, timeout: float = WAIT / 1000) -> None:
+    """Wait until the editor's canvas shows an image (its centre no longer the empty canvas' colour) -- a new one
+    when `before` (a canvas_shot taken before the upload) is given -- and two shots 300 ms apart agree: strokes made
+    while the editor is still loading or swapping its image are lost."""
     deadline = time.monotonic() + timeout
+    last = None
     while time.monotonic() < deadline:
-        shot = np.asarray(Image.open(io.BytesIO(page.locator(f"{editor} canvas").first.screenshot())).convert("RGB"))
+        shot = canvas_shot(page, editor)
         h, w = shot.shape[:2]
-        if np.abs(shot[h // 2, w // 2].astype(int) - shot[2, 2]).max() > 30:
-            page.wait_for_timeout(300)  # (the editor sets up its layer just after drawing the image)
+        shown = np.abs(shot[h // 2, w // 2].astype(int) - shot[2, 2]).max() > 30
+        new = before is None or shot.shape != before.shape or np.abs(shot.astype(int) - before).max() > 30
+        if shown and new and last is not None and shot.shape == last.shape and np.array_equal(shot, last):
             return
-        page.wait_for_timeout(100)
-    raise AssertionError(f"{editor} showed no image within {timeout:g} s")
+        last = shot if shown and new else None
+        page.wait_for_timeout(300)
+    raise AssertionError(f"{editor} showed no {'new ' if before is not None else ''}image within {timeout:g} s")
 
 
 def stroke(page, editor: str, color: str, points) -> None:
@@ -327,9 +336,10 @@ def test_two_objects_painted_adapted_and_equal_to_the_api(server, browser, tiny_
         wait_text(page, "#pairs", "2.jpg: painted mask (cat)")
         pick(page, "duck", "#paint-class")
         page.wait_for_timeout(1000)  # (its editor update lands before the upload's)
+        before = canvas_shot(page, "#editor")  # the cat, painted: wait for the duck to replace it
         upload(page, "#support-files", [DUCK / "1.jpg"])
         wait_text(page, "#pairs", "of 2 support image(s)")
-        wait_for_image(page, "#editor")
+        wait_for_image(page, "#editor", before)
         paint(page)
         page.locator("#use-painted").click()
         wait_text(page, "#pairs", "1.jpg: painted mask (duck)")
