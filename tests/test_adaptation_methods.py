@@ -316,3 +316,21 @@ def test_u_refines_its_predictions_when_asked_and_only_then(tiny_model, tiny_dat
     # the same U (same seed), then the guided filter of its probabilities with each query as guide
     torch.testing.assert_close(found[4], refine(found[0][:, None], query.images, 4, 1e-3)[:, 0])
     assert not torch.allclose(found[4], found[0])
+
+
+@pytest.mark.parametrize("stats", ["running", "support"])
+def test_frozen_methods_read_a_folded_copy_and_keep_the_network_unfolded(tiny_model, tiny_dataset, stats):
+    """The probe reads its features from a BatchNorm-folded copy (faster, same features up to rounding); the network
+    it saves and hands out keeps its BatchNorm layers, with the statistics the settings ask for."""
+    name = tiny_dataset.names[0]
+    support, query = _task(tiny_dataset, name, [0, 1, 2]), _task(tiny_dataset, name, [3])
+    adapter = make_adapter(MethodSpec.of("probe", {"stats": stats}))
+    adapter.fit(tiny_model, support, np.random.default_rng(0))
+    network = adapter.network()
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in network.encoder.modules())
+    assert adapter._folded is not None and adapter._folded[0] is network and adapter._folded[1] is not network
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in adapter._folded[1].encoder.modules())
+    with torch.no_grad():
+        plain = pixel_features(network, query.images, tuple(adapter.settings.features))
+    folded = adapter.features(query.images)
+    assert (folded - plain).abs().max() <= 1e-5 * plain.abs().max()

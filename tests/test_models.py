@@ -187,3 +187,60 @@ def test_a_hub_download_says_before_it_waits_and_fails_with_what_to_do(monkeypat
     with pytest.raises(pretrained.WeightsUnavailable):
         pretrained.hub_state_dict("tf_efficientnet_b0")
     assert not caplog.text
+
+
+def _random_statistics_(model: torch.nn.Module) -> torch.nn.Module:
+    """Every BatchNorm given non-trivial statistics and affine parameters (seeded), so that folding has work to do."""
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=g) * 0.2)
+            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(n, generator=g) * 0.2)
+    return model.eval()
+
+
+@pytest.mark.parametrize("encoder", ["tf_efficientnet_lite0", "tinynet_e", "mobilenetv3_small_100"])
+def test_folded_batchnorm_gives_the_same_outputs_and_leaves_the_network_alone(encoder):
+    from fewshotseg.models.closed_form import pixel_features
+    from fewshotseg.models.folding import fold_batchnorm
+
+    torch.manual_seed(0)
+    model = _random_statistics_(build_model(ModelConfig(encoder=encoder)))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    norms = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.encoder.modules())
+    folded = fold_batchnorm(model)
+    assert folded is not model
+    # every encoder norm follows its convolution and is folded away; the decoder's follow a swish and stay
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in folded.encoder.modules()) == 0 < norms
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in folded.decoder.modules()) == 3
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the network itself unchanged
+    x = torch.rand(3, 3, 96, 96)
+    with torch.no_grad():
+        expected, got = model(x), folded(x)
+        features = pixel_features(model, x, ("skip", "deep", "decoder"))
+        folded_features = pixel_features(folded, x, ("skip", "deep", "decoder"))
+    assert (expected - model(x)).abs().max() == 0  # (the comparison is between the two, not of noise)
+    for a, b in ((got, expected), (folded_features, features)):  # float rounding, relative to the largest value
+        assert a.shape == b.shape and (a - b).abs().max() <= 1e-5 * b.abs().max(), (a - b).abs().max() / b.abs().max()
+
+
+def test_folding_a_layout_it_does_not_know_warns_and_keeps_the_network():
+    from fewshotseg.models.folding import fold_batchnorm
+
+    class NormFirst(torch.nn.Module):  # conv declared before its BatchNorm, but the norm is applied first
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+            self.bn = torch.nn.BatchNorm2d(3)
+
+        def forward(self, x):
+            return self.conv(self.bn(x))
+
+    model = _random_statistics_(NormFirst())
+    with pytest.warns(RuntimeWarning, match="does not match"):
+        assert fold_batchnorm(model) is model
+    with pytest.raises(ValueError, match="eval mode"):
+        fold_batchnorm(model.train())

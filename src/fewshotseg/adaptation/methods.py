@@ -28,6 +28,7 @@ from fewshotseg.models.closed_form import (
     pixel_features,
     ridge_head,
 )
+from fewshotseg.models.folding import fold_batchnorm
 
 FROZEN_STATS = ("running", "support")
 
@@ -261,6 +262,7 @@ class FrozenFeatures(Adapter):
     def __init__(self, settings, device: torch.device | str = "cpu"):
         self.settings, self.device = settings, torch.device(device)
         self.model: nn.Module | None = None
+        self._folded: tuple[nn.Module, nn.Module] | None = None  # (self.model, its BatchNorm-folded copy)
 
     def _network(self, init: nn.Module, support: TaskTensors) -> nn.Module:
         if self.settings.stats == "support":
@@ -274,7 +276,9 @@ class FrozenFeatures(Adapter):
     def features(self, images: torch.Tensor) -> torch.Tensor:
         assert self.model is not None, "fit first"
         self.model.eval()
-        return pixel_features(self.model, images.to(self.device), tuple(self.settings.features))
+        if self._folded is None or self._folded[0] is not self.model:  # (a new fit or restore: fold it again)
+            self._folded = (self.model, fold_batchnorm(self.model))
+        return pixel_features(self._folded[1], images.to(self.device), tuple(self.settings.features))
 
     def _support(self, init: nn.Module, support: TaskTensors) -> tuple[torch.Tensor, torch.Tensor]:
         self.model = self._network(init, support)
