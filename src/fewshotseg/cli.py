@@ -142,6 +142,8 @@ def with_init_architecture(cfg, given: set[str], verb: str):
     from fewshotseg.initializations.pretrained import ARCHITECTURE, init_architecture
 
     names = {f.name for f in fields(cfg)}
+    if "inits" in names and set(ARCHITECTURE) <= names:
+        return with_inits_architectures(cfg, given, verb)
     if "init" not in names or not set(ARCHITECTURE) <= names:
         return cfg
     own = init_architecture(cfg.init)
@@ -161,6 +163,41 @@ def with_init_architecture(cfg, given: set[str], verb: str):
         why = "as given" if "size" in given else "the default"
         print(f"fewshotseg {verb}: note: running at {cfg.size} px ({why}); the initialization was trained at {size} px "
               f"({where})" + ("" if "size" in given else f"; pass --size {size} to keep its size"), file=sys.stderr)
+    return cfg
+
+
+def with_inits_architectures(cfg, given: set[str], verb: str):
+    """The several-initialization commands (fp-k, analyze-weights): --variant and --encoder build the `random` and
+    `imagenet` ones; an initialization with weights keeps its own. A given --variant or --encoder that disagrees with
+    one of those is refused when no `random` or `imagenet` is given (the flag would do nothing), and said otherwise;
+    an initialization trained at another size than --size is said (all are compared at one size)."""
+    from fewshotseg.config import flag_name
+    from fewshotseg.errors import SettingError
+    from fewshotseg.evaluation.fp_k import labelled
+    from fewshotseg.initializations.pretrained import ARCHITECTURE, init_architecture
+
+    specs = labelled(cfg.inits)
+    own = {label: init_architecture(spec) for label, spec in specs.items()}
+    built = [label for label, arch in own.items() if arch is None]
+    for k in ARCHITECTURE:
+        if k not in given:
+            continue
+        clash = {label: arch for label, arch in own.items() if arch is not None and arch[0][k] != getattr(cfg, k)}
+        if not clash:
+            continue
+        theirs = "; ".join(f"{label} has {k} {arch[0][k]} (recorded in {arch[2]})" for label, arch in clash.items())
+        if not built:
+            raise SettingError(f"{flag_name(k)} {getattr(cfg, k)} was given, but {theirs}: an initialization's weights "
+                               f"fix its architecture, and no --init random or imagenet is given for the flag to build. "
+                               f"Leave out {flag_name(k)}, or add --init LABEL=imagenet (or random) to compare that "
+                               "architecture")
+        print(f"fewshotseg {verb}: note: {flag_name(k)} {getattr(cfg, k)} builds {', '.join(built)} only; {theirs} "
+              "and keeps it", file=sys.stderr)
+    why = "as given" if "size" in given else "the default"
+    for label, arch in own.items():
+        if arch is not None and arch[1] and arch[1] != cfg.size:
+            print(f"fewshotseg {verb}: note: running every initialization at {cfg.size} px ({why}); {label} was "
+                  f"trained at {arch[1]} px ({arch[2]})", file=sys.stderr)
     return cfg
 
 

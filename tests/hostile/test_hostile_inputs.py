@@ -435,11 +435,16 @@ CASES = [
     Case("fk-max-tasks-zero", FK + " --max-tasks 0", "--max-tasks"),
     Case("fk-init-missing", FK + " --ks 1 2 --init x={tmp}/nope", "nope"),
     Case("fk-more-pairs-than-the-data", FK + " --ks 1 50", ("54", "pairs")),
+    # an initialization's weights fix its architecture: a flag that would build none of the compared ones is refused
+    Case("fk-encoder-builds-none-of-the-inits", FK.replace("--init r=random", "--init m={init}").replace(
+        "tinynet_e", "mobilenetv3_small_100"), ("--encoder mobilenetv3_small_100", "m has encoder tinynet_e")),
     # --- analyze-weights ------------------------------------------------------------------------------------------
     Case("aw-shots-zero", AW.replace("--shots 1", "--shots 0") + " --init a=random --init b=random", "--shots"),
     Case("aw-num-splits-zero", AW + " --init a=random --init b=random --num-splits 0", "--num-splits"),
     Case("aw-init-missing", AW + " --init a={tmp}/nope --init b=random", "nope"),
     Case("aw-no-init", AW, "--init"),
+    Case("aw-variant-builds-none-of-the-inits", AW + " --init a={init} --init b={init} --variant efficientlab-6-3",
+         ("--variant efficientlab-6-3", "a has variant efficientlab-3")),
     # --- make-synthetic, model-info, prepare, check-data ----------------------------------------------------------
     Case("ms-classes-zero", MS.replace("--classes 2", "--classes 0"), "--classes"),
     Case("ms-classes-too-many", MS.replace("--classes 2", "--classes 5000"), ("--classes", "1728")),

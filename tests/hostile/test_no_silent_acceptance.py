@@ -46,6 +46,22 @@ def test_the_initializations_architecture_is_what_is_recorded(world: World, tmp_
     assert results["size"] == results["config"]["size"] == 64
 
 
+def test_several_initializations_say_which_flags_build_which(world: World, tmp_path: Path, capfd):
+    """analyze-weights with a trained initialization (tinynet_e, 32 px) and a random one: --encoder builds the
+    random one only (said, and recorded per initialization); --size 64 runs both at 64 px, the trained one's 32 px
+    said."""
+    run = tmp_path / "run"
+    code, output = run_in_process(["analyze-weights", "--data", str(world.data), "--run-dir", str(run), "--init",
+                                   f"a={world.init}", "--init", "b=random", "--encoder", "mobilenetv3_small_100",
+                                   "--size", "64", "--shots", "1", "--num-splits", "1", "--max-tasks", "1",
+                                   "--device", "cpu"], capfd)
+    assert code == 0 and "Traceback" not in output, output
+    assert "--encoder mobilenetv3_small_100 builds b only; a has encoder tinynet_e" in output, output
+    assert "running every initialization at 64 px (as given); a was trained at 32 px" in output, output
+    described = json.loads((run / "weight_summary.json").read_text())["inits"]
+    assert "tinynet_e" in described["a"] and "random initialization" in described["b"], described
+
+
 def test_resume_with_more_iterations_continues_to_them_and_the_card_says_what_ran(world: World, tmp_path: Path, capfd,
                                                                                   monkeypatch):
     """--iterations 4 with --resume on a finished 2-iteration run: 2 more meta-iterations, recorded in config.yaml,

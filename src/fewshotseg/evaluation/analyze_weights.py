@@ -77,10 +77,10 @@ def _analyze_weights(cfg: AnalyzeConfig, *, progress: bool) -> dict:
     names = select_tasks(names, cfg.max_tasks, cfg.seed)
     episodes = paper_episodes(dataset.subset(names), names, cfg.shots, splits=cfg.num_splits, seed=cfg.seed)
     params = resolve_update_params(cfg.update_params or None)
-    jobs = []
+    jobs, described = [], {}
     for label, spec in inits.items():
         path = run.file(f"init-{label}.safetensors")
-        write_for_workers(spec, cfg.model_config(), path, seed=cfg.seed)
+        described[label] = write_for_workers(spec, cfg.model_config(), path, seed=cfg.seed)
         jobs += [(label, str(path), cfg.data, cfg.size, ep, params, cfg.seed) for ep in episodes]
     rows: list[dict] = []
     bar = tqdm(total=len(jobs), desc="analyze-weights", unit="task", disable=not progress, dynamic_ncols=True)
@@ -92,7 +92,7 @@ def _analyze_weights(cfg: AnalyzeConfig, *, progress: bool) -> dict:
     run.file(WEIGHT_ROWS).write_text("".join(json.dumps(r) + "\n" for r in rows))
     summary = summarise(rows)
     run.file(WEIGHT_SUMMARY).write_text(json.dumps({"update_params": params.as_dict(), "tasks": len(names),
-                                                    "summary": summary}, indent=2) + "\n")
+                                                    "inits": described, "summary": summary}, indent=2) + "\n")
     return summary
 
 
