@@ -334,9 +334,10 @@ def test_two_objects_painted_adapted_and_equal_to_the_api(server, browser, tiny_
         paint(page)
         page.locator("#use-painted").click()
         wait_text(page, "#pairs", "2.jpg: painted mask (cat)")
+        painted = canvas_shot(page, "#editor")
         pick(page, "duck", "#paint-class")
-        page.wait_for_timeout(1000)  # (its editor update lands before the upload's)
-        before = canvas_shot(page, "#editor")  # the cat, painted: wait for the duck to replace it
+        wait_for_image(page, "#editor", painted)  # the cat again, without strokes (no duck on it): the pick landed
+        before = canvas_shot(page, "#editor")  # ... before the upload, whose duck must replace it
         upload(page, "#support-files", [DUCK / "1.jpg"])
         wait_text(page, "#pairs", "of 2 support image(s)")
         wait_for_image(page, "#editor", before)
