@@ -164,9 +164,15 @@ def read_support(folder: Path) -> tuple[list[tuple[np.ndarray, np.ndarray, str]]
     """((upright image, mask, name) per readable pair, problems, every input file) of a support folder."""
     from fewshotseg.data.folder import LAYOUTS, pair_folder
     from fewshotseg.data.fss1000 import pair_class_folder
-    from fewshotseg.data.images import read_pair, report_problems
+    from fewshotseg.data.images import IMAGE_SUFFIXES, read_pair, report_problems
 
     folder = pair_folder(folder)
+    inside = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(inside) > 1 and not any(p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES for p in folder.iterdir()):
+        shown = ", ".join(inside[:5]) + (f" and {len(inside) - 5} more" if len(inside) > 5 else "")
+        raise DataError(f"--support {folder}: it holds {len(inside)} folders ({shown}) and no image of its own; pass "
+                        "one of them, the labelled examples of one kind of object (for several kinds at once, one "
+                        "folder whose masks name each object: see the README's 'Several objects at once')")
     pairs, problems = pair_class_folder(folder)
     files = [f for pair in pairs for f in (pair.image, pair.mask)]  # the pairs' paths already hold the folder
     good = []
@@ -193,9 +199,16 @@ def update_params(seg, spec, spec_source: str, shots: int, cfg: AdaptConfig, u_o
     """U's parameters and where they came from when `spec` fine-tunes ((None, "") otherwise, where --update-params
     and --u-* are refused); prints what adapts."""
     if spec.method != "finetune":
-        if cfg.update_params or any(v is not None for v in u_overrides.values()):
-            raise UserError(f"--update-params and --u-* set U's fine-tuning, but the method is {spec.method}; pass "
-                            "--method finetune to fine-tune, or drop them")
+        given = [flag for flag, on in (("--update-params", bool(cfg.update_params)),
+                                       (f"--u-preset {cfg.u_preset}", cfg.u_preset != "card"),
+                                       (f"--stats {cfg.stats}", cfg.stats != "card")) if on]
+        given += [f"--u-{k.replace('_', '-')}" for k, v in u_overrides.items() if v is not None]
+        if given:
+            frozen = (f" (the {spec.method}'s own BatchNorm statistics are its `stats` setting: running or support, "
+                      "in --method-settings)" if spec.method in ("probe", "prototype") else "")
+            raise UserError(f"{', '.join(given)} set{'s' if len(given) == 1 else ''} U's fine-tuning, but the method "
+                            f"is {spec.method} (from {spec_source}); pass --method finetune to fine-tune, or drop "
+                            f"{'it' if len(given) == 1 else 'them'}{frozen}")
         progress(f"method: {spec.describe()} — from {spec_source}")
         return None, ""
     params, source = seg.update_params_for(shots, preset=cfg.u_preset, file=cfg.update_params or None, **u_overrides)
@@ -239,7 +252,10 @@ def adapt(cfg: AdaptConfig, *, u_overrides: dict[str, Any] | None = None, progre
     from fewshotseg.data.folder import list_queries, multiclass_folder, skipped_queries
     from fewshotseg.segmenter import FewShotSegmenter
 
-    queries = list_queries(cfg.query)
+    try:
+        queries = list_queries(cfg.query)
+    except DataError as err:
+        raise DataError(f"--query {err}") from None
     skipped = skipped_queries(cfg.query)  # reported with the results, never silently left out
     several = multiclass_folder(cfg.support)
     if several is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -60,6 +61,14 @@ def write(name: str, content: str | bytes) -> Callable:
         path = tmp / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    return setup
+
+
+def class_folders(name: str, *classes: str) -> Callable:
+    """A folder holding one copy of the world's support pairs per class name."""
+    def setup(tmp: Path, world: World) -> None:
+        for cls in classes:
+            shutil.copytree(world.support, tmp / name / cls)
     return setup
 
 
@@ -488,7 +497,16 @@ CASES = [
          ("--out", "query"), setup=copy_adapt_folders),
     Case("ad-support-missing", AD.replace("{support}", "{tmp}/nowhere"), "nowhere"),
     Case("ad-support-empty", AD.replace("{support}", "{tmp}/empty"), "empty", setup=folder("empty")),
-    Case("ad-query-missing", AD.replace("{query}", "{tmp}/nowhere"), "nowhere"),
+    Case("ad-query-missing", AD.replace("{query}", "{tmp}/nowhere"), ("--query", "nowhere", "no such image or folder")),
+    Case("ad-query-file-mistyped", AD.replace("{query}", "{tmp}/new.jpgg"), ("--query", "new.jpgg")),
+    Case("ad-support-of-several-class-folders", AD.replace("{support}", "{tmp}/classes"),
+         ("--support", "2 folders (a, b)", "pass one of them"), setup=class_folders("classes", "a", "b")),
+    # U's flags with a frozen-feature method would do nothing: refused, saying what sets the probe's statistics
+    Case("ad-stats-with-the-probe", AD.replace(" --u-steps 1", "") + " --method probe --stats support",
+         ("--stats support", "probe", "--method finetune", "--method-settings")),
+    Case("ad-u-preset-with-the-probe", AD.replace(" --u-steps 1", "") + " --method probe --u-preset paper",
+         ("--u-preset paper", "probe", "--method finetune")),
+    Case("ad-u-steps-with-the-probe", AD + " --method probe", ("--u-steps", "probe", "--method finetune")),
     Case("ad-u-lr-nan", AD + " --u-lr nan", "--u-lr"),
     Case("ad-threshold-above-one", AD + " --threshold 1.5", "--threshold"),
     Case("ad-size-not-stride-multiple", AD.replace("--size 32", "--size 33"), "--size"),

@@ -71,6 +71,9 @@ def list_queries(directory: Path | str) -> list[Path]:
         if path.suffix.lower() not in IMAGE_SUFFIXES:
             raise DataError(f"{path}: not a .jpg/.jpeg/.png image; pass an image or a folder of images")
         return [path]
+    if not path.exists():
+        raise DataError(f"{path}: no such image or folder; pass the images to segment: a folder of .jpg/.jpeg/.png "
+                        "images, or one image")
     files = [p for p in _visible(pair_folder(path)) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
     jpeg_stems = {p.stem for p in files if p.suffix.lower() in (".jpg", ".jpeg")}
     queries = [
