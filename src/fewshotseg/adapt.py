@@ -135,6 +135,9 @@ def _outputs(out: Path, queries: list[Path], cfg: AdaptConfig, classes: list[str
 def check_out(out: Path, support: Path, query: Path, inputs: list[Path], queries: list[Path], cfg: AdaptConfig,
               classes: list[str] | None = None) -> None:
     """Refuse an --out that would overwrite the user's files (see the module docstring)."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; --out is the folder the masks and overlays are written to: choose a "
+                        "folder (it is made if missing)")
     resolved = out.resolve()
     for what, folder in (("support", support), ("query", query)):
         f = folder.resolve()
@@ -181,7 +184,8 @@ def read_support(folder: Path) -> tuple[list[tuple[np.ndarray, np.ndarray, str]]
         try:
             rgb, m = read_pair(image, mask, str(image))
         except DataError as err:
-            problems.append(Problem(str(image), str(err), "skipped"))
+            reason = str(err).removeprefix(f"{image}: ")  # (the problem is reported under the image's name)
+            problems.append(Problem(str(image), reason, "skipped"))
             continue
         good.append((rgb, m, str(image)))
     report_problems(problems)

@@ -31,6 +31,28 @@ def test_adapt_lists_what_the_query_folder_holds_besides_images(world: World, tm
     assert len(summary["queries"]) == len(list(world.query.glob("*.jpg")))
 
 
+def test_a_skipped_support_pair_is_named_once_and_a_wrong_size_mask_by_its_file(world: World, tmp_path: Path, capfd,
+                                                                                 caplog):
+    from PIL import Image
+
+    support = tmp_path / "support"
+    shutil.copytree(world.support, support)
+    (support / "broken.jpg").write_bytes(b"not a jpeg at all")
+    Image.new("L", (32, 32), 255).save(support / "broken.png")
+    argv = ["adapt", "--init", str(world.init), "--support", str(support), "--query", str(world.query), "--out",
+            str(tmp_path / "out"), *AD]
+    code, output = run_in_process(argv, capfd)
+    assert code == 0 and "Traceback" not in output, output
+    broken = support / "broken.jpg"
+    reported = caplog.text  # (support problems are logged as warnings: stderr in the program)
+    assert f"skipped: {broken}:" in reported and f"{broken}: {broken}" not in reported, reported
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(support / "small.jpg")  # a mask of another size: refused, named
+    Image.new("L", (16, 16), 255).save(support / "small.png")
+    code, output = run_in_process([*argv, "--overwrite"], capfd)
+    assert code == 2 and "Traceback" not in output, output
+    assert "16x16 px but the image is 32x32 px (the mask file small.png)" in output, output
+
+
 def test_the_initializations_architecture_is_what_is_recorded(world: World, tmp_path: Path, capfd):
     """evaluate without --encoder: results.json and run.json record the initialization's encoder (tinynet_e), not
     the flag's default; a --size other than the initialization's wins, is said, and is what is recorded."""

@@ -492,10 +492,11 @@ def _oriented_mask(mask: ImageLike, shape: tuple[int, int], image: ImageLike, na
         m = values.astype(bool) if values.dtype == bool else binarize_mask(values.astype(np.uint8), name).astype(bool)
     else:
         raise UserError(f"mask of {name}: expected a path, a PIL image or a numpy array, got {type(mask).__name__}")
-    return _on_image_grid(m, image, shape, name)
+    return _on_image_grid(m, image, shape, name, Path(mask).name if isinstance(mask, (str, Path)) else "")
 
 
-def _on_image_grid(m: np.ndarray, image: ImageLike, shape: tuple[int, int], name: str) -> np.ndarray:
+def _on_image_grid(m: np.ndarray, image: ImageLike, shape: tuple[int, int], name: str,
+                   mask_name: str = "") -> np.ndarray:
     """A mask at its upright image's size: as it is, or drawn on the stored (unrotated) grid and turned upright."""
     if m.shape == shape:
         return m
@@ -503,7 +504,8 @@ def _on_image_grid(m: np.ndarray, image: ImageLike, shape: tuple[int, int], name
         turned = _apply_orientation(m, image)
         if turned.shape == shape:
             return turned
-    raise UserError(f"{name}: mask is {m.shape[1]}x{m.shape[0]} px but the image is {shape[1]}x{shape[0]} px; "
+    which = f" (the mask file {mask_name})" if mask_name else ""
+    raise UserError(f"{name}: mask is {m.shape[1]}x{m.shape[0]} px but the image is {shape[1]}x{shape[0]} px{which}; "
                     "a mask must have its image's size")
 
 

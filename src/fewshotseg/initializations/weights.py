@@ -105,7 +105,8 @@ def find_initialization(spec: str | Path) -> Path:
                 return path / name
         raise FileNotFoundError(f"{path}: no model.safetensors or checkpoint.pt in this run folder")
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such initialization; pass random, imagenet, a run folder or a file")
+        raise FileNotFoundError(f"{path}: no such initialization; pass {', '.join(PACKAGED)} (shipped), random, "
+                                "imagenet, a run folder, a folder save_pretrained wrote, or a weights file")
     return path
 
 
