@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -57,8 +58,11 @@ def test_adapt_on_an_fss_style_class_folder_and_onnx_export(tmp_path):
     shutil.move(support / "3.jpg", query / "3.jpg")
     (support / "3.png").unlink()
     out = tmp_path / "out"
-    summary = adapt(AdaptConfig(init="random", support=str(support), query=str(query), out=str(out), size=64,
-                                encoder="tinynet_e", save_weights=True, onnx=True))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        summary = adapt(AdaptConfig(init="random", support=str(support), query=str(query), out=str(out), size=64,
+                                    encoder="tinynet_e", save_weights=True, onnx=True))
+    assert not [w for w in caught if issubclass(w.category, torch.jit.TracerWarning)]  # (the tracer's notes: not shown)
     assert summary["support_pairs"] == 2 and len(summary["queries"]) == 1
     session = onnxruntime.InferenceSession(str(out / "adapted.onnx"))
     x = np.random.default_rng(0).random((2, 3, 64, 64), dtype=np.float32)

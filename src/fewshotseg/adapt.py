@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -117,8 +118,10 @@ class Probabilities(torch.nn.Module):
 def export_onnx(model: torch.nn.Module, size: int, path: Path) -> None:
     wrapper = Probabilities(model).eval()
     example = torch.rand(1, 3, size, size)
-    torch.onnx.export(wrapper, (example,), str(path), input_names=["image"], output_names=["foreground"],
-                      dynamic_axes={"image": {0: "batch"}, "foreground": {0: "batch"}}, dynamo=False)
+    with warnings.catch_warnings():  # the tracer's notes on timm's shape arithmetic (the export is checked in tests)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        torch.onnx.export(wrapper, (example,), str(path), input_names=["image"], output_names=["foreground"],
+                          dynamic_axes={"image": {0: "batch"}, "foreground": {0: "batch"}}, dynamo=False)
 
 
 def _outputs(out: Path, queries: list[Path], cfg: AdaptConfig, classes: list[str] | None = None) -> list[Path]:

@@ -24,6 +24,7 @@ import os
 import random
 import socket
 import time
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import ClassVar
@@ -402,7 +403,7 @@ def _tune(cfg: TuneConfig, *, progress: bool, pool: Pool | None) -> dict:
     described = write_for_workers(cfg.init, cfg.model_config(dropout=base.dropout), init_path, seed=cfg.seed)
 
     storage = storage_for(cfg.storage, run.path)
-    sampler = optuna.samplers.GPSampler(n_startup_trials=max(1, cfg.trials // 2), seed=_sampler_seed(cfg))
+    sampler = _gp_sampler(cfg, 0)
     study = optuna.create_study(study_name=cfg.study, storage=storage, direction="maximize", sampler=sampler,
                                 load_if_exists=True)
     _check_same_study(study, cfg, described)
@@ -425,8 +426,7 @@ def _tune(cfg: TuneConfig, *, progress: bool, pool: Pool | None) -> dict:
         while _count(study) < cfg.trials:
             # A sampler seeded by the trial's position: a study resumed after a kill proposes what an uninterrupted
             # one would have (trials failed by the kill do not count).
-            study.sampler = optuna.samplers.GPSampler(n_startup_trials=max(1, cfg.trials // 2),
-                                                      seed=_sampler_seed(cfg) + _count(study))
+            study.sampler = _gp_sampler(cfg, _count(study))
             study.optimize(objective, n_trials=1, catch=(DivergedError,))
             last = study.trials[-1]
             curves.scalars(last.number, {"uho/objective": last.value, "uho/steps": last.user_attrs.get("median_steps"),
@@ -516,6 +516,14 @@ def _count(study: optuna.Study) -> int:
     those a killed process left behind."""
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL, optuna.trial.TrialState.RUNNING)
     return sum(not t.user_attrs.get("interrupted") for t in study.get_trials(deepcopy=False, states=states))
+
+
+def _gp_sampler(cfg, offset: int):
+    """Optuna's GPSampler, half the trials random first, seeded by the trial's position. Optuna marks it
+    experimental; the warning it prints at every trial says nothing the user can act on, so it is not shown."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.GPSampler(n_startup_trials=max(1, cfg.trials // 2), seed=_sampler_seed(cfg) + offset)
 
 
 def _sampler_seed(cfg: TuneConfig) -> int:
