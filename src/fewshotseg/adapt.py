@@ -135,6 +135,33 @@ def _outputs(out: Path, queries: list[Path], cfg: AdaptConfig, classes: list[str
     return names
 
 
+def earlier_outputs(out: Path) -> list[Path]:
+    """The masks, overlays and classes.txt that an earlier adapt recorded writing in `out` (its adapt.json); [] when
+    there is none or it cannot be read."""
+    try:
+        earlier = json.loads((out / "adapt.json").read_text())
+        stems = [Path(str(q["mask"])).name.removesuffix("_mask.png") for q in earlier["queries"]]
+        classes = [str(c) for c in earlier.get("classes") or []]
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return []
+    names = [f"{s}_{kind}.png" for s in stems for kind in ("mask", "overlay")]
+    names += [f"{s}_{c}_mask.png" for s in stems for c in classes] + ([CLASSES_TXT] if classes else [])
+    return [out / n for n in names]
+
+
+def clear_earlier(out: Path, planned: list[Path], progress) -> None:
+    """With --overwrite: remove what the earlier adapt in `out` wrote and this run will not write again, so that the
+    folder holds this run's results only (its adapt.json lists them); nothing else in `out` is touched."""
+    keep = {p.resolve() for p in planned}
+    stale = [p for p in earlier_outputs(out) if p.is_file() and p.resolve() not in keep]
+    for p in stale:
+        p.unlink()
+    if stale:
+        shown = ", ".join(p.name for p in stale[:4]) + (f" and {len(stale) - 4} more" if len(stale) > 4 else "")
+        progress(f"--overwrite: removed {len(stale)} file(s) of the earlier adapt in {out} that this run does not "
+                 f"write again ({shown})")
+
+
 def check_out(out: Path, support: Path, query: Path, inputs: list[Path], queries: list[Path], cfg: AdaptConfig,
               classes: list[str] | None = None) -> None:
     """Refuse an --out that would overwrite the user's files (see the module docstring)."""
@@ -290,6 +317,8 @@ def adapt(cfg: AdaptConfig, *, u_overrides: dict[str, Any] | None = None, progre
     seg.params_source = source
     together = params is not None and params.bn_policy == "transductive"  # the query batch normalises itself
 
+    if cfg.overwrite:
+        clear_earlier(out, _outputs(out, queries, cfg), progress)
     out.mkdir(parents=True, exist_ok=True)
     written: list[dict[str, Any]] = []
     failed: list[str] = []
@@ -382,6 +411,8 @@ def adapt_classes(cfg: AdaptConfig, found, queries: list[Path], skipped: list[st
     progress(f"strategy: {seg.strategy}" + (" (the measured default)" if cfg.strategy == "auto" else ""))
     together = params is not None and params.bn_policy == "transductive"
 
+    if cfg.overwrite:
+        clear_earlier(out, _outputs(out, queries, cfg, seg.classes), progress)
     out.mkdir(parents=True, exist_ok=True)
     written: list[dict[str, Any]] = []
     failed: list[str] = []

@@ -53,6 +53,27 @@ def test_a_skipped_support_pair_is_named_once_and_a_wrong_size_mask_by_its_file(
     assert "16x16 px but the image is 32x32 px (the mask file small.png)" in output, output
 
 
+def test_overwrite_leaves_only_this_runs_results(world: World, tmp_path: Path, capfd):
+    """adapt on 2 queries, then --overwrite on 1 of them: the other's mask and overlay (the earlier adapt's, by its
+    adapt.json) are removed and said; a file of the user's in --out is left alone."""
+    out = tmp_path / "out"
+    code, output = run_in_process(["adapt", "--init", str(world.init), "--support", str(world.support), "--query",
+                                   str(world.query), "--out", str(out), *AD], capfd)
+    assert code == 0, output
+    first, second = sorted(world.query.glob("*.jpg"))
+    (out / "notes.txt").write_text("mine\n")
+    one = tmp_path / "one"
+    one.mkdir()
+    shutil.copy(first, one / first.name)
+    code, output = run_in_process(["adapt", "--init", str(world.init), "--support", str(world.support), "--query",
+                                   str(one), "--out", str(out), *AD, "--overwrite"], capfd)
+    assert code == 0, output
+    assert f"removed 2 file(s) of the earlier adapt in {out}" in output, output
+    assert sorted(p.name for p in out.iterdir()) == sorted(["adapt.json", "notes.txt", f"{first.stem}_mask.png",
+                                                            f"{first.stem}_overlay.png"])
+    assert [q["query"] for q in json.loads((out / "adapt.json").read_text())["queries"]] == [str(one / first.name)]
+
+
 def test_the_initializations_architecture_is_what_is_recorded(world: World, tmp_path: Path, capfd):
     """evaluate without --encoder: results.json and run.json record the initialization's encoder (tinynet_e), not
     the flag's default; a --size other than the initialization's wins, is said, and is what is recorded."""
