@@ -200,3 +200,31 @@ def test_a_widened_lr_range_is_searched_and_a_bound_is_warned_about(tiny_benchma
     assert result["update_params"]["bn_policy"] == "support"  # tuned, and recorded, in the deployed regime
     # a range this narrow has no interior: whatever lr wins lies within 1.25x of a bound, and the log says so
     assert "edge of the searched range [0.06, 0.08]" in (tmp_path / "tune" / "log.txt").read_text()
+
+
+@pytest.mark.parametrize("method", ["probe", "finetune"])
+def test_evaluate_prints_the_method_that_ran_and_each_mean_iou_once(tiny_benchmark, tmp_path, capsys, method):
+    """The probe does not use U: evaluate names the probe, its settings and their source, and no U values; fine-tuning
+    prints U's values and their source. Either way each shot count's mean IoU is printed once."""
+    from fewshotseg.cli import main
+
+    run = tmp_path / "eval"
+    argv = ["evaluate", "--init", "random", "--data", str(tiny_benchmark), "--run-dir", str(run), "--shots", "1",
+            "--size", "32", "--encoder", "tinynet_e", "--max-tasks", "2", "--method", method]
+    if method == "finetune":
+        argv += ["--u-lr", "0.02", "--u-steps", "2", "--u-batch-size", "4"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("1-shot: mean IoU") == 1, printed
+    assert "class-pooled mIoU" in printed and "FB-IoU" in printed
+    adaptation = next(line for line in printed.splitlines() if line.startswith("adaptation: "))
+    assert "given (--method " + method + ")" in adaptation
+    if method == "probe":
+        assert adaptation.startswith("adaptation: probe (") and "l2 0.001" in adaptation
+        assert "settings from probe defaults" in adaptation and "U is not used" in adaptation
+        assert "U: lr" not in printed and "lr 0.0" not in printed and "steps" not in printed
+    else:
+        assert "1-shot U: lr 0.02, 2 steps, batch 4" in printed and "with lr=0.02" in printed
+    assert "adaptation: " in (run / "log.txt").read_text()  # the log says it too
+    results = json.loads((run / "results.json").read_text())
+    assert results["method"]["method"] == method and results["method"]["given"] is True

@@ -27,8 +27,13 @@ def shot_summary(paper: float, ci: float, pooled: float) -> dict:
             "fb_iou": estimate(0.8123, 0.01, 240), "per_episode_miou": paper, "query_images": 2400, "classes": 240}
 
 
+PROBE = {"method": "probe", "settings": {"features": ["skip", "deep"], "l2": 0.003, "self_train": 2},
+         "source": "card of general: chosen on validation classes", "given": False}
+
+
 def write_evaluate(folder: Path, label: str | None, one: float, five: float, *, lr: float = 0.005,
-                   exist_ok: bool = False) -> Path:
+                   exist_ok: bool = False, method: dict | None = None) -> Path:
+    """results.json as evaluate writes it; `method` None: as written before evaluate recorded the method."""
     folder.mkdir(parents=True, exist_ok=exist_ok)
     results = {"described": f"meta-trained {folder.name}", "init": "runs/x/model.safetensors", "data": "fss1000",
                "size": 32, "protocol": "paper", "tasks": 240,
@@ -36,6 +41,8 @@ def write_evaluate(folder: Path, label: str | None, one: float, five: float, *, 
                "shots": {"1": shot_summary(one, 0.01162, 0.70123), "5": shot_summary(five, 0.00871, 0.75)}}
     if label:
         results["label"] = label
+    if method is not None:
+        results["method"] = method
     (folder / "results.json").write_text(json.dumps(results, indent=2))
     rows = [{"class": "cat", "split": 0, "shots": 1, "query": "1.jpg", "fg_i": 5, "fg_u": 9, "bg_i": 90,
              "bg_u": 94, "iou": 0.55}]
@@ -155,7 +162,8 @@ def test_full_report(runs: dict[str, Path], tmp_path: Path):
     assert "| 70.00 ± 1.16 % | **81.23 ± 0.87 %** |" in row_b
     assert "70.12 [68.12, 72.12] %" in row_a  # class-pooled mIoU with its bootstrap interval
     assert "81.23 [80.23, 82.23] %" in row_a  # FB-IoU
-    assert "| 0.005 | 5 | 480 |" in row_a and "| 0.01 | 5 | 480 |" in row_b
+    # results.json without a method (written before there were others) fine-tuned with U
+    assert "| finetune (U) | 0.005 | 5 | 480 |" in row_a and "| finetune (U) | 0.01 | 5 | 480 |" in row_b
     # UHO: the chosen omega, the failed trial counted
     assert re.search(r"\| tune \| 5 \| 0\.004 \| 6 \| – \| 70\.00 % \| 3 \| 7 \| 1 \|", text)
     # FP-k: best initialization per k in bold
@@ -251,3 +259,41 @@ def test_partial_files_are_reported_not_fatal(tmp_path: Path):
 def test_no_run_folder_is_an_error(tmp_path: Path):
     with pytest.raises(ValueError, match="at least one run folder"):
         write_report([], tmp_path / "out")
+
+
+def test_a_probe_run_shows_its_method_and_no_u(tmp_path: Path):
+    """The probe ignores U: its row names the method and leaves lr and steps empty, though results.json holds the
+    card's U; a fine-tuned run beside it keeps its U, and the two never merge into one row."""
+    probe = write_evaluate(tmp_path / "eval-probe", "general", 0.45, 0.55, method=PROBE)
+    tuned = {"method": "finetune", "settings": {"refine_eps": 0.001, "refine_radius": 0},
+             "source": "finetune defaults", "given": True}
+    finetune = write_evaluate(tmp_path / "eval-u", "general U", 0.30, 0.40, lr=0.02, method=tuned)
+    text = write_report([probe, finetune], tmp_path / "out").read_text()
+    table2 = section(text, "## Evaluation (Table 2)")
+    header = next(line for line in table2.splitlines() if line.startswith("| Run |"))
+    assert header.endswith("| method | lr | steps | task splits |")
+    row = next(line for line in table2.splitlines() if line.startswith("| general |"))
+    assert row.endswith("| probe (frozen-feature linear probe) | – | – | 480 |")
+    assert "0.005" not in row
+    u_row = next(line for line in table2.splitlines() if line.startswith("| general U |"))
+    assert u_row.endswith("| finetune (U) | 0.02 | 5 | 480 |")
+    details = next(line for line in table2.splitlines() if line.startswith("- **general**"))
+    assert ("adapted with probe (features skip+deep, l2 0.003, self_train 2) (settings from card of general: chosen "
+            "on validation classes); U not used") in details
+    assert "lr" not in details
+    u_details = next(line for line in table2.splitlines() if line.startswith("- **general U**"))
+    assert "adapted by fine-tuning with U: lr 0.02, steps 5" in u_details and "given (--method finetune)" in u_details
+
+
+def test_per_shot_folders_of_different_methods_stay_apart(tmp_path: Path):
+    one = write_evaluate(tmp_path / "one", "general", 0.45, 0.55, method=PROBE)
+    five = write_evaluate(tmp_path / "five", "general", 0.30, 0.40)  # no method recorded: fine-tuned with U
+    for folder, drop in ((one, "5"), (five, "1")):
+        results = json.loads((folder / "results.json").read_text())
+        del results["shots"][drop]
+        (folder / "results.json").write_text(json.dumps(results))
+    text = write_report([tmp_path], tmp_path / "out").read_text()
+    rows = [line for line in section(text, "## Evaluation (Table 2)").splitlines() if line.startswith("| general")]
+    assert len(rows) == 2 and "merges the evaluations" not in text
+    assert any("| probe (frozen-feature linear probe) | – | – |" in r for r in rows)
+    assert any("| finetune (U) | 0.005 | 5 |" in r for r in rows)

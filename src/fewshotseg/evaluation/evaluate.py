@@ -1,4 +1,8 @@
-"""`fewshotseg evaluate`: adapt an initialization with U on test tasks and score the query images.
+"""`fewshotseg evaluate`: adapt an initialization on test tasks and score the query images.
+
+Every episode adapts with one method (`adaptation.methods`): the initialization's own (its card's `adaptation`
+entry; fine-tuning with U when it has none) or `--method`'s. The log names it with its settings and where they came
+from; for fine-tuning, U's values and their source per shot count.
 
 Writes to its run folder:
 * `episodes.jsonl`: one row per query image (class, split, shots, query file, fg/bg intersection and union
@@ -6,8 +10,9 @@ Writes to its run folder:
 * `results.json`: per shot count, the paper's mean IoU ± CI95 over task splits, HSNet's class-pooled mIoU and
   FB-IoU with a bootstrap CI over classes, the same reductions for the two floors (all foreground; the support
   masks' foreground rate) on the same episodes, for the hsnet protocol the per-seed values and their mean over
-  the seeds, plus what was evaluated and how (initialization, data, image size, split, protocol, seed, update
-  parameters, versions).
+  the seeds, plus what was evaluated and how (initialization, data, image size, split, protocol, seed, the adaptation
+  method with its settings and their source under `method`, U's update parameters — used only when the method is
+  finetune — and versions).
 * `predictions.npz`: a few query images with their masks and predicted probabilities, for report overlays.
 """
 
@@ -189,6 +194,19 @@ def method_spec(cfg: EvaluateConfig) -> tuple[MethodSpec, str]:
     return resolve_method(init_card(cfg.init), cfg.method, file=cfg.method_settings or None)
 
 
+def method_line(spec: MethodSpec, source: str, *, given: bool) -> str:
+    """The log's line saying how every episode adapts and where that came from. Fine-tuning's U follows per shot
+    count; the frozen-feature methods and rf do not use U, so their line is all there is: the method, its settings
+    and where they came from."""
+    chosen = f"given (--method {spec.method})" if given else "the initialization's own (its card)"
+    if spec.method == "finetune":
+        settings = dict(spec.settings)
+        refine = (f", probabilities refined (refine_radius {settings['refine_radius']}, refine_eps "
+                  f"{settings['refine_eps']:g}; from {source})" if settings.get("refine_radius") else "")
+        return f"adaptation: finetune (U{refine}) — method {chosen}; U per shot count below"
+    return f"adaptation: {spec.describe()} — method {chosen}; settings from {source}; U is not used"
+
+
 def shot_params(cfg: EvaluateConfig, u_overrides: dict | None = None) -> dict[int, tuple[UpdateParams, str]]:
     """shots -> (U's hyperparameters, where they came from) for every shot count of the evaluation."""
     from fewshotseg.initializations.adapting import init_update_params
@@ -244,8 +262,10 @@ def _evaluate(cfg: EvaluateConfig, per_shot: dict[int, tuple[UpdateParams, str]]
 
     init_path = run.file(INIT)
     described = write_for_workers(cfg.init, cfg.model_config(dropout=params.dropout), init_path, seed=cfg.seed)
+    finetune, given = spec.method == "finetune", cfg.method not in ("", "card")
     run.log(f"evaluating {described} on {len(names)} {cfg.split} tasks of {cfg.data} ({protocol} protocol, "
-            f"{cfg.size} px, U: lr {params.lr:g}, {params.steps} steps, batch {params.batch_size})")
+            f"{cfg.size} px)")
+    run.log(method_line(spec, spec_source, given=given))
 
     episodes_path = run.file(EPISODES)
     done = previous_rows(episodes_path)  # an interrupted evaluation resumes: finished episodes are not rerun
@@ -255,7 +275,8 @@ def _evaluate(cfg: EvaluateConfig, per_shot: dict[int, tuple[UpdateParams, str]]
         "episodes_per_seed": cfg.episodes if protocol == "hsnet" else None, "seeds": seeds,
         "original_size": dataset.originals is not None,
         "tasks": len(names), "update_params": params.as_dict(), "config": asdict(cfg), "versions": versions(),
-        "method": {**spec.as_dict(), "source": spec_source},
+        # how every episode adapted; given: chosen by --method (else the card's); U (update_params) only for finetune
+        "method": {**spec.as_dict(), "source": spec_source, "given": given},
         "shots": {}, "update_params_per_shot": {},
     }
     kept: list[tuple] = []
@@ -265,11 +286,9 @@ def _evaluate(cfg: EvaluateConfig, per_shot: dict[int, tuple[UpdateParams, str]]
     try:
         for shots in cfg.shots:
             params, source = per_shot[shots]
-            if spec.method == "finetune":
+            if finetune:  # the other methods do not use U: their settings are logged once, above
                 run.log(f"{shots}-shot U: lr {params.lr:g}, {params.steps} steps, batch {params.batch_size}, "
                         f"BatchNorm {params.bn_policy} — from {source}")
-            else:
-                run.log(f"{shots}-shot: {spec.describe()} — from {spec_source}")
             jobs, keys = [], []
             for s in range(seeds):  # the hsnet protocol's runs with seeds seed, seed+1, ...; one run otherwise
                 episodes = make_episodes(protocol, dataset.subset(names), names, shots, cfg.seed + s, cfg.num_splits,
@@ -313,6 +332,7 @@ def _evaluate(cfg: EvaluateConfig, per_shot: dict[int, tuple[UpdateParams, str]]
                     f"class-pooled mIoU {100 * summary['hsnet_miou']['mean']:.2f} %"
                     + (f" (mean over {seeds} seeds {100 * summary['seeds']['hsnet_miou']['mean']:.2f} %)"
                        if "seeds" in summary else "")
+                    + f", FB-IoU {100 * summary['fb_iou']['mean']:.2f} %"
                     + (f"; floors: all foreground {100 * summary['floors']['all_foreground']['paper_miou']['mean']:.2f} %, "
                        f"support rate {100 * summary['floors']['support_rate']['paper_miou']['mean']:.2f} %"
                        if "floors" in summary else ""))

@@ -106,11 +106,17 @@ def load_runs(run_dirs: Iterable[str | Path]) -> tuple[list[Run], list[str]]:
 
 def _initialization_key(results: dict) -> tuple:
     """What makes two evaluations rows of one initialization: its label when one was given, else what was
-    evaluated and on which data (U's parameters may differ per shot count, as UHO tunes them per shot count)."""
+    evaluated and on which data (U's parameters may differ per shot count, as UHO tunes them per shot count); in
+    both cases the same adaptation method (and settings), since a row names one."""
+    method = tables.method_of(results)
+    settings = method["settings"]
+    if method["method"] == "finetune" and not settings.get("refine_radius"):
+        settings = {}  # plain U, as results.json files written before the method field say it
+    how = (method["method"], json.dumps(settings, sort_keys=True, default=str))
     if isinstance(results.get("label"), str) and results["label"].strip():
-        return ("label", results["label"])
+        return ("label", results["label"], *how)
     return ("init", str(results.get("init")), str(results.get("data")), str(results.get("protocol")),
-            str(results.get("split")), str(results.get("size")), str(results.get("fold")))
+            str(results.get("split")), str(results.get("size")), str(results.get("fold")), *how)
 
 
 def merge_shot_counts(runs: list[Run]) -> list[Run]:
@@ -133,12 +139,15 @@ def merge_shot_counts(runs: list[Run]) -> list[Run]:
             done.add(id(r))
             continue
         first = group[0].content["results"]
-        merged = {**first, "shots": {}, "update_params_by_shots": {}}
+        merged = {**first, "shots": {}, "update_params_by_shots": {}, "update_params_per_shot": {}}
         for g in group:
             res = g.content["results"]
             merged["shots"].update(res["shots"])
             for s in res["shots"]:
                 merged["update_params_by_shots"][s] = res.get("update_params") or {}
+            per_shot = res.get("update_params_per_shot")
+            if isinstance(per_shot, dict):
+                merged["update_params_per_shot"].update(per_shot)
         label = first.get("label") or Path(str(first.get("init"))).name or group[0].label
         content = {"results": merged, "merged_from": [(g.shown, list(g.content["results"]["shots"])) for g in group]}
         with_predictions = next((g for g in group if "predictions" in g.content), None)
@@ -245,6 +254,11 @@ def load_evaluate(folder: Path, shown: str) -> Run:
                 expect(summary[optional], dict, f"results.json: shots.{s}.{optional}")
     if "update_params" in results:
         expect(results["update_params"], dict, "results.json: update_params")
+    if "method" in results:  # without it (results written before evaluate had methods) the run fine-tuned with U
+        method = expect(results["method"], dict, "results.json: method")
+        expect(method.get("method"), str, "results.json: method.method")
+        if "settings" in method:
+            expect(method["settings"], dict, "results.json: method.settings")
     run = Run("evaluate", folder, shown, label_of(results, folder), {"results": results})
     if (folder / files.PREDICTIONS).is_file():
         try:
@@ -406,8 +420,11 @@ def evaluation_section(runs: list[Run], figures: Figures) -> str:
         "Mean IoU over the test tasks' random support/query splits ± the half-width of its 95 % interval: "
         "Student's t over the task splits when each task has one split, otherwise a percentile bootstrap over "
         "tasks (a task's splits share its class); the best run per shot count is in bold. Class-pooled mIoU "
-        "(HSNet's reduction) and FB-IoU are given with a bootstrap 95 % interval over classes. lr and steps are "
-        "U's update parameters.",
+        "(HSNet's reduction) and FB-IoU are given with a bootstrap 95 % interval over classes. The method "
+        "column says how each run adapted to a task's support images: finetune fine-tunes the network with the "
+        "update routine U; probe, prototype and rf fit on frozen features (rf: on image filters) and do not use U. "
+        "lr and steps are U's update parameters, given for finetune rows only (– where U was not used); each run's "
+        "settings are listed under the table.",
         tables.evaluation_table(pairs),
         "Floors, computed on the same episodes without looking at any image: *all foreground* predicts every "
         "pixel foreground; *support foreground rate* marks each pixel foreground at random with the support "

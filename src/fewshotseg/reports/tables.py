@@ -88,18 +88,52 @@ def _mean_of(summary: Mapping[str, Any] | None, reduction: str) -> float | None:
     return ((summary or {}).get(reduction) or {}).get("mean")
 
 
+# The adaptation methods (`adaptation.methods`), as a table cell says them.
+METHOD_NAMES = {"finetune": "finetune (U)", "probe": "probe (frozen-feature linear probe)",
+                "prototype": "prototype (frozen-feature prototypes)", "rf": "rf (random-forest pixel classifier)"}
+
+
+def method_of(results: Mapping[str, Any]) -> dict[str, Any]:
+    """The adaptation method of an evaluate run: results.json's `method` ({"method", "settings", "source"}), or
+    fine-tuning with U for results written before evaluate recorded it (U was then the only method)."""
+    recorded = results.get("method")
+    if isinstance(recorded, Mapping) and isinstance(recorded.get("method"), str) and recorded["method"]:
+        settings = recorded.get("settings")
+        return {**recorded, "settings": dict(settings) if isinstance(settings, Mapping) else {}}
+    return {"method": "finetune", "settings": {}}
+
+
+def uses_u(results: Mapping[str, Any]) -> bool:
+    """Whether the run adapted with U, so that its update parameters describe it; floor rows adapt nothing."""
+    return not results.get("floor") and method_of(results)["method"] == "finetune"
+
+
+def method_cell(results: Mapping[str, Any]) -> str:
+    if results.get("floor"):
+        return MISSING
+    name = method_of(results)["method"]
+    return cell(METHOD_NAMES.get(name, name))
+
+
+def describe_method(method: Mapping[str, Any]) -> str:
+    """`name (setting value, ...)`, as `MethodSpec.describe` prints it (lists joined with +)."""
+    settings = method.get("settings") or {}
+    shown = ", ".join(f"{k} {'+'.join(map(str, v)) if isinstance(v, list) else cell(v)}" for k, v in settings.items())
+    return cell(method["method"]) + (f" ({shown})" if shown else "")
+
+
 def evaluation_table(runs: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
     """Table 2: one row per evaluate run (label, results.json), in the order given.
 
     Columns: the paper's mean IoU ± CI95 over task splits per shot count (best row in bold per column), HSNet's
-    class-pooled mIoU and FB-IoU with their bootstrap intervals, U's learning rate and steps, and the number of
-    task splits the paper's interval is over.
+    class-pooled mIoU and FB-IoU with their bootstrap intervals, the adaptation method, U's learning rate and steps
+    (empty for a method that does not use U), and the number of task splits the paper's interval is over.
     """
     shots = shot_counts([r for _, r in runs])
     runs = list(runs) + floor_rows(runs)
     header = ["Run"] + [f"{s}-shot mean IoU" for s in shots]
     header += [f"{s}-shot class-pooled mIoU" for s in shots] + [f"{s}-shot FB-IoU" for s in shots]
-    header += ["lr", "steps", "task splits"]
+    header += ["method", "lr", "steps", "task splits"]
     best = {s: best_rows([_mean_of(r["shots"].get(s), "paper_miou") if not r.get("floor") else None
                           for _, r in runs]) for s in shots}
     rows = []
@@ -111,7 +145,10 @@ def evaluation_table(runs: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
             row.append(bold(text) if i in best[s] else text)
         row += [percent_interval((by_shot.get(s) or {}).get("hsnet_miou")) for s in shots]
         row += [percent_interval((by_shot.get(s) or {}).get("fb_iou")) for s in shots]
-        row += [_per_shot_param(results, "lr", shots), _per_shot_param(results, "steps", shots),
+        u = uses_u(results)
+        row += [method_cell(results),
+                _per_shot_param(results, "lr", shots) if u else MISSING,
+                _per_shot_param(results, "steps", shots) if u else MISSING,
                 cell(_splits(by_shot))]
         rows.append(row)
     return markdown_table(header, rows)
@@ -173,13 +210,39 @@ def evaluation_details(runs: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
     """One line per evaluate run saying what was evaluated and how, which the table has no room for."""
     lines = []
     for label, r in runs:
-        params = r.get("update_params") or {}
-        u = ", ".join(f"{k} {cell(params[k])}" for k in ("lr", "steps", "batch_size", "dropout", "aug_rate")
-                      if k in params)
+        method = method_of(r)
+        if method["method"] == "finetune":
+            params = r.get("update_params") or {}
+            u = ", ".join(f"{k} {cell(params[k])}" for k in ("lr", "steps", "batch_size", "dropout", "aug_rate")
+                          if k in params)
+            how = "adapted by fine-tuning with U" + (f": {u}" if u else "")
+            sources = _u_sources(r)
+            if sources:
+                how += f" (from {sources})"
+            if method["settings"].get("refine_radius"):
+                how += f"; {describe_method(method)}"
+        else:  # U's values may be in results.json (the card holds them), but they played no part
+            how = f"adapted with {describe_method(method)}"
+            if method.get("source"):
+                how += f" (settings from {cell(method['source'])})"
+            how += "; U not used"
+        if method.get("given") is True:
+            how += f"; method given (--method {cell(method['method'])}), not the card's"
         lines.append(f"- **{cell(label)}**: {cell(r.get('described') or r.get('init'))}; data `{cell(r.get('data'))}`, "
-                     f"{cell(r.get('size'))} px, {cell(r.get('protocol'))} protocol, {cell(r.get('tasks'))} tasks"
-                     + (f"; U: {u}" if u else ""))
+                     f"{cell(r.get('size'))} px, {cell(r.get('protocol'))} protocol, {cell(r.get('tasks'))} tasks; "
+                     + how)
     return "\n".join(lines)
+
+
+def _u_sources(results: Mapping[str, Any]) -> str:
+    """Where U's values came from, per shot count when they differ (results.json's update_params_per_shot)."""
+    per_shot = results.get("update_params_per_shot")
+    if not isinstance(per_shot, Mapping):
+        return ""
+    found = {s: p.get("source") for s, p in per_shot.items() if isinstance(p, Mapping) and p.get("source")}
+    if len(set(found.values())) == 1:
+        return cell(next(iter(found.values())))
+    return "; ".join(f"{s}-shot: {cell(v)}" for s, v in found.items())
 
 
 def best_trial(trials: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
