@@ -107,8 +107,9 @@ def yolo_raster(text: str, width: int, height: int, supersample: int = 4) -> np.
 
 
 def files_under(folder: Path) -> dict[str, bytes]:
+    """The outputs under `folder`, without what predict keeps for itself (temporary files, its record of writes)."""
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file() and ".partial" not in p.parts}
+            if p.is_file() and not {".partial", ".predict-written"} & set(p.parts)}
 
 
 # ------------------------------------------------------------------------------------------ outputs
@@ -218,14 +219,106 @@ def test_a_rerun_skips_what_is_written_and_refuses_other_settings(fitted, tmp_pa
     lost = out / "masks" / Path(rels[5]).parent / f"{Path(rels[5]).stem}_mask.png"
     lost.unlink()
     third = predict_folder(options(fitted, images, out, formats="png,yolo", batch_size=4))
-    assert third["predicted"] == 4  # its whole batch goes through the network again (the same sums) ...
+    assert third["predicted"] == 1 and third["already_done"] == len(rels)  # the counts: images, not batches ...
     assert files_under(out / "masks") | files_under(out / "labels") == before
-    assert sum(p.stat().st_mtime_ns != t for p, t in times.items()) == 1  # ... and only the missing file is written
+    # ... though its whole batch went through the network again (the same sums), only the missing file is written
+    assert sum(p.stat().st_mtime_ns != t for p, t in times.items()) == 1
 
     with pytest.raises(UserError, match=r"other settings \(threshold: 0.5 there, 0.6 now\).*--overwrite"):
         predict_folder(options(fitted, images, out, formats="png", batch_size=4, threshold=0.6))
     redone = predict_folder(options(fitted, images, out, formats="png", batch_size=4, threshold=0.6, overwrite=True))
     assert redone["predicted"] == len(rels)
+
+
+def two_photos(root: Path) -> list[str]:
+    """Two fixture photos as <root>/new.jpg and <root>/old.jpg; their relative paths."""
+    root.mkdir(parents=True)
+    for name, jpg in zip(("new", "old"), sorted(REAL_PHOTOS.glob("*/*.jpg")), strict=False):
+        shutil.copy(jpg, root / f"{name}.jpg")
+    return ["new.jpg", "old.jpg"]
+
+
+def test_files_predict_did_not_write_are_refused_and_the_counts_are_true(fitted, tmp_path, capsys,
+                                                                         one_torch_thread):
+    """An --out holding the user's own files where predict would write: refused, naming them, until --overwrite;
+    a re-run only trusts (and skips) the outputs predict itself noted writing there; the counts say what this run
+    predicted and what an earlier one did; nothing is said about shards when none was asked for."""
+    from fewshotseg.cli import main
+
+    images, out = tmp_path / "photos", tmp_path / "labels"
+    two_photos(images)
+    (out / "masks").mkdir(parents=True)
+    theirs = {"coco.json": b'{"made": "by the user"}\n', "masks/new_mask.png": b"the user's own mask"}
+    for name, data in theirs.items():
+        (out / name).write_bytes(data)
+
+    def predict(*extra: str, formats: str = "png,coco") -> tuple[int, str, str]:
+        code = main(["predict", "--model", str(fitted), "--images", str(images), "--out", str(out), "--format",
+                     formats, "--device", "cpu", "--no-progress", *extra])
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    code, said, err = predict()
+    assert code == 2 and not said and "Traceback" not in err, err
+    assert "already holds 2 file(s) predict would write but did not write there" in err
+    assert "coco.json" in err and "masks/new_mask.png" in err and "pass --overwrite" in err
+    assert files_under(out) == theirs  # nothing replaced, nothing written (no predict.json, no mask of old.jpg)
+
+    code, said, err = predict("--overwrite")
+    assert code == 0, err
+    assert said.startswith("predicted 2 image(s)") and "(0 already done by an earlier run, 2 listed)" in said
+    assert "shard" not in said + err
+    summary = json.loads((out / "predict.json").read_text())
+    assert (summary["predicted"], summary["already_done"], summary["shard"]) == (2, 0, None)
+    assert all(files_under(out)[name] != data for name, data in theirs.items())  # replaced, as asked
+    with Image.open(images / "new.jpg") as im:
+        assert mask_of(out, "new.jpg").shape == (im.height, im.width)  # predict's mask now
+    coco = json.loads((out / "coco.json").read_text())
+    assert sorted(i["file_name"] for i in coco["images"]) == ["new.jpg", "old.jpg"]
+
+    before = files_under(out)
+    code, said, _ = predict()  # predict's own outputs: skipped, and said to be done before
+    assert code == 0 and said.startswith("predicted 0 image(s)") and "(2 already done by an earlier run" in said
+    assert json.loads((out / "predict.json").read_text())["already_done"] == 2
+    assert {k: v for k, v in files_under(out).items() if k != "predict.json"} == \
+        {k: v for k, v in before.items() if k != "predict.json"}
+
+    (out / "masks" / "old_mask.png").unlink()  # one lost: predicted again, the other one counted as done
+    code, said, _ = predict()
+    assert code == 0 and said.startswith("predicted 1 image(s)") and "(1 already done by an earlier run" in said
+    assert files_under(out)["masks/old_mask.png"] == before["masks/old_mask.png"]
+
+    (out / "labels").mkdir()  # a file of the user's among predict's: refused, although the folder is predict's
+    (out / "labels" / "old.txt").write_text("0 0.1 0.1 0.9 0.1 0.5 0.9\n")
+    code, _, err = predict(formats="png,coco,yolo")
+    assert code == 2 and "already holds 1 file(s) predict would write" in err and "labels/old.txt" in err
+    assert not (out / "labels" / "new.txt").exists()
+    assert (out / "labels" / "old.txt").read_text() == "0 0.1 0.1 0.9 0.1 0.5 0.9\n"
+
+    code, said, _ = predict("--shard", "0/2")  # with shards, the shard is named
+    assert code == 0 and "(2 already done by an earlier run, 2 in shard 0/2 of 2 listed)" in said
+
+    shutil.rmtree(out / "labels")
+    shutil.rmtree(out / ".predict-written")  # a folder an earlier fewshotseg wrote, without the note: it resumes
+    code, said, err = predict()
+    assert code == 0 and said.startswith("predicted 0 image(s)") and "(2 already done by an earlier run" in said, err
+
+
+def test_a_folder_of_the_users_files_is_named_a_few_then_counted(fitted, tmp_path):
+    from fewshotseg.errors import UserError
+    from fewshotseg.predict import predict_folder
+
+    images, out = tmp_path / "photos", tmp_path / "labels"
+    rels = make_tree(images)
+    for rel in rels:  # a mask of the user's for every image, where predict would write its own
+        path = out / "masks" / Path(rel).parent / f"{Path(rel).stem}_mask.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"mine")
+    first = f"masks/{Path(rels[0]).parent.as_posix()}/{Path(rels[0]).stem}_mask.png"
+    with pytest.raises(UserError, match=rf"already holds {len(rels)} file\(s\) .*\({first}, .*, .* and "
+                                        rf"{len(rels) - 3} more\); pass --overwrite .* or choose another --out"):
+        predict_folder(options(fitted, images, out))
+    assert set(files_under(out).values()) == {b"mine"} and len(files_under(out)) == len(rels)
 
 
 @pytest.mark.slow
@@ -249,6 +342,12 @@ def test_two_shards_make_one_run_and_their_coco_files_merge(fitted, tmp_path, on
     assert json.loads(merged.read_text()) == json.loads((tmp_path / "one" / "coco.json").read_text())
     assert merged.read_bytes() == (tmp_path / "one" / "coco.json").read_bytes()
     assert main(["predict", "--merge-coco", str(merged), *parts]) == 2  # an existing file is not replaced
+
+    # merged into the shared folder, then a run without --shard: the merged file is predict's own, all is done
+    assert main(["predict", "--merge-coco", str(tmp_path / "shared" / "coco.json"), *parts]) == 0
+    again = predict_folder(options(fitted, images, tmp_path / "shared", formats="png,coco", batch_size=3))
+    assert again["predicted"] == 0 and again["already_done"] == len(rels) + 1
+    assert (tmp_path / "shared" / "coco.json").read_bytes() == (tmp_path / "one" / "coco.json").read_bytes()
 
 
 def test_a_transductive_fit_predicts_each_batch_together(tmp_path, one_torch_thread):
@@ -352,6 +451,28 @@ def test_bad_input_is_refused_before_any_work(fitted, tmp_path):
         locked.mkdir(mode=0o500)
         with pytest.raises(UserError, match="cannot be written"):
             predict_folder(options(fitted, images, locked / "labels"))
+
+
+def test_a_folder_with_nothing_to_label_is_refused(fitted, tmp_path, capsys):
+    from fewshotseg.cli import main
+
+    empty, other = tmp_path / "empty", tmp_path / "other-types"
+    empty.mkdir()
+    (empty / ".hidden.jpg").write_bytes(b"hidden")
+    (other / "sub").mkdir(parents=True)
+    (other / "a.webp").write_bytes(b"RIFF")
+    (other / "sub" / "b.tif").write_bytes(b"II*")
+    for folder, listed in ((empty, []), (other, ["a.webp", "sub/b.tif"])):
+        out = tmp_path / f"out-{folder.name}"
+        code = main(["predict", "--model", str(fitted), "--images", str(folder), "--out", str(out), "--device",
+                     "cpu", "--no-progress"])
+        captured = capsys.readouterr()
+        assert code == 2 and not captured.out and "Traceback" not in captured.err, captured.err
+        assert f"--images {folder} holds no image to label" in captured.err
+        assert ".jpg, .jpeg and .png" in captured.err
+        for name in listed:  # what was left out, and why
+            assert f"skipped {name}: not a .jpg/.jpeg/.png image" in captured.err
+        assert not out.exists()
 
 
 # ------------------------------------------------------------------------------------------ a killed run

@@ -329,8 +329,10 @@ def u_overrides(args: argparse.Namespace) -> dict:
 def add_evaluate(sub: argparse._SubParsersAction) -> None:
     from fewshotseg.evaluation.evaluate import EvaluateConfig
 
-    p = sub.add_parser("evaluate", help="adapt an initialization to test tasks with U and report mean IoU ± CI95",
-                       description="Adapt an initialization with the update routine U on every test task and score "
+    p = sub.add_parser("evaluate", help="adapt an initialization to test tasks (its card's method, or --method) and "
+                       "report mean IoU ± CI95",
+                       description="Adapt an initialization on every test task with its card's adaptation method (the "
+                       "update routine U when the card names none; --method chooses another) and score "
                        "the query images (paper protocol: 2 splits of k support + 5 query per task; hsnet: one "
                        "episode per query image). Writes episodes.jsonl, results.json and predictions.npz.")
     p.add_argument("--config", help="YAML file of settings")
@@ -341,15 +343,15 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
+    import shlex
+    from pathlib import Path
+
     from fewshotseg.evaluation.evaluate import EvaluateConfig, evaluate
 
     cfg = config_from_args(EvaluateConfig, args)
-    results = evaluate(cfg, u_overrides=u_overrides(args), overwrite=args.overwrite)
-    for shots, summary in results["shots"].items():
-        paper, pooled = summary["paper_miou"], summary["hsnet_miou"]
-        print(f"{shots}-shot: mean IoU {100 * paper['mean']:.2f} ± {100 * paper['ci95']:.2f} % "
-              f"({paper['n']} task splits); class-pooled mIoU {100 * pooled['mean']:.2f} %, "
-              f"FB-IoU {100 * summary['fb_iou']['mean']:.2f} %")
+    evaluate(cfg, u_overrides=u_overrides(args), overwrite=args.overwrite)
+    # evaluate has printed (and logged) the method and each shot count's mean IoU line; here only where it all is
+    print(f"results: {Path(cfg.run_dir) / 'results.json'} (a report: fewshotseg report {shlex.quote(cfg.run_dir)})")
     return 0
 
 
@@ -519,7 +521,7 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tile-above", type=at_least(0), default=0, metavar="PIXELS", help="tile only images of more "
                    "pixels than this [default: 0, images with a side over --tile]")
     p.add_argument("--overwrite", action="store_true", help="predict every image again and replace its outputs "
-                   "(also after a change of segmenter or settings)")
+                   "(also after a change of segmenter or settings, and files in --out that predict did not write)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--merge-coco", nargs="+", metavar="FILE", help="merge COCO files instead of predicting: the "
                    "merged file first, then the shards' (e.g. out/coco-shard-0-of-2.json out/coco-shard-1-of-2.json)")
@@ -548,8 +550,10 @@ def run_predict(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, workers=args.workers, device=args.device, shard=args.shard, tile=args.tile,
         overlap=args.overlap, tile_above=args.tile_above, overwrite=args.overwrite, progress=not args.no_progress))
     rate = f" at {summary['images_per_second']:g} images/s" if summary["images_per_second"] else ""
+    where = (f"{summary['in_shard']} in shard {summary['shard']} of {summary['listed']} listed" if summary["shard"]
+             else f"{summary['listed']} listed")
     print(f"predicted {summary['predicted']} image(s){rate} into {args.out} ({summary['already_done']} already "
-          f"done, {summary['in_shard']} in shard {summary['shard']} of {summary['listed']} listed)")
+          f"done by an earlier run, {where})")
     if summary["coco"]:
         print(f"COCO: {summary['coco']}")
     problems = [f"{s['file']}: {s['reason']}" for s in summary["failed"] + summary["skipped"]]

@@ -8,6 +8,7 @@
         unreadable/<relative path>.json             an image that could not be read, and why (until it changes)
         predict.json                                what was done: counts, every skipped file and why, timings
         predict-settings.json                       what every output here was predicted with (checked on re-runs)
+        .predict-written/<host>-<pid>.jsonl         every file above that predict wrote here (one per process)
 
 A segmenter of several classes (`MultiClassSegmenter.save_pretrained`'s folder) writes the same files: each PNG an
 indexed palette PNG (0 background, k class k; `classes.txt` names them), YOLO rows with class ids 0..K-1, and COCO
@@ -22,9 +23,11 @@ pixels are ever in memory. `--shard I/N` takes the batches whose index % N == I.
 sums depend on the batch an image is in, fixing the batches fixes every mask: one run, N shards, a resumed run and
 any number of workers write identical files.
 
-Every output is written to `<out>/.partial/` and renamed into place, so a killed run leaves whole files only; a
-re-run skips the batches whose outputs all exist (or whose unreadable files are unchanged) and predicts the others
-again (writing only the missing files).
+Every output is written to `<out>/.partial/` and renamed into place, so a killed run leaves whole files only; each
+is noted in `<out>/.predict-written/` before it is renamed into place. A re-run skips the batches whose outputs all
+exist (or whose unreadable files are unchanged) and predicts the others again (writing only the missing files). Only
+outputs that predict noted are trusted: any other file where predict would write (the user's own masks, coco.json,
+...) is refused before any work, unless --overwrite. An --images tree with no image to label is refused too.
 `predict-settings.json` refuses a re-run into the same --out with another segmenter, threshold, batch size, tiling
 or polygon tolerance (whose outputs would not match the ones there) unless --overwrite.
 
@@ -43,7 +46,7 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,6 +61,7 @@ from fewshotseg.runs.workers import process_alive
 
 FORMATS = ("png", "coco", "yolo")
 PARTIAL = ".partial"
+RECORD = ".predict-written"  # the files predict wrote into --out: one file per process, a JSON path per line
 SETTINGS_FILE = "predict-settings.json"
 ADAPT_FIRST = ("adapt it first: `fewshotseg adapt --support DIR --query DIR --out DIR --save-weights` writes "
                "DIR/adapted/, or in Python FewShotSegmenter.fit(...) then save_pretrained(folder)")
@@ -266,8 +270,82 @@ def known_unreadable(out: Path, root: Path, rel: str) -> dict[str, Any] | None:
 
 
 def done(out: Path, root: Path, rel: str, formats: tuple[str, ...]) -> bool:
-    """Whether the image needs nothing more: every output written, or it could not be read and is unchanged since."""
+    """Whether the image needs nothing more: every output written, or it could not be read and is unchanged since
+    (trusted once `check_not_theirs` has found that every existing output is predict's own)."""
     return all(p.is_file() for p in outputs(out, rel, formats).values()) or known_unreadable(out, root, rel) is not None
+
+
+def no_images(images: Path, listing: Listing) -> UserError:
+    """The error for an --images tree with nothing to label: what was skipped there, and why."""
+    skipped = listing.skipped
+    what = (f"holds no image to label ({len(skipped)} file(s) skipped)" if skipped
+            else "holds no image to label (it is empty, or holds hidden files only)")
+    lines = "".join(f"\n  skipped {s['file']}: {s['reason']}" for s in skipped[:10])
+    more = f"\n  ... and {len(skipped) - 10} more" if len(skipped) > 10 else ""
+    return UserError(f"--images {images} {what}: predict reads .jpg, .jpeg and .png images (in sub-folders too; "
+                     "masks, hidden files and hidden folders are left out); pass the folder that holds the images to "
+                     f"label{lines}{more}")
+
+
+class Record:
+    """This process's note of the files it writes into --out (`<out>/.predict-written/<host>-<pid>.jsonl`): a path is
+    noted before its file is renamed into place, so whatever predict wrote there is noted, even after a kill."""
+
+    def __init__(self, out: Path):
+        self.out = out
+        self.fd: int | None = None
+
+    def add(self, path: Path) -> None:
+        if self.fd is None:
+            folder = self.out / RECORD
+            folder.mkdir(parents=True, exist_ok=True)
+            self.fd = os.open(folder / f"{host_id()}-{os.getpid()}.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+                              0o666)
+        os.write(self.fd, (json.dumps(path.relative_to(self.out).as_posix()) + "\n").encode())  # one whole line
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def recorded(out: Path) -> set[str]:
+    """The paths (relative to `out`) of every file predict noted writing there (a line a kill cut short is left out:
+    its file was not renamed into place)."""
+    found: set[str] = set()
+    folder = out / RECORD
+    if not folder.is_dir():
+        return found
+    for path in folder.iterdir():
+        try:
+            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            try:
+                rel = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(rel, str):
+                found.add(rel)
+    return found
+
+
+def check_not_theirs(out: Path, planned: Iterable[Path]) -> None:
+    """Refuse (before any work) when --out holds a file predict would write but did not write there itself: the
+    user's own, or one of another program; an output predict noted writing is its own (resumed, or skipped)."""
+    if not (out / RECORD).is_dir() and (out / SETTINGS_FILE).is_file():
+        return  # a folder an earlier fewshotseg's predict wrote, before it kept a note: its outputs resume as then
+    existing = [p for p in planned if p.is_file() or p.is_symlink()]
+    if not existing:
+        return
+    mine = recorded(out)  # read after the files were seen: a file another shard renamed into place is noted by then
+    theirs = [p for p in existing if p.relative_to(out).as_posix() not in mine]
+    if theirs:
+        shown = ", ".join(p.relative_to(out).as_posix() for p in theirs[:3])
+        shown += f" and {len(theirs) - 3} more" if len(theirs) > 3 else ""
+        raise UserError(f"--out {out} already holds {len(theirs)} file(s) predict would write but did not write there "
+                        f"itself ({shown}); pass --overwrite to replace them, or choose another --out")
 
 
 # ------------------------------------------------------------------------------------------ writing
@@ -281,6 +359,7 @@ class Writer:
         self.partial.mkdir(parents=True, exist_ok=True)
         self.prefix = f"{host_id()}-{os.getpid()}-"
         self.count = 0
+        self.record = Record(out)
 
     def write(self, path: Path, write: Callable[[Path], None]) -> None:
         self.count += 1
@@ -288,6 +367,7 @@ class Writer:
         try:
             write(tmp)
             path.parent.mkdir(parents=True, exist_ok=True)
+            self.record.add(path)
             os.replace(tmp, path)
         except BaseException:
             tmp.unlink(missing_ok=True)
@@ -475,10 +555,10 @@ def _work(batch: tuple[int, list[str]]) -> tuple[list[dict[str, Any]], float | N
     return results, peak_rss_mb()
 
 
-def _run(job: Job, todo: list[tuple[int, list[str]]], workers: int, together: bool
+def _run(job: Job, todo: list[tuple[int, list[str]]], workers: int, together: bool, writer: Writer
          ) -> Iterator[tuple[list[dict[str, Any]], float | None]]:
     """Each batch's results as it finishes, with the peak memory (MB) of the worker that predicted it (None: this
-    process): in this process, or in `workers` processes."""
+    process): in this process (writing with `writer`), or in `workers` processes."""
     if not todo:
         return
     if workers == 1:
@@ -487,7 +567,7 @@ def _run(job: Job, todo: list[tuple[int, list[str]]], workers: int, together: bo
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # as each worker: the same sums, so the same masks, whatever --workers says
         try:
-            seg, writer = load_segmenter(job), Writer(Path(job.out))
+            seg = load_segmenter(job)
             for _, rels in todo:
                 yield predict_batch(seg, job, rels, writer, together), None
         finally:
@@ -514,7 +594,7 @@ def settings_of(opts: PredictOptions, model: dict[str, Any]) -> dict[str, Any]:
             "batch_size": opts.batch_size, **tiling, "polygon_tolerance": opts.polygon_tolerance}
 
 
-def check_settings(out: Path, settings: dict[str, Any], overwrite: bool) -> None:
+def check_settings(out: Path, settings: dict[str, Any], overwrite: bool, record: Record) -> None:
     """Refuse to add outputs of other settings to a folder (unless --overwrite); record these settings."""
     from fewshotseg.runs.run_dir import atomic_write
 
@@ -532,6 +612,7 @@ def check_settings(out: Path, settings: dict[str, Any], overwrite: bool) -> None
                             "--overwrite to predict every image again")
         if before == settings:
             return
+    record.add(path)
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(settings, indent=1) + "\n"))
 
 
@@ -541,13 +622,6 @@ def suffix_of(shard: tuple[int, int]) -> str:
 
 def predict_folder(opts: PredictOptions) -> dict[str, Any]:
     """Label every image of `opts.images` (see the module docstring); returns the summary written to predict.json."""
-    from tqdm import tqdm
-
-    from fewshotseg import __version__
-    from fewshotseg.data.exports import coco_document
-    from fewshotseg.runs.device import choose_device
-    from fewshotseg.runs.run_dir import atomic_write
-
     started = time.perf_counter()
     formats = parse_formats(opts.formats)
     shard = parse_shard(opts.shard)
@@ -561,9 +635,43 @@ def predict_folder(opts: PredictOptions) -> dict[str, Any]:
     if classes and opts.label:
         raise UserError(f"--label names the one COCO category of a one-class segmenter; {opts.model} segments "
                         f"{len(classes)} classes, each its own category ({', '.join(classes)}): leave --label out")
+    listing = list_tree(images)
+    if not listing.images:
+        raise no_images(images, listing)
     check_out(images, out)
-    settings = settings_of(opts, model)
-    check_settings(out, settings, opts.overwrite)
+    mine = batches_of(listing.images, opts.batch_size, shard)
+    coco_file = out / f"coco{suffix_of(shard)}.json" if "coco" in formats else None
+    summary_file = out / f"predict{suffix_of(shard)}.json"
+    if not opts.overwrite:
+        own = [out / SETTINGS_FILE, summary_file] + ([coco_file] if coco_file else []) + \
+            ([out / "classes.txt"] if classes else [])
+        check_not_theirs(out, (p for p in own + [q for _, rels in mine for rel in rels
+                                                 for q in (*outputs(out, rel, formats).values(),
+                                                           unreadable_marker(out, rel))]))
+    writer = Writer(out)  # (creates <out>/.partial/)
+    try:
+        return _predict(opts, model, classes, formats, shard, listing, mine, coco_file, summary_file, writer, started)
+    finally:
+        writer.record.close()
+
+
+def _predict(opts: PredictOptions, model: dict[str, Any], classes: tuple[str, ...], formats: tuple[str, ...],
+             shard: tuple[int, int], listing: Listing, mine: list[tuple[int, list[str]]], coco_file: Path | None,
+             summary_file: Path, writer: Writer, started: float) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    from fewshotseg import __version__
+    from fewshotseg.data.exports import coco_document
+    from fewshotseg.runs.device import choose_device
+    from fewshotseg.runs.run_dir import atomic_write
+
+    images, out = Path(opts.images), Path(opts.out)
+
+    def save(path: Path, text: str) -> None:
+        writer.record.add(path)
+        atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+    check_settings(out, settings_of(opts, model), opts.overwrite, writer.record)
     clean_partial(out)
     device = "cpu" if opts.device == "cpu" else str(choose_device(opts.device))  # torch only where needed
     together = transductive(model["card"])
@@ -572,25 +680,27 @@ def predict_folder(opts: PredictOptions) -> dict[str, Any]:
               tile_above=opts.tile_above, polygon_tolerance=opts.polygon_tolerance, device=device,
               overwrite=opts.overwrite, classes=classes)
 
-    listing = list_tree(images)
-    mine = batches_of(listing.images, opts.batch_size, shard)
-    todo = [(k, rels) for k, rels in mine if opts.overwrite or not all(done(out, images, r, formats) for r in rels)]
+    # done by an earlier run of predict (every existing output is predict's own: check_not_theirs)
+    finished = set() if opts.overwrite else {r for _, rels in mine for r in rels if done(out, images, r, formats)}
+    todo = [(k, rels) for k, rels in mine if not set(rels) <= finished]
     in_shard = sum(len(rels) for _, rels in mine)
-    to_predict = sum(len(rels) for _, rels in todo)
+    to_predict = sum(len(rels) for _, rels in todo)  # whole batches: the same sums as a run that was never cut
     failed: dict[str, str] = {}
-    written, first, worker_peak, claimed_twice = 0, None, None, 0
+    written, processed, first, worker_peak, claimed_twice = 0, 0, None, None, 0
     bar = tqdm(total=to_predict, unit="img", desc="predict" + (f" {opts.shard}" if shard[1] > 1 else ""),
                disable=not opts.progress, smoothing=0.05)
     predicting = time.perf_counter()
     try:
-        for results, peak in _run(job, todo, opts.workers, together):
+        for results, peak in _run(job, todo, opts.workers, together, writer):
             worker_peak = max(worker_peak or 0.0, peak) if peak is not None else worker_peak
             if first is None:
                 first = time.perf_counter() - started
             for r in results:
                 if "error" in r:
                     failed[r["file"]] = r["error"]
-                else:
+                    continue
+                processed += 1
+                if r["file"] not in finished:  # an image of a batch predicted again for a missing one: done before
                     written += 1
                     claimed_twice += r.get("contested", 0)
             bar.update(len(results))
@@ -600,9 +710,8 @@ def predict_folder(opts: PredictOptions) -> dict[str, Any]:
 
     label = opts.label or model["card"].name
     if classes:
-        atomic_write(out / "classes.txt", lambda tmp: Path(tmp).write_text("".join(f"{c}\n" for c in classes)))
-    coco_file = None
-    if "coco" in formats:
+        save(out / "classes.txt", "".join(f"{c}\n" for c in classes))
+    if coco_file is not None:
         records = []
         for _, rels in mine:
             for rel in rels:
@@ -612,8 +721,7 @@ def predict_folder(opts: PredictOptions) -> dict[str, Any]:
         doc = coco_document(records, list(classes) or label, polygons=opts.coco_polygons,
                             info={"description": f"{label}: masks predicted by fewshotseg {__version__}",
                                   "version": __version__})
-        coco_file = out / f"coco{suffix_of(shard)}.json"
-        atomic_write(coco_file, lambda tmp: Path(tmp).write_text(json.dumps(doc, separators=(",", ":")) + "\n"))
+        save(coco_file, json.dumps(doc, separators=(",", ":")) + "\n")
 
     for _, rels in mine:  # unreadable in an earlier run, and still the same file: listed again
         for rel in rels:
@@ -624,21 +732,23 @@ def predict_folder(opts: PredictOptions) -> dict[str, Any]:
         "label": label, "classes": list(classes) or None,
         # pixels of the images predicted by this run that several classes claimed (each given to the likeliest)
         "contested_pixels": claimed_twice if classes else None,
-        "shard": f"{shard[0]}/{shard[1]}", "device": device, "workers": opts.workers,
+        "shard": f"{shard[0]}/{shard[1]}" if shard[1] > 1 else None, "device": device, "workers": opts.workers,
         "batch_size": opts.batch_size, "threshold": opts.threshold,
         "batchnorm": ("transductive: the images of each batch (--batch-size consecutive images in sorted order) "
                       "are normalised together, so a mask depends on its batch") if together else
                      "each image independent of the others",
-        "listed": len(listing.images), "in_shard": in_shard, "already_done": in_shard - to_predict,
+        # predicted: images whose outputs this run wrote; already_done: those an earlier run of predict finished
+        # (written, or unreadable and unchanged since); the others of the shard failed (listed under "failed")
+        "listed": len(listing.images), "in_shard": in_shard, "already_done": len(finished),
         "predicted": written, "failed": [{"file": f, "reason": failed[f]} for f in sorted(failed)],
         "skipped": listing.skipped,
         "coco": str(coco_file) if coco_file else None,
-        "seconds": round(seconds, 3), "images_per_second": round(written / seconds, 3) if seconds and written else None,
+        "seconds": round(seconds, 3),
+        "images_per_second": round(processed / seconds, 3) if seconds and processed else None,
         "first_mask_seconds": round(first, 3) if first is not None else None,
         "peak_rss_mb": {"this_process": peak_rss_mb(), "largest_worker": worker_peak},
     }
-    atomic_write(out / f"predict{suffix_of(shard)}.json",
-                 lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=1) + "\n"))
+    save(summary_file, json.dumps(summary, indent=1) + "\n")
     return summary
 
 
@@ -679,5 +789,11 @@ def merge_coco_files(target: str | Path, sources: list[str], *, overwrite: bool 
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             raise UserError(f"--merge-coco: {name} is not a JSON file ({err})") from None
     merged = merge_coco(documents)
+    if (target.parent / RECORD).is_dir():  # into predict's --out: noted as predict's own, as the shards' files are
+        record = Record(target.parent)
+        try:
+            record.add(target)
+        finally:
+            record.close()
     atomic_write(target, lambda tmp: Path(tmp).write_text(json.dumps(merged, separators=(",", ":")) + "\n"))
     return merged
