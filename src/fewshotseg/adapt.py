@@ -197,7 +197,7 @@ def read_support(folder: Path) -> tuple[list[tuple[np.ndarray, np.ndarray, str]]
     """((upright image, mask, name) per readable pair, problems, every input file) of a support folder."""
     from fewshotseg.data.folder import LAYOUTS, pair_folder
     from fewshotseg.data.fss1000 import pair_class_folder
-    from fewshotseg.data.images import IMAGE_SUFFIXES, read_pair, report_problems
+    from fewshotseg.data.images import IMAGE_SUFFIXES, BadFile, read_pair, report_problems
 
     folder = pair_folder(folder)
     inside = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -213,9 +213,11 @@ def read_support(folder: Path) -> tuple[list[tuple[np.ndarray, np.ndarray, str]]
         image, mask = pair.image, pair.mask
         try:
             rgb, m = read_pair(image, mask, str(image))
+        except BadFile as err:  # the file at fault and the reason, each said once
+            problems.append(Problem(err.path, err.reason, "skipped"))
+            continue
         except DataError as err:
-            reason = str(err).removeprefix(f"{image}: ")  # (the problem is reported under the image's name)
-            problems.append(Problem(str(image), reason, "skipped"))
+            problems.append(Problem(str(image), str(err), "skipped"))
             continue
         good.append((rgb, m, str(image)))
     report_problems(problems)

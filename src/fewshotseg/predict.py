@@ -303,6 +303,14 @@ class Record:
                               0o666)
         os.write(self.fd, (json.dumps(path.relative_to(self.out).as_posix()) + "\n").encode())  # one whole line
 
+    def write_text(self, path: Path, text: str) -> None:
+        """A whole file of predict's own beside the outputs (settings, summary, coco.json ...): noted, then
+        written atomically."""
+        from fewshotseg.runs.run_dir import atomic_write
+
+        self.add(path)
+        atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
     def close(self) -> None:
         if self.fd is not None:
             os.close(self.fd)
@@ -596,7 +604,6 @@ def settings_of(opts: PredictOptions, model: dict[str, Any]) -> dict[str, Any]:
 
 def check_settings(out: Path, settings: dict[str, Any], overwrite: bool, record: Record) -> None:
     """Refuse to add outputs of other settings to a folder (unless --overwrite); record these settings."""
-    from fewshotseg.runs.run_dir import atomic_write
 
     path = out / SETTINGS_FILE
     if path.is_file() and not overwrite:
@@ -612,8 +619,7 @@ def check_settings(out: Path, settings: dict[str, Any], overwrite: bool, record:
                             "--overwrite to predict every image again")
         if before == settings:
             return
-    record.add(path)
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(settings, indent=1) + "\n"))
+    record.write_text(path, json.dumps(settings, indent=1) + "\n")
 
 
 def suffix_of(shard: tuple[int, int]) -> str:
@@ -663,13 +669,9 @@ def _predict(opts: PredictOptions, model: dict[str, Any], classes: tuple[str, ..
     from fewshotseg import __version__
     from fewshotseg.data.exports import coco_document
     from fewshotseg.runs.device import choose_device
-    from fewshotseg.runs.run_dir import atomic_write
 
     images, out = Path(opts.images), Path(opts.out)
 
-    def save(path: Path, text: str) -> None:
-        writer.record.add(path)
-        atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
     check_settings(out, settings_of(opts, model), opts.overwrite, writer.record)
     clean_partial(out)
@@ -710,7 +712,7 @@ def _predict(opts: PredictOptions, model: dict[str, Any], classes: tuple[str, ..
 
     label = opts.label or model["card"].name
     if classes:
-        save(out / "classes.txt", "".join(f"{c}\n" for c in classes))
+        writer.record.write_text(out / "classes.txt", "".join(f"{c}\n" for c in classes))
     if coco_file is not None:
         records = []
         for _, rels in mine:
@@ -721,7 +723,7 @@ def _predict(opts: PredictOptions, model: dict[str, Any], classes: tuple[str, ..
         doc = coco_document(records, list(classes) or label, polygons=opts.coco_polygons,
                             info={"description": f"{label}: masks predicted by fewshotseg {__version__}",
                                   "version": __version__})
-        save(coco_file, json.dumps(doc, separators=(",", ":")) + "\n")
+        writer.record.write_text(coco_file, json.dumps(doc, separators=(",", ":")) + "\n")
 
     for _, rels in mine:  # unreadable in an earlier run, and still the same file: listed again
         for rel in rels:
@@ -748,7 +750,7 @@ def _predict(opts: PredictOptions, model: dict[str, Any], classes: tuple[str, ..
         "first_mask_seconds": round(first, 3) if first is not None else None,
         "peak_rss_mb": {"this_process": peak_rss_mb(), "largest_worker": worker_peak},
     }
-    save(summary_file, json.dumps(summary, indent=1) + "\n")
+    writer.record.write_text(summary_file, json.dumps(summary, indent=1) + "\n")
     return summary
 
 
@@ -789,11 +791,13 @@ def merge_coco_files(target: str | Path, sources: list[str], *, overwrite: bool 
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             raise UserError(f"--merge-coco: {name} is not a JSON file ({err})") from None
     merged = merge_coco(documents)
+    text = json.dumps(merged, separators=(",", ":")) + "\n"
     if (target.parent / RECORD).is_dir():  # into predict's --out: noted as predict's own, as the shards' files are
         record = Record(target.parent)
         try:
-            record.add(target)
+            record.write_text(target, text)
         finally:
             record.close()
-    atomic_write(target, lambda tmp: Path(tmp).write_text(json.dumps(merged, separators=(",", ":")) + "\n"))
+    else:
+        atomic_write(target, lambda tmp: Path(tmp).write_text(text))
     return merged
